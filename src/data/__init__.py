@@ -1,0 +1,1 @@
+"""Datasets: ImageFolder trees on disk, their transforms, and the embedded mini benchmark."""

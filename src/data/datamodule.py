@@ -1,0 +1,112 @@
+"""One LightningDataModule for every ImageFolder dataset (train/ and test/ class trees)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision.datasets import ImageFolder
+
+from src.data.transforms import build_transforms
+from src.errors import UserError
+
+PROTOCOLS = ("clean", "faithful")
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over ``root/train`` and ``root/test``.
+
+    protocol='clean' carves a seeded validation split out of train for model selection;
+    protocol='faithful' validates on the test split, as the official Piggyback code did.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_classes: int,
+        transforms: Mapping,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        protocol: str = "clean",
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        prepare_hint: str = "",
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be > 0 (got {batch_size})")
+        self.root = Path(root)
+        self.name = name or self.root.name
+        self.num_classes = num_classes
+        self.train_tf, self.test_tf = build_transforms(transforms)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.protocol = protocol
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.prepare_hint = prepare_hint
+        self.class_names: list[str] = []
+
+    def check(self) -> None:
+        """Fail early, with the command that fixes it, when the folder is not usable."""
+        fix = f"; prepare it with: {self.prepare_hint}" if self.prepare_hint else ""
+        for split in ("train", "test"):
+            folder = self.root / split
+            if not folder.is_dir():
+                raise UserError(f"dataset {self.name!r}: folder {folder} not found{fix}")
+            classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            if not classes:
+                raise UserError(f"dataset {self.name!r}: {folder} has no class folders{fix}")
+            if len(classes) != self.num_classes:
+                raise UserError(
+                    f"dataset {self.name!r}: {folder} has {len(classes)} class folders, "
+                    f"expected {self.num_classes}{fix}"
+                )
+
+    def _folder(self, split: str, transform) -> ImageFolder:
+        try:
+            return ImageFolder(str(self.root / split), transform=transform)
+        except (FileNotFoundError, OSError) as err:
+            raise UserError(f"dataset {self.name!r}: {err}") from None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.class_names:
+            return
+        self.check()
+        train_full = self._folder("train", self.train_tf)
+        self.test_set = self._folder("test", self.test_tf)
+        self.class_names = list(train_full.classes)
+        if self.protocol == "faithful":
+            self.train_set, self.val_set = train_full, self.test_set
+            return
+        n_val = max(1, round(len(train_full) * self.val_fraction))
+        order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed))
+        val_idx, train_idx = order[:n_val].tolist(), order[n_val:].tolist()
+        self.train_set = Subset(train_full, train_idx)
+        self.val_set = Subset(self._folder("train", self.test_tf), val_idx)
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

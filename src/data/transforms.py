@@ -1,0 +1,33 @@
+"""Input pipelines as published: exact resize for the cropped sets, resize + crop for the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torchvision import transforms as T
+
+from src.errors import UserError
+
+STYLES = ("resize_exact", "resize_crop")
+
+
+def build_transforms(cfg: Mapping) -> tuple[T.Compose, T.Compose]:
+    """(train, test) transforms from a dataset config's ``transforms`` block.
+
+    resize_exact: train resize to size x size (+ flip); test the same resize.
+    resize_crop: train random-resized-crop to size (+ flip); test resize shorter side to
+    ``resize`` then center-crop to ``size``.
+    """
+    style, size = cfg["style"], int(cfg["size"])
+    normalize = [T.ToTensor(), T.Normalize(list(cfg["mean"]), list(cfg["std"]))]
+    flip = [T.RandomHorizontalFlip()] if cfg.get("flip", True) else []
+    if style == "resize_exact":
+        train = [T.Resize((size, size)), *flip]
+        test = [T.Resize((size, size))]
+    elif style == "resize_crop":
+        resize = int(cfg.get("resize", round(size * 256 / 224)))
+        train = [T.Resize(resize), T.RandomResizedCrop(size), *flip]
+        test = [T.Resize(resize), T.CenterCrop(size)]
+    else:
+        raise UserError(f"unknown transform style {style!r}; choose one of: {', '.join(STYLES)}")
+    return T.Compose(train + normalize), T.Compose(test + normalize)

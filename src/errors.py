@@ -1,0 +1,30 @@
+"""User-facing errors: one clear message, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Bad input the user can fix: the message says what is wrong and how to fix it."""
+
+
+def exit_on_user_error(fn: F) -> F:
+    """Turn a UserError raised by ``fn`` into ``error: <message>`` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]

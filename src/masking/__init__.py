@@ -1,0 +1,49 @@
+"""Piggyback's masking core: threshold functions, masked layers, model surgery, task files.
+
+Nothing here knows about Lightning, datasets or configs.
+"""
+
+from src.masking.layers import MaskConfig, MaskedConv2d, MaskedLinear
+from src.masking.model_surgery import (
+    add_masks,
+    freeze_batchnorm,
+    mask_densities,
+    mask_parameters,
+    masked_layers,
+    prunable_layers,
+    set_batchnorm_eval,
+)
+from src.masking.taskfile import (
+    TaskFile,
+    apply_task,
+    backbone_fingerprint,
+    check_compatible,
+    pack_bits,
+    read_task_file,
+    unpack_bits,
+    write_task_file,
+)
+from src.masking.threshold import Binarizer, Ternarizer
+
+__all__ = [
+    "Binarizer",
+    "MaskConfig",
+    "MaskedConv2d",
+    "MaskedLinear",
+    "TaskFile",
+    "Ternarizer",
+    "add_masks",
+    "apply_task",
+    "backbone_fingerprint",
+    "check_compatible",
+    "freeze_batchnorm",
+    "mask_densities",
+    "mask_parameters",
+    "masked_layers",
+    "pack_bits",
+    "prunable_layers",
+    "read_task_file",
+    "set_batchnorm_eval",
+    "unpack_bits",
+    "write_task_file",
+]

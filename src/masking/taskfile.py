@@ -1,0 +1,210 @@
+"""Task files: what one task adds to a shared backbone, stored in safetensors.
+
+A Piggyback task file holds one bit per masked weight (``numpy.packbits``), the task
+classifier, BatchNorm state when it was trained, and metadata that ties it to the exact
+backbone weights it was learned on (a SHA-256 fingerprint). A digest over metadata and
+tensors detects truncated or edited files. Loading folds the bits into the weights once,
+so the result is a plain network that costs what the backbone costs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from src.errors import UserError
+from src.masking.layers import MaskedLayerMixin
+from src.masking.model_surgery import batchnorm_layers, masked_layers, replace_module
+from src.utils.atomic import atomic_write_bytes
+
+FORMAT = "piggyback-lab-task/1"
+KINDS = ("piggyback", "classifier", "full")
+
+
+def backbone_fingerprint(model: nn.Module, classifier: str) -> str:
+    """SHA-256 over the trunk's parameters and BN statistics (names, shapes, bytes).
+
+    Mask parameters, the task classifier and BN's batch counters are left out, so the
+    fingerprint of a masked model equals that of the plain backbone it wraps.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        if key.startswith(classifier + ".") or key.endswith(("mask_real", "num_batches_tracked")):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor of ceil(n/8) bytes (big-endian bit order)."""
+    bits = mask.detach().to("cpu", torch.bool).flatten().numpy()
+    return torch.from_numpy(np.packbits(bits))
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    n = int(np.prod(shape))
+    bits = np.unpackbits(packed.numpy(), count=n)
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class TaskFile:
+    """A parsed, verified task file."""
+
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.get("class_names", [])
+
+
+def write_task_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> int:
+    """Write tensors + JSON-able metadata atomically; returns the file size in bytes."""
+    if meta.get("kind") not in KINDS:
+        raise ValueError(f"task kind must be one of {KINDS}, got {meta.get('kind')!r}")
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    flat = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
+    flat["sha256"] = _digest(cpu, flat)
+    data = st_save(cpu, metadata=flat)
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def read_task_file(path: str | os.PathLike) -> TaskFile:
+    """Parse and verify a task file; a truncated, edited or foreign file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"task file {path} does not exist")
+    data = path.read_bytes()
+    broken = f"task file {path} is truncated or corrupt; re-export it from its training run"
+    try:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + header_len])
+        flat = header.get("__metadata__") or {}
+        tensors = st_load(data)
+    except Exception as err:  # safetensors raises its own error types for any malformation
+        raise UserError(broken) from err
+    if flat.get("format") != FORMAT:
+        raise UserError(
+            f"{path} is not a task file of this project (format {flat.get('format')!r})"
+        )
+    expected = flat.pop("sha256", None)
+    if expected != _digest(tensors, flat):
+        raise UserError(f"task file {path} was modified after it was written (digest mismatch)")
+    return TaskFile(path=path, meta=json.loads(flat["meta"]), tensors=tensors)
+
+
+def piggyback_tensors(model: nn.Module, classifier: str, train_bn: bool) -> dict[str, torch.Tensor]:
+    """The task-specific state of a masked model: packed masks, classifier, BN if trained."""
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, layer in masked_layers(model).items():
+            mask = layer.mask()
+            tensors[f"mask.{name}"] = pack_bits(mask != 0)
+            if layer.mask_config.threshold_fn == "ternarizer":
+                tensors[f"sign.{name}"] = pack_bits(mask < 0)
+    tensors.update(prefixed(model.get_submodule(classifier).state_dict(), "classifier."))
+    if train_bn:
+        for name, bn in batchnorm_layers(model).items():
+            tensors.update(prefixed(bn.state_dict(), f"bn.{name}."))
+    return tensors
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def check_compatible(task: TaskFile, backbone: str, fingerprint: str) -> None:
+    """Refuse a task file learned on other backbone weights than the ones in hand."""
+    if task.meta["backbone"] != backbone:
+        raise UserError(
+            f"task file {task.path} was made for backbone {task.meta['backbone']!r}, "
+            f"not {backbone!r}; pass backbone={task.meta['backbone']}"
+        )
+    if task.meta["fingerprint"] != fingerprint:
+        raise UserError(
+            f"task file {task.path} was made for other {backbone} weights "
+            f"(fingerprint {task.meta['fingerprint'][:12]}, these are {fingerprint[:12]}); "
+            "load the backbone weights it was trained on"
+        )
+
+
+@torch.no_grad()
+def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
+    """Fold a verified task into a plain backbone in place: W <- W * m, new classifier, BN.
+
+    The caller checks compatibility first (``check_compatible``).
+    """
+    if task.kind in ("piggyback", "full") and any(
+        isinstance(m, MaskedLayerMixin) for m in model.modules()
+    ):
+        raise ValueError("apply_task expects a plain backbone, not a masked model")
+    head_state = unprefixed(task.tensors, "classifier.")
+    weight = head_state["weight"]
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
+    head.load_state_dict(head_state)
+    replace_module(model, classifier, head.to(next(model.parameters()).device))
+    if task.kind == "full":
+        model.load_state_dict(unprefixed(task.tensors, "model."))
+        return model
+    if task.kind == "piggyback":
+        for name, entry in task.meta["layers"].items():
+            fold_mask(model.get_submodule(name), task.tensors, name, entry["shape"])
+    bn_state = unprefixed(task.tensors, "bn.")
+    for name, bn in batchnorm_layers(model).items():
+        own = unprefixed(bn_state, f"{name}.")
+        if own:
+            bn.load_state_dict(own)
+    return model
+
+
+def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) -> torch.Tensor:
+    """The float mask (0/1 or -1/0/1) of one layer, unpacked from a task's tensors."""
+    mask = unpack_bits(tensors[f"mask.{name}"], tuple(shape)).float()
+    if f"sign.{name}" in tensors:
+        mask = mask - 2 * unpack_bits(tensors[f"sign.{name}"], tuple(shape)).float()
+    return mask
+
+
+def fold_mask(
+    layer: nn.Module, tensors: dict[str, torch.Tensor], name: str, shape: list[int]
+) -> None:
+    if list(layer.weight.shape) != list(shape):
+        raise UserError(
+            f"mask for layer {name} has shape {shape}, the backbone's is {list(layer.weight.shape)}"
+        )
+    if tensors[f"mask.{name}"].numel() != math.ceil(math.prod(shape) / 8):
+        raise UserError(f"mask for layer {name} has the wrong number of bytes; the file is corrupt")
+    layer.weight.mul_(layer_mask(tensors, name, shape).to(layer.weight.device, layer.weight.dtype))

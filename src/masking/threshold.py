@@ -1,0 +1,53 @@
+"""Straight-through threshold functions that turn real-valued masks into binary/ternary ones.
+
+Forward thresholds; backward passes the gradient through unchanged (straight-through
+estimator), so dL/dm_real = dL/dm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Binarizer(torch.autograd.Function):
+    """m = 1 where m_real > threshold, else 0."""
+
+    @staticmethod
+    def forward(ctx: Any, mask_real: torch.Tensor, threshold: float) -> torch.Tensor:
+        return (mask_real > threshold).to(mask_real.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output, None
+
+
+class Ternarizer(torch.autograd.Function):
+    """m = -1 where m_real < 0, 1 where m_real > threshold, else 0."""
+
+    @staticmethod
+    def forward(ctx: Any, mask_real: torch.Tensor, threshold: float) -> torch.Tensor:
+        out = (mask_real > threshold).to(mask_real.dtype)
+        return out - (mask_real < 0).to(mask_real.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output, None
+
+
+THRESHOLD_FNS: dict[str, type[torch.autograd.Function]] = {
+    "binarizer": Binarizer,
+    "ternarizer": Ternarizer,
+}
+
+
+def get_threshold_fn(name: str) -> type[torch.autograd.Function]:
+    """Look a threshold function up by name; unknown names list the choices."""
+    from src.errors import UserError
+
+    try:
+        return THRESHOLD_FNS[name]
+    except KeyError:
+        choices = ", ".join(sorted(THRESHOLD_FNS))
+        raise UserError(f"unknown threshold function {name!r}; choose one of: {choices}") from None

@@ -1,0 +1,158 @@
+"""What every method shares: loss, top-1/top-5 metrics, the optimizer recipe, BN handling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from src.errors import UserError
+from src.masking import backbone_fingerprint, freeze_batchnorm, set_batchnorm_eval
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+class TaskModule(pl.LightningModule):
+    """A backbone with a task classifier, trained by a published recipe.
+
+    Subclasses decide what is trainable (``param_groups``) and what a task stores
+    (``task_tensors``). The backbone fingerprint is taken before any training.
+    """
+
+    kind: str = "full"  # the task-file kind this method exports
+    channels_last: bool = False  # set by the trainer config (on for CUDA)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classifier: str,
+        backbone: str,
+        num_classes: int,
+        optimizer: str = "sgd",
+        lr: float = 1e-3,
+        classifier_lr: float | None = None,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        lr_decay_every: int = 15,
+        lr_decay_factor: float = 0.1,
+        train_bn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        if optimizer not in OPTIMIZERS:
+            raise UserError(
+                f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+            )
+        for key, value in (("lr", lr), ("classifier_lr", classifier_lr)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"method.{key} must be a positive number (got {value})")
+        if lr_decay_every <= 0:
+            raise UserError(f"method.lr_decay_every must be >= 1 epoch (got {lr_decay_every})")
+        self.model = model
+        self.classifier = classifier
+        self.backbone = backbone
+        self.fingerprint = backbone_fingerprint(model, classifier)
+        if not train_bn:
+            freeze_batchnorm(model)
+        metrics = MetricCollection(
+            {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.classifier)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.channels_last:
+            x, y = batch
+            return x.contiguous(memory_format=torch.channels_last), y
+        return batch
+
+    def train(self, mode: bool = True) -> TaskModule:
+        super().train(mode)
+        if mode and not self.hparams.train_bn:
+            set_batchnorm_eval(self.model)
+        return self
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection
+    ) -> None:
+        x, y = batch
+        logits = self(x)
+        metrics.update(logits, y)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    # --- what subclasses define -------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Trainable parameters with their learning rates."""
+        raise NotImplementedError
+
+    def task_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors a task file stores for this method."""
+        raise NotImplementedError
+
+    def task_meta(self) -> dict:
+        """Method-specific metadata for the task file and the run record."""
+        return {}
+
+    # ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = [g for g in self.param_groups() if g["params"]]
+        if hp.optimizer == "adam":
+            opt = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(
+                groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        sched = torch.optim.lr_scheduler.StepLR(opt, hp.lr_decay_every, gamma=hp.lr_decay_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def export_task(self, path: str | Path, meta: dict) -> int:
+        """Write this task's file; returns its size in bytes."""
+        from src.masking import write_task_file
+
+        full_meta = {
+            **meta,
+            "kind": self.kind,
+            "backbone": self.backbone,
+            "fingerprint": self.fingerprint,
+            "classifier": self.classifier,
+            **self.task_meta(),
+        }
+        return write_task_file(path, self.task_tensors(), full_meta)
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for g in self.param_groups() for p in g["params"])

@@ -1,0 +1,22 @@
+"""Finetuning baseline: one whole network per task (the paper's "individual networks")."""
+
+from __future__ import annotations
+
+import torch
+
+from src.masking.taskfile import prefixed
+from src.methods.base import TaskModule
+
+
+class Finetune(TaskModule):
+    kind = "full"
+
+    def param_groups(self) -> list[dict]:
+        head = set(self.head.parameters())
+        trunk = [p for p in self.model.parameters() if p not in head and p.requires_grad]
+        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
+        return [{"params": trunk}, {"params": list(head), "lr": classifier_lr}]
+
+    def task_tensors(self) -> dict[str, torch.Tensor]:
+        state = self.model.state_dict()
+        return {**prefixed(state, "model."), **prefixed(self.head.state_dict(), "classifier.")}

@@ -1,0 +1,66 @@
+"""Piggyback: learn a binary mask over a frozen backbone's weights, plus a classifier."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.masking import MaskConfig, add_masks, mask_densities, mask_parameters, masked_layers
+from src.masking.model_surgery import batchnorm_layers
+from src.masking.taskfile import piggyback_tensors
+from src.methods.base import TaskModule
+
+
+class Piggyback(TaskModule):
+    kind = "piggyback"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classifier: str,
+        mask_init: str = "1s",
+        mask_scale: float = 1e-2,
+        threshold_fn: str = "binarizer",
+        threshold: float = 5e-3,
+        scale_gradients: str = "none",
+        **kwargs,
+    ) -> None:
+        mask_config = MaskConfig(mask_init, mask_scale, threshold_fn, threshold, scale_gradients)
+        super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
+        for p in model.parameters():
+            p.requires_grad_(False)
+        add_masks(model, mask_config, classifier)
+        for p in self.head.parameters():
+            p.requires_grad_(True)
+        if self.hparams.train_bn:
+            for bn in batchnorm_layers(model).values():
+                for p in bn.parameters():
+                    p.requires_grad_(True)
+
+    def param_groups(self) -> list[dict]:
+        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
+        groups = [
+            {"params": mask_parameters(self.model)},
+            {"params": list(self.head.parameters()), "lr": classifier_lr},
+        ]
+        if self.hparams.train_bn:
+            bn = [p for m in batchnorm_layers(self.model).values() for p in m.parameters()]
+            groups.append({"params": bn, "lr": classifier_lr})
+        return groups
+
+    def task_tensors(self) -> dict[str, torch.Tensor]:
+        return piggyback_tensors(self.model, self.classifier, self.hparams.train_bn)
+
+    def task_meta(self) -> dict:
+        layers = masked_layers(self.model)
+        densities = mask_densities(self.model)
+        first = next(iter(layers.values()))
+        return {
+            "threshold_fn": first.mask_config.threshold_fn,
+            "threshold": first.mask_config.threshold,
+            "train_bn": bool(self.hparams.train_bn),
+            "layers": {
+                n: {"shape": list(m.weight.shape), "density": densities[n]}
+                for n, m in layers.items()
+            },
+        }
