@@ -42,10 +42,15 @@ def backbone_fingerprint(model: nn.Module, classifier: str) -> str:
     for key, tensor in sorted(model.state_dict().items()):
         if key.startswith(classifier + ".") or key.endswith(("mask_real", "num_batches_tracked")):
             continue
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _update(digest, key, tensor)
     return digest.hexdigest()
+
+
+def _update(digest: hashlib._Hash, key: str, tensor: torch.Tensor) -> None:
+    """Feed a tensor's name, dtype, shape and raw bytes to a hash."""
+    t = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -63,9 +68,7 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for key in sorted(tensors):
-        t = tensors[key].contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _update(digest, key, tensors[key])
     return digest.hexdigest()
 
 
@@ -171,7 +174,8 @@ def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
         isinstance(m, MaskedLayerMixin) for m in model.modules()
     ):
         raise ValueError("apply_task expects a plain backbone, not a masked model")
-    head_state = unprefixed(task.tensors, "classifier.")
+    head_prefix = f"model.{classifier}." if task.kind == "full" else "classifier."
+    head_state = unprefixed(task.tensors, head_prefix)
     weight = head_state["weight"]
     head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
     head.load_state_dict(head_state)

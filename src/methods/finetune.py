@@ -18,5 +18,4 @@ class Finetune(TaskModule):
         return [{"params": trunk}, {"params": list(head), "lr": classifier_lr}]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
-        state = self.model.state_dict()
-        return {**prefixed(state, "model."), **prefixed(self.head.state_dict(), "classifier.")}
+        return prefixed(self.model.state_dict(), "model.")

@@ -23,10 +23,15 @@ class Piggyback(TaskModule):
         threshold_fn: str = "binarizer",
         threshold: float = 5e-3,
         scale_gradients: str = "none",
+        train_bn: bool = False,
+        optimizer: str = "adam",
+        lr: float = 1e-4,
         **kwargs,
     ) -> None:
         mask_config = MaskConfig(mask_init, mask_scale, threshold_fn, threshold, scale_gradients)
-        super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
+        super().__init__(
+            model, classifier, train_bn=train_bn, optimizer=optimizer, lr=lr, **kwargs
+        )  # fingerprint the plain backbone first
         for p in model.parameters():
             p.requires_grad_(False)
         add_masks(model, mask_config, classifier)

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny ImageFolder trees, random minicnn weights, running the CLIs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 12) -> Path:
+    """root/{train,test}/<class>/<n>.png with class-dependent brightness, so it is learnable."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", max(1, per_class // 2))):
+        for c in range(classes):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = int(255 * (c + 0.5) / classes)
+                pixels = np.clip(base + rng.integers(-20, 20, (size, size)), 0, 255).astype(
+                    np.uint8
+                )
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def minicnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from src.backbones import build_backbone
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "minicnn_random.safetensors"
+    save_file(build_backbone("minicnn", None, 10).state_dict(), str(path))
+    return path
+
+
+def tiny_overrides(tmp_path: Path, weights: Path, data_root: Path, classes: int = 3) -> list[str]:
+    """Overrides that make `src.train` run in seconds on a tiny ImageFolder tree."""
+    return [
+        "dataset=mini_digits",
+        f"dataset.root={data_root}",
+        f"dataset.num_classes={classes}",
+        f"backbone.weights={weights}",
+        "backbone.pretrain=false",
+        "method.epochs=1",
+        "method.batch_size=4",
+        "trainer=cpu",
+        "trainer.enable_progress_bar=false",
+        "num_workers=0",
+        f"paths.results_dir={tmp_path / 'results'}",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+    ]
+
+
+def run_module(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300):
+    """Run ``python -m module args`` as a user would; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

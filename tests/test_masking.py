@@ -1,0 +1,119 @@
+"""The masking core: straight-through gradients, exact '1s' start, frozen backbone, mask configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from src.backbones import build_backbone
+from src.errors import UserError
+from src.masking import (
+    Binarizer,
+    MaskConfig,
+    MaskedConv2d,
+    MaskedLinear,
+    Ternarizer,
+    add_masks,
+    freeze_batchnorm,
+    mask_densities,
+    masked_layers,
+)
+
+
+def test_binarizer_and_ternarizer_values_and_identity_gradient() -> None:
+    m = torch.tensor([-0.1, 0.0, 0.004, 0.006, 0.2], requires_grad=True)
+    assert Binarizer.apply(m, 5e-3).tolist() == [0, 0, 0, 1, 1]
+    assert Ternarizer.apply(m, 5e-3).tolist() == [-1, 0, 0, 1, 1]
+    g = torch.arange(5.0)
+    (Ternarizer.apply(m, 5e-3) * g).sum().backward()
+    assert torch.equal(m.grad, g)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(7, 5), nn.Conv2d(3, 4, 3, padding=1)])
+def test_straight_through_gradient_is_dL_dWeff_times_W(layer: nn.Module) -> None:
+    torch.manual_seed(0)
+    cfg = MaskConfig(mask_init="uniform", mask_scale=1e-2)
+    masked = (MaskedLinear if isinstance(layer, nn.Linear) else MaskedConv2d).from_dense(layer, cfg)
+    x = torch.randn(2, 7) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 6, 6)
+    (masked(x) ** 2).sum().backward()
+
+    w_eff = masked.effective_weight().detach().requires_grad_(True)
+    out = (
+        nn.functional.linear(x, w_eff, masked.bias)
+        if isinstance(layer, nn.Linear)
+        else masked._conv_forward(x, w_eff, masked.bias)
+    )
+    (out**2).sum().backward()
+    torch.testing.assert_close(masked.mask_real.grad, w_eff.grad * masked.weight)
+    assert masked.weight.grad is None  # the backbone weight gets no gradient
+
+
+def test_average_gradient_scaling_divides_by_mean_abs_weight() -> None:
+    torch.manual_seed(0)
+    dense = nn.Linear(6, 4)
+    plain = MaskedLinear.from_dense(dense, MaskConfig())
+    scaled = MaskedLinear.from_dense(dense, MaskConfig(scale_gradients="average"))
+    x = torch.randn(3, 6)
+    plain(x).sum().backward()
+    scaled(x).sum().backward()
+    torch.testing.assert_close(
+        scaled.mask_real.grad, plain.mask_real.grad / dense.weight.abs().mean()
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: build_backbone("minicnn", None, 10),
+        lambda: torchvision.models.resnet18(num_classes=7),
+    ],
+)
+def test_ones_init_gives_exactly_the_backbone_logits(make) -> None:
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    classifier = "classifier" if hasattr(model, "classifier") else "fc"
+    names = add_masks(model, MaskConfig(), classifier)
+    assert classifier not in names and len(names) > 3
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+    assert all(d == 1.0 for d in mask_densities(model).values())
+
+
+def test_add_masks_covers_every_conv_and_linear_but_the_classifier() -> None:
+    model = torchvision.models.resnet18(num_classes=3)
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    add_masks(model, MaskConfig(), "fc")
+    layers = masked_layers(model)
+    assert len(layers) == n_conv  # includes conv1 and the downsample convs
+    assert type(model.fc) is nn.Linear
+    assert all(not m.weight.requires_grad for m in layers.values())
+
+
+def test_freeze_batchnorm_keeps_statistics() -> None:
+    model = build_backbone("minicnn", None, 4)
+    freeze_batchnorm(model)
+    bn = model.features[1]
+    before = bn.running_mean.clone()
+    model.features(torch.randn(4, 3, 8, 8))
+    assert torch.equal(bn.running_mean, before) and not bn.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"threshold": 0.0}, "threshold must be > 0"),
+        ({"threshold": -1.0}, "threshold must be > 0"),
+        ({"mask_init": "zeros"}, "unknown mask_init 'zeros'"),
+        ({"threshold_fn": "sigmoid"}, "unknown threshold function 'sigmoid'"),
+        ({"scale_gradients": "max"}, "unknown scale_gradients"),
+        ({"mask_scale": 1e-3}, "must exceed the threshold"),
+    ],
+)
+def test_bad_mask_config_is_a_clear_user_error(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        MaskConfig(**kwargs)

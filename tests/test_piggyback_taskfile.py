@@ -1,0 +1,119 @@
+"""Piggyback training leaves the backbone untouched; its task file round-trips exactly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from src.backbones import build_backbone
+from src.errors import UserError
+from src.masking import (
+    apply_task,
+    backbone_fingerprint,
+    check_compatible,
+    pack_bits,
+    read_task_file,
+    unpack_bits,
+)
+from src.methods.piggyback import Piggyback
+
+
+def plain_backbone(seed: int = 0, classes: int = 4):
+    torch.manual_seed(seed)
+    return build_backbone("minicnn", None, classes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A Piggyback module trained a few steps on random data, its export, and the pre-state."""
+    model = plain_backbone()
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
+    method = Piggyback(model, "classifier", backbone="minicnn", num_classes=4, lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g)
+    )
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(method, DataLoader(data, batch_size=8))
+    path = tmp_path_factory.mktemp("task") / "task.safetensors"
+    size = method.export_task(path, {"dataset": "random", "class_names": list("abcd")})
+    return method.eval(), before, path, size
+
+
+def test_training_changes_masks_but_not_backbone_weights_or_bn_statistics(trained) -> None:
+    method, before, _, _ = trained
+    after = method.model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"{key} changed during Piggyback training"
+    densities = [m.mask().mean().item() for m in method.model.modules() if hasattr(m, "mask_real")]
+    assert min(densities) < 1.0, "training should have switched some weights off"
+
+
+def test_export_load_fold_gives_the_training_time_logits(trained) -> None:
+    method, _, path, _ = trained
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = method(x)
+    task = read_task_file(path)
+    plain = plain_backbone(classes=10).eval()
+    check_compatible(task, "minicnn", backbone_fingerprint(plain, "classifier"))
+    folded = apply_task(plain, task, "classifier")
+    assert not any(hasattr(m, "mask_real") for m in folded.modules())  # a plain network again
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-6)
+    assert task.class_names == list("abcd")
+
+
+def test_each_packed_mask_takes_ceil_n_over_8_bytes(trained) -> None:
+    _, _, path, size = trained
+    task = read_task_file(path)
+    layers = task.meta["layers"]
+    assert layers and all(
+        task.tensors[f"mask.{n}"].numel() == math.ceil(math.prod(e["shape"]) / 8)
+        for n, e in layers.items()
+    )
+    masked = sum(math.prod(e["shape"]) for e in layers.values())
+    head = sum(
+        t.numel() * t.element_size() for k, t in task.tensors.items() if k.startswith("classifier")
+    )
+    assert size < masked / 8 + head + 8192  # 1 bit per weight + classifier + header
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 1000, 1001])
+def test_pack_unpack_round_trip(n: int) -> None:
+    mask = torch.rand(n) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n / 8)
+    assert torch.equal(unpack_bits(packed, (n,)), mask)
+
+
+def test_task_file_for_other_weights_is_refused(trained) -> None:
+    _, _, path, _ = trained
+    other = plain_backbone(seed=1)
+    with pytest.raises(UserError, match="made for other minicnn weights"):
+        check_compatible(read_task_file(path), "minicnn", backbone_fingerprint(other, "classifier"))
+    with pytest.raises(UserError, match="made for backbone 'minicnn', not 'resnet50'"):
+        check_compatible(read_task_file(path), "resnet50", "0" * 64)
+
+
+def test_truncated_or_edited_task_file_is_refused(trained, tmp_path: Path) -> None:
+    _, _, path, _ = trained
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        read_task_file(truncated)
+    edited = tmp_path / "edited.safetensors"
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF  # a bit in the last tensor's payload
+    edited.write_bytes(bytes(flipped))
+    with pytest.raises(UserError, match="modified after it was written"):
+        read_task_file(edited)
