@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from src.backbones import build_backbone, classifier_name
 from src.data.datamodule import ImageFolderDataModule
 from src.errors import exit_on_user_error
-from src.masking import mask_densities, masked_layers
+from src.masking import mask_densities, masked_layers, state_digest
 from src.records import code_version, run_id, write_record
+from src.utils.distributed import all_ranks_agree
 
 log = logging.getLogger(__name__)
 RECIPE_KEYS = ("name", "epochs", "batch_size")  # method keys the trainer/data use, not the module
@@ -95,9 +96,16 @@ def make_loggers(cfg: DictConfig, out_dir: Path) -> list:
     return loggers
 
 
-def train(cfg: DictConfig) -> dict[str, Any] | None:
-    """Run one training job; returns its record (None when skipped because it exists)."""
+def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """Run one training job; returns its record (None when skipped, or on ranks other than 0).
+
+    PackNet runs a whole task sequence and returns one record per task.
+    """
     config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.method.name == "packnet":  # a whole task sequence in one job
+        from src.packnet_sequence import run_packnet_sequence
+
+        return run_packnet_sequence(cfg)
     rid = run_id(config)
     record_path = Path(cfg.paths.runs_dir) / f"{rid}.json"
     if record_path.exists() and not cfg.force:
@@ -135,6 +143,9 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     )
     test = trainer.test(method, datamodule=datamodule, verbose=False)[0]
+    ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
+    if not trainer.is_global_zero:  # only rank 0 writes task files and records
+        return None
 
     task_path = Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"
     task_bytes = method.export_task(
@@ -152,6 +163,8 @@ def train(cfg: DictConfig) -> dict[str, Any] | None:
         "top1": 100.0 * float(test["test/top1"]),
         "top5": 100.0 * float(test["test/top5"]),
         "val_top1": 100.0 * best_val,
+        "world_size": trainer.world_size,
+        "ranks_agree": ranks_agree,
         "epochs": trainer.current_epoch,
         "best_checkpoint": Path(checkpoint.best_model_path).name,
         **state_report(method, task_bytes),

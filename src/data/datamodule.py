@@ -7,13 +7,28 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
 
 from src.data.transforms import build_transforms
 from src.errors import UserError
 
 PROTOCOLS = ("clean", "faithful")
+
+
+class EpochSeededSampler(RandomSampler):
+    """Shuffles with a generator seeded by (seed, epoch): a resumed run sees the same order.
+
+    Lightning calls ``set_epoch`` on a loader's sampler at the start of every epoch.
+    """
+
+    def __init__(self, data_source, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
@@ -95,7 +110,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,

@@ -20,6 +20,7 @@ from src.masking.taskfile import (
     check_compatible,
     pack_bits,
     read_task_file,
+    state_digest,
     unpack_bits,
     write_task_file,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "prunable_layers",
     "read_task_file",
     "set_batchnorm_eval",
+    "state_digest",
     "unpack_bits",
     "write_task_file",
 ]

@@ -53,6 +53,14 @@ def _update(digest: hashlib._Hash, key: str, tensor: torch.Tensor) -> None:
     digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over named tensors: equal digests mean bit-identical states."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        _update(digest, key, tensors[key])
+    return digest.hexdigest()
+
+
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """Bool tensor -> uint8 tensor of ceil(n/8) bytes (big-endian bit order)."""
     bits = mask.detach().to("cpu", torch.bool).flatten().numpy()
@@ -66,10 +74,11 @@ def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for key in sorted(tensors):
-        _update(digest, key, tensors[key])
-    return digest.hexdigest()
+    return state_digest({"__meta__": _meta_tensor(meta), **tensors})
+
+
+def _meta_tensor(meta: dict[str, str]) -> torch.Tensor:
+    return torch.frombuffer(bytearray(json.dumps(meta, sort_keys=True).encode()), dtype=torch.uint8)
 
 
 @dataclass

@@ -1,0 +1,79 @@
+"""Sweeps (Hydra multirun) are resumable; DDP keeps ranks identical; launcher configs compose."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONF, run_module, tiny_overrides
+
+
+def _records(tmp_path):
+    return sorted((tmp_path / "results" / "runs").glob("*.json"))
+
+
+def test_two_by_two_multirun_is_resumable(tmp_path, tiny_folder, minicnn_weights) -> None:
+    args = [
+        "-m",
+        *tiny_overrides(tmp_path, minicnn_weights, tiny_folder),
+        "method.threshold=4e-3,6e-3",
+        "method.lr=1e-4,1e-3",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    first = run_module("src.train", *args, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = _records(tmp_path)
+    assert len(records) == 4
+    grid = {(r["config"]["method"]["threshold"], r["config"]["method"]["lr"]) for r in map(
+        lambda p: json.loads(p.read_text()), records)}  # fmt: skip
+    assert grid == {(4e-3, 1e-4), (4e-3, 1e-3), (6e-3, 1e-4), (6e-3, 1e-3)}
+    mtimes = [p.stat().st_mtime_ns for p in records]
+
+    again = run_module("src.train", *args, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skip: record") == 4 and "test top-1" not in again.stdout
+    assert [p.stat().st_mtime_ns for p in _records(tmp_path)] == mtimes
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_keeps_ranks_identical_and_writes_one_record(
+    tmp_path, tiny_folder, minicnn_weights
+) -> None:
+    proc = run_module(
+        "src.train",
+        *tiny_overrides(tmp_path, minicnn_weights, tiny_folder),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.deterministic=false",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _records(tmp_path)
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["world_size"] == 2 and record["ranks_agree"] is True
+    assert len(list((tmp_path / "results" / "tasks").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("launcher, key", [("slurm", "partition"), ("local_parallel", "n_jobs")])
+def test_launcher_configs_compose(launcher: str, key: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert key in cfg.hydra.launcher and "_target_" in cfg.hydra.launcher
+
+
+def test_submitit_launcher_prints_with_cfg_job() -> None:
+    proc = run_module("src.train", "--cfg", "hydra", "hydra/launcher=slurm")
+    assert (
+        proc.returncode == 0 and "SlurmLauncher" in proc.stdout and "partition: gpu" in proc.stdout
+    )
+
+
+@pytest.mark.parametrize("experiment", ["mini", "paper_table", "threshold_study"])
+def test_experiment_presets_compose(experiment: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params
