@@ -18,6 +18,7 @@ from torch import nn
 
 from src.errors import UserError
 from src.masking.model_surgery import replace_module
+from src.models.resnet26 import ResNet26
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ _torchvision("vgg16", "classifier.6")
 _torchvision("vgg16_bn", "classifier.6")
 _torchvision("resnet50", "fc")
 _torchvision("densenet121", "classifier")
+BACKBONES["resnet26"] = BackboneSpec(build=ResNet26, classifier="classifier")  # Visual Decathlon
 
 
 @register_backbone("minicnn", classifier="classifier")

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.backbones import build_backbone, classifier_name
 from src.data.datamodule import ImageFolderDataModule
-from src.errors import exit_on_user_error
+from src.errors import UserError, exit_on_user_error
 from src.masking import mask_densities, masked_layers, state_digest
 from src.records import code_version, run_id, write_record
+from src.reporting.wandb_summary import log_run_summary
 from src.utils.distributed import all_ranks_agree
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ RECIPE_KEYS = ("name", "epochs", "batch_size")  # method keys the trainer/data u
 
 def build_datamodule(cfg: DictConfig) -> ImageFolderDataModule:
     ds = cfg.dataset
+    if ds.get("decathlon"):
+        from src.data.decathlon import decathlon_datamodule
+
+        return decathlon_datamodule(cfg)
     if ds.get("mini"):
         from src.data.mini import prepare_mini_task
 
@@ -47,6 +52,8 @@ def build_datamodule(cfg: DictConfig) -> ImageFolderDataModule:
         val_fraction=cfg.val_fraction,
         seed=cfg.seed,
         prepare_hint=ds.get("prepare", ""),
+        verify_images=cfg.verify_images,
+        skip_bad_images=cfg.skip_bad_images,
     )
 
 
@@ -131,17 +138,16 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         logger=make_loggers(cfg, out_dir),
         default_root_dir=str(out_dir),
     )
-    last = ckpt_dir / "last.ckpt"
-    resume = str(last) if last.exists() and not cfg.force else None
+    method.run_id = rid
+    resume = resumable_checkpoint(ckpt_dir / "last.ckpt", rid) if not cfg.force else None
     if resume:
         print(f"resuming from {resume}")
-    trainer.fit(method, datamodule=datamodule, ckpt_path=resume)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     best_val = (
         float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
     )
-    method.load_state_dict(
-        torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    )
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    method.load_state_dict(best["state_dict"])
     test = trainer.test(method, datamodule=datamodule, verbose=False)[0]
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
     if not trainer.is_global_zero:  # only rank 0 writes task files and records
@@ -163,9 +169,11 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         "top1": 100.0 * float(test["test/top1"]),
         "top5": 100.0 * float(test["test/top5"]),
         "val_top1": 100.0 * best_val,
+        "eval_split": getattr(datamodule, "eval_split", "test"),
         "world_size": trainer.world_size,
         "ranks_agree": ranks_agree,
         "epochs": trainer.current_epoch,
+        "skipped_images": getattr(datamodule, "skipped_images", []),
         "best_checkpoint": Path(checkpoint.best_model_path).name,
         **state_report(method, task_bytes),
         "task_file": str(task_path),
@@ -179,12 +187,32 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_record(record_path, record)
+    log_run_summary(trainer.loggers, record, out_dir / "mask_density.png")
     print(
         f"{cfg.method.name} on {cfg.dataset.name} ({cfg.backbone.name}, seed {cfg.seed}): "
         f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%  "
         f"task file {task_bytes / 1e6:.3f} MB  record {record_path}"
     )
     return record
+
+
+def resumable_checkpoint(path: Path, rid: str) -> str | None:
+    """The checkpoint to resume from, after checking it is safe, whole and of this run."""
+    if not path.exists():
+        return None
+    fix = f"delete {path.parent} to start over, or pass force=true"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"checkpoint {path} cannot be loaded safely ({type(err).__name__}): it is truncated, "
+            f"corrupt or holds code; {fix}"
+        ) from None
+    if state.get("run_id") != rid:
+        raise UserError(
+            f"checkpoint {path} belongs to another config ({state.get('run_id')}); {fix}"
+        )
+    return str(path)
 
 
 def state_report(method: pl.LightningModule, task_bytes: int) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
+from tqdm import tqdm
 
 from src.data.transforms import build_transforms
 from src.errors import UserError
@@ -31,6 +35,25 @@ class EpochSeededSampler(RandomSampler):
         self.generator.manual_seed(self.seed * 100_003 + epoch)
 
 
+def find_undecodable(paths: list[str], stamp: Path) -> list[str]:
+    """Paths among ``paths`` that PIL cannot decode; a stamp file caches a clean result."""
+    key = f"{len(paths)}:{sum(os.path.getsize(p) for p in paths)}"
+    if stamp.exists() and stamp.read_text() == key:
+        return []
+    bad = []
+    for path in tqdm(paths, desc=f"checking images of {stamp.parent.name}", mininterval=2):
+        try:
+            with Image.open(path) as image:
+                image.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads it all
+                image.load()
+        except Exception:
+            bad.append(path)
+    if not bad:
+        with contextlib.suppress(OSError):  # a read-only dataset folder: check again next time
+            stamp.write_text(key)
+    return bad
+
+
 class ImageFolderDataModule(pl.LightningDataModule):
     """Train/val/test loaders over ``root/train`` and ``root/test``.
 
@@ -50,6 +73,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         seed: int = 0,
         prepare_hint: str = "",
         name: str = "",
+        verify_images: bool = True,
+        skip_bad_images: bool = False,
     ) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
@@ -66,7 +91,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.prepare_hint = prepare_hint
+        self.verify_images = verify_images
+        self.skip_bad_images = skip_bad_images
         self.class_names: list[str] = []
+        self.skipped_images: list[str] = []
 
     def check(self) -> None:
         """Fail early, with the command that fixes it, when the folder is not usable."""
@@ -90,12 +118,32 @@ class ImageFolderDataModule(pl.LightningDataModule):
         except (FileNotFoundError, OSError) as err:
             raise UserError(f"dataset {self.name!r}: {err}") from None
 
+    def _checked_folder(self, split: str, transform) -> ImageFolder:
+        """An ImageFolder whose images all decode (or, with skip_bad_images, without the bad)."""
+        folder = self._folder(split, transform)
+        if not self.verify_images:
+            return folder
+        paths = [path for path, _ in folder.samples]
+        bad = find_undecodable(paths, self.root / f".verified_{split}")
+        if bad and not self.skip_bad_images:
+            listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise UserError(
+                f"dataset {self.name!r}: {len(bad)} image(s) cannot be decoded: {listed}. "
+                "Re-prepare the dataset, or pass skip_bad_images=true to train without them"
+            )
+        if bad:
+            keep = [s for s in folder.samples if s[0] not in set(bad)]
+            folder.samples = folder.imgs = keep
+            folder.targets = [t for _, t in keep]
+            self.skipped_images += bad
+        return folder
+
     def setup(self, stage: str | None = None) -> None:
         if self.class_names:
             return
         self.check()
-        train_full = self._folder("train", self.train_tf)
-        self.test_set = self._folder("test", self.test_tf)
+        train_full = self._checked_folder("train", self.train_tf)
+        self.test_set = self._checked_folder("test", self.test_tf)
         self.class_names = list(train_full.classes)
         if self.protocol == "faithful":
             self.train_set, self.val_set = train_full, self.test_set
@@ -104,7 +152,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed))
         val_idx, train_idx = order[:n_val].tolist(), order[n_val:].tolist()
         self.train_set = Subset(train_full, train_idx)
-        self.val_set = Subset(self._folder("train", self.test_tf), val_idx)
+        val_view = self._folder("train", self.test_tf)
+        val_view.samples = val_view.imgs = train_full.samples
+        val_view.targets = train_full.targets
+        self.val_set = Subset(val_view, val_idx)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -86,6 +86,10 @@ class TaskModule(pl.LightningModule):
             return x.contiguous(memory_format=torch.channels_last), y
         return batch
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Tag checkpoints with their run, so a resume never picks up another config's state."""
+        checkpoint["run_id"] = getattr(self, "run_id", None)
+
     def train(self, mode: bool = True) -> TaskModule:
         super().train(mode)
         if mode and not self.hparams.train_bn:

@@ -1,0 +1,65 @@
+"""Regenerate the result tables and figures from run records: ``make tables``.
+
+Reads every record under --runs and the published numbers (--paper), writes Markdown, LaTeX
+and CSV tables under <out>/tables/ and PNG figures under <out>/figures/, and prints which
+cells have not been run. With no records it still writes the published columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from src.errors import UserError, exit_on_user_error
+from src.records import read_records
+from src.reporting.figures import write_figures
+from src.reporting.tables import build_tables, load_published, write_tables
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="results/runs", help="folder of run records")
+    parser.add_argument("--out", default="results", help="writes <out>/tables and <out>/figures")
+    parser.add_argument(
+        "--paper", default="results/paper/published.csv", help="published numbers (CSV)"
+    )
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = Path(args.runs)
+    if runs.exists() and not runs.is_dir():
+        raise UserError(f"--runs {runs} is a file; pass the folder that holds the run records")
+    records = read_records(runs) if runs.is_dir() else []
+    published = load_published(args.paper)
+    tables = build_tables(records, published)
+    out = Path(args.out)
+    written = write_tables(tables, out / "tables")
+    figures = write_figures(records, out / "figures")
+    if records:
+        print(f"{len(records)} run records under {runs}")
+    else:
+        print(f"no run records under {runs} yet: the tables show the published columns only")
+    for path in written:
+        print(f"wrote {path}")
+    for path in figures:
+        print(f"wrote {path}")
+    not_run = [(t.backbone, m, d) for t in tables for m, d in t.not_run]
+    if not_run:
+        print(f"cells not run yet ({len(not_run)}):")
+        for table in tables:
+            by_method: dict[str, list[str]] = {}
+            for method, dataset in table.not_run:
+                by_method.setdefault(method, []).append(dataset)
+            for method, datasets in by_method.items():
+                print(f"  {table.backbone} {method}: {', '.join(datasets)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Result tables and figures built from run records and the published numbers."""

@@ -1,0 +1,294 @@
+"""Visual Decathlon: the score, ResNet-26, the devkit JSONs, a miniature run and its submission."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from src.data.decathlon import (
+    CATEGORY_BASE,
+    DecathlonDataModule,
+    check_tree,
+    decathlon_transforms,
+    read_split,
+    read_stats,
+)
+from src.decathlon import BASELINE_ACCURACY, decathlon_score, domain_points, score_records
+from src.decathlon_submit import build_submission, submit
+from src.decathlon_submit import main as submit_main
+from src.errors import UserError
+from src.masking import MaskConfig, add_masks, masked_layers
+from src.models.resnet26 import ResNet26, convert_original_state_dict
+from tests.conftest import CONF
+
+# Rebuffi et al. 2017 finetune baseline and Piggyback's Decathlon accuracies (%), as
+# tabulated in Liu et al. CVPR 2019 Table 4; Piggyback's leaderboard score is 2838.
+FINETUNE = {
+    "imagenet12": 59.87, "aircraft": 60.34, "cifar100": 82.12, "daimlerpedcls": 92.82,
+    "dtd": 55.53, "gtsrb": 97.53, "vgg-flowers": 81.41, "omniglot": 87.69, "svhn": 96.55,
+    "ucf101": 51.20,
+}  # fmt: skip
+PIGGYBACK = {
+    "imagenet12": 57.69, "aircraft": 65.29, "cifar100": 79.87, "daimlerpedcls": 96.99,
+    "dtd": 57.45, "gtsrb": 97.27, "vgg-flowers": 79.09, "omniglot": 87.63, "svhn": 97.24,
+    "ucf101": 47.48,
+}  # fmt: skip
+MINI = {"dtd": 4, "gtsrb": 5, "vgg-flowers": 10}  # real domain offsets d
+CLASSES = 3
+
+
+# --- the score ----------------------------------------------------------------------------
+def test_baseline_scores_2500_and_piggyback_about_2840() -> None:
+    assert decathlon_score(FINETUNE) == pytest.approx(2500.0, abs=0.01)
+    assert decathlon_score(PIGGYBACK) == pytest.approx(2840.0, abs=1.0)
+    assert abs(decathlon_score(PIGGYBACK) - 2838) < 5  # published, from rounded accuracies
+
+
+def test_domain_points_bounds() -> None:
+    assert domain_points("svhn", 100.0) == pytest.approx(1000.0)
+    assert domain_points("svhn", BASELINE_ACCURACY["svhn"]) == pytest.approx(250.0)
+    e_max = 2 * (100 - BASELINE_ACCURACY["dtd"])
+    assert domain_points("dtd", 100 - e_max - 1) == 0.0
+    with pytest.raises(UserError, match="missing \\['ucf101'\\]"):
+        decathlon_score({d: a for d, a in FINETUNE.items() if d != "ucf101"})
+
+
+# --- ResNet-26 ----------------------------------------------------------------------------
+def test_resnet26_shape_and_masks_on_every_conv() -> None:
+    model = ResNet26(num_classes=7)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 25  # 1 stem + 3 stages x 4 blocks x 2 (+ the classifier = 26)
+    assert model.conv1.stride == (1, 1) and model.conv1.out_channels == 32
+    assert [getattr(model, f"layer{i}")[0].conv1.stride for i in (1, 2, 3)] == [(2, 2)] * 3
+    x = torch.randn(2, 3, 64, 64)
+    assert model(x).shape == (2, 7) and model(torch.randn(1, 3, 72, 72)).shape == (1, 7)
+    model.eval()
+    plain = model(x)
+    names = add_masks(model, MaskConfig(), "classifier")
+    assert sorted(names) == sorted(convs) and set(masked_layers(model)) == set(convs)
+    assert torch.allclose(model(x), plain, atol=1e-5)  # all-ones masks keep the function
+
+
+def _to_original(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our keys renamed as in the authors' models.py (plain mode, task 0)."""
+    out = {}
+    for key, value in ours.items():
+        key = re.sub(r"^conv1\.weight$", "pre_layers_conv.conv.weight", key)
+        key = re.sub(r"^bn1\.", "pre_layers_conv.bns.0.", key)
+        key = re.sub(r"\.conv1\.weight$", ".conv1.conv.weight", key)
+        key = re.sub(r"\.bn1\.", ".conv1.bns.0.", key)
+        key = re.sub(r"\.conv2\.weight$", ".conv2.1.conv.weight", key)
+        key = re.sub(r"\.bn2\.", ".conv2.1.bns.0.", key)
+        key = re.sub(r"^bn_out\.", "end_bns.0.0.", key)
+        key = re.sub(r"^classifier\.", "linears.0.", key)
+        out["module." + key] = value
+    return out
+
+
+def test_convert_original_checkpoint_keys() -> None:
+    ours = ResNet26(num_classes=1000).state_dict()
+    original = _to_original(ours)
+    extra = {
+        "module.layer1.0.conv1.parallel_conv.0.conv.weight": torch.zeros(64, 32, 1, 1),
+        "module.linears.1.weight": torch.zeros(10, 256),
+        "module.end_bns.1.0.weight": torch.zeros(256),
+    }
+    converted, dropped = convert_original_state_dict({**original, **extra})
+    assert set(converted) == set(ours) and sorted(dropped) == sorted(extra)
+    assert all(torch.equal(converted[k], ours[k]) for k in ours)
+    ResNet26().load_state_dict(converted, strict=True)
+    # series adapters: the main BN sits at bns.<t>.1, the adapter at bns.<t>.0
+    series = {
+        k.replace("pre_layers_conv.bns.0.", "pre_layers_conv.bns.0.1."): v
+        for k, v in original.items()
+    }
+    series["module.pre_layers_conv.bns.0.0.conv.1.weight"] = torch.zeros(32, 32, 1, 1)
+    converted, dropped = convert_original_state_dict(series)
+    assert set(converted) == set(ours) and dropped == [
+        "module.pre_layers_conv.bns.0.0.conv.1.weight"
+    ]
+
+
+# --- a miniature decathlon in the devkit's format -----------------------------------------
+def _write_split(root: Path, domain: str, d: int, split: str, n: int, labelled: bool) -> None:
+    rng = np.random.default_rng(d * 10 + len(split))
+    images, annotations = [], []
+    for i in range(n):
+        label = i % CLASSES
+        name = f"data/{domain}/{split.replace('_stripped', '')}/{i:06d}.png"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(40 + 80 * label + rng.integers(-15, 15, (8, 8, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / name)
+        image_id = d * CATEGORY_BASE + 7919 * (i + 1) + len(split)  # not derivable from i
+        images.append({"id": image_id, "width": 8, "height": 8, "file_name": name})
+        if labelled:
+            cat = d * CATEGORY_BASE + label + 1
+            annotations.append({"id": i + 1, "image_id": image_id, "category_id": cat})
+    categories = [
+        {"id": d * CATEGORY_BASE + k + 1, "name": f"{domain}_c{k}", "supercategory": domain}
+        for k in range(CLASSES)
+    ]
+    data = {"info": {}, "licenses": [], "images": images, "annotations": annotations}
+    data["categories"] = categories
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / f"{domain}_{split}.json").write_text(json.dumps(data))
+
+
+@pytest.fixture
+def mini_root(tmp_path: Path) -> Path:
+    root = tmp_path / "decathlon-1.0"
+    for domain, d in MINI.items():
+        _write_split(root, domain, d, "train", 6, True)
+        _write_split(root, domain, d, "val", 3, True)
+        _write_split(root, domain, d, "test_stripped", 4, False)
+    _write_split(root, "dtd", 4, "test", 4, True)  # labelled test for one domain
+    return root
+
+
+@pytest.fixture
+def mini_stats(mini_root: Path, tmp_path: Path) -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "decathlon_stats", CONF.parent / "scripts" / "decathlon_stats.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "stats.json"
+    module.main(["--root", str(mini_root), "--out", str(out), "--domains", *MINI])
+    return out
+
+
+def test_read_split_maps_category_ids(mini_root: Path) -> None:
+    s = read_split(mini_root, "gtsrb", "train", require_labels=True)
+    raw = json.loads((mini_root / "annotations" / "gtsrb_train.json").read_text())
+    assert s.image_ids == [im["id"] for im in raw["images"]]
+    by_id = {a["image_id"]: a["category_id"] for a in raw["annotations"]}
+    assert s.labels == [by_id[i] - 5 * CATEGORY_BASE - 1 for i in s.image_ids]
+    assert (
+        s.num_classes == CLASSES and read_split(mini_root, "gtsrb", "test_stripped").labels is None
+    )
+    lines = check_tree(mini_root, list(MINI), {"dtd": {"train": 6, "val": 3, "test": 4}})
+    assert len(lines) == 3 and "dtd: train 6, val 3, test 4 (labelled test) ok" in lines
+
+
+def test_stats_script_and_published_pipelines(mini_stats: Path) -> None:
+    stats = read_stats(mini_stats, "dtd")
+    assert len(stats["mean"]) == 3 and all(s > 0 for s in stats["std"])
+    img = Image.new("RGB", (96, 72))
+    for domain, size in (("dtd", 64), ("gtsrb", 72)):
+        from omegaconf import OmegaConf
+
+        tf = OmegaConf.load(CONF / "dataset" / "decathlon" / f"{domain}.yaml").transforms
+        train, test = decathlon_transforms(tf, stats["mean"], stats["std"])
+        assert train(img).shape == test(img).shape == (3, size, size)
+        assert any("Flip" in type(t).__name__ for t in train.transforms) == (domain == "dtd")
+
+
+def test_bad_input_messages(mini_root: Path, mini_stats: Path) -> None:
+    (mini_root / "data" / "gtsrb" / "train" / "000002.png").unlink()
+    dm = DecathlonDataModule(mini_root, "gtsrb", CLASSES, decathlon_transforms(
+        {"resize": 8, "size": 8}, [0.5] * 3, [0.5] * 3))  # fmt: skip
+    with pytest.raises(UserError, match=r"1 of 6 images listed in .*gtsrb_train.json are missing"
+                       r".*data/gtsrb/train/000002.png"):  # fmt: skip
+        dm.setup("fit")
+    raw = json.loads((mini_root / "annotations" / "dtd_train.json").read_text())
+    (mini_root / "annotations" / "dtd_train.json").write_text(
+        json.dumps({**raw, "annotations": []})
+    )
+    with pytest.raises(UserError, match=r"domain 'dtd', split 'train'.*has no labels"):
+        read_split(mini_root, "dtd", "train", require_labels=True)
+    with pytest.raises(UserError, match=r"no mean/std for 'svhn'.*decathlon_stats\.py"):
+        read_stats(mini_stats, "svhn")
+    with pytest.raises(UserError, match=r"svhn_train\.json not found"):
+        check_tree(mini_root, ["svhn"])
+    with pytest.raises(UserError, match="nothing for: aircraft, cifar100"):
+        build_submission({}, {}, ["aircraft", "cifar100"])
+
+
+def test_submission_cli_refuses_missing_domains(tmp_path: Path, capsys) -> None:
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        submit_main(["--method", "piggyback", "--runs", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    assert "the submission needs all 10 domains; nothing for: aircraft" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def resnet26_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet26_random.safetensors"
+    save_file(ResNet26().state_dict(), str(path))
+    return path
+
+
+def _train(domain: str, root: Path, stats: Path, weights: Path, tmp_path: Path) -> dict:
+    from hydra import compose, initialize_config_dir
+
+    from src.train import train
+
+    overrides = [
+        f"dataset=decathlon/{domain}", f"dataset.root={root}", f"dataset.num_classes={CLASSES}",
+        f"dataset.stats={stats}", "dataset.transforms.resize=16", "dataset.transforms.size=16",
+        "backbone=resnet26", f"backbone.weights={weights}",
+        "method=piggyback", "method.epochs=1", "method.batch_size=4", "trainer=cpu",
+        "trainer.enable_progress_bar=false", "num_workers=0",
+        f"paths.results_dir={tmp_path / 'results'}", f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.output_dir={tmp_path / 'outputs' / domain}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return train(cfg)
+
+
+def test_mini_decathlon_trains_scores_and_submits(
+    mini_root: Path, mini_stats: Path, resnet26_weights: Path, tmp_path: Path
+) -> None:
+    records = {d: _train(d, mini_root, mini_stats, resnet26_weights, tmp_path) for d in MINI}
+    assert records["dtd"]["eval_split"] == "test" and records["gtsrb"]["eval_split"] == "val"
+    assert all(r["masked_weights"] > 0 and r["backbone"] == "resnet26" for r in records.values())
+    [row] = score_records(records.values())
+    assert row["domains"] == sorted(MINI) and row["score_val"] is None  # 7 domains missing
+    mini_baseline = {d: BASELINE_ACCURACY[d] for d in MINI}
+    score = decathlon_score(row["val_top1"], mini_baseline)
+    assert 0.0 <= score <= 1000.0 * len(MINI)
+
+    out = submit(records, tmp_path / "sub" / "results.json", domains=list(MINI))
+    entries = json.loads(out.read_text())
+    expected_ids = set()
+    for domain, d in MINI.items():
+        raw = json.loads((mini_root / "annotations" / f"{domain}_test_stripped.json").read_text())
+        ids = {im["id"] for im in raw["images"]}
+        cats = {c["id"] for c in raw["categories"]}
+        mine = [e for e in entries if e["image_id"] in ids]
+        assert len(mine) == len(ids) and {e["image_id"] for e in mine} == ids
+        assert all(e["category_id"] in cats for e in mine)
+        assert all(e["category_id"] // CATEGORY_BASE == d for e in mine)
+        expected_ids |= ids
+    assert len(entries) == len(expected_ids) and set(entries[0]) == {"image_id", "category_id"}
+    with pytest.raises(UserError, match="nothing for: vgg-flowers"):
+        submit({d: records[d] for d in ("dtd", "gtsrb")}, tmp_path / "x.json", list(MINI))
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_ten_domain_configs_compose() -> None:
+    from hydra import compose, initialize_config_dir
+
+    classes = {
+        "aircraft": 100, "cifar100": 100, "daimlerpedcls": 2, "dtd": 47, "gtsrb": 43,
+        "imagenet12": 1000, "omniglot": 1623, "svhn": 10, "ucf101": 101, "vgg-flowers": 102,
+    }  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for domain, k in classes.items():
+            ds = compose("config", overrides=[f"dataset=decathlon/{domain}"]).dataset
+            assert (ds.domain, ds.num_classes, ds.decathlon) == (domain, k, True)
+            no_flip = domain in ("gtsrb", "omniglot", "svhn")
+            assert (ds.transforms.size, ds.transforms.flip) == (72 if no_flip else 64, not no_flip)
+            assert ds.transforms.mean is None  # from the stats file, never invented

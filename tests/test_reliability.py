@@ -1,0 +1,208 @@
+"""Resume after SIGKILL, determinism, safe loading, atomic outputs, and clear bad-input messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.backbones import build_backbone
+from src.errors import UserError
+from src.masking import read_task_file, state_digest
+from src.utils.atomic import atomic_dir, atomic_path, atomic_write_json
+from tests.conftest import ROOT, make_image_folder, run_module, tiny_overrides
+
+
+class _Exploit:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant_pickle(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": _Exploit(marker)}, fh)
+    return path
+
+
+def _fails_cleanly(proc, *needles: str) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out[-2000:]
+    for needle in needles:
+        assert needle in out, out[-2000:]
+    return out
+
+
+def _final_state(results: Path) -> tuple[dict, str]:
+    (record_path,) = (results / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    digest = state_digest(read_task_file(record["task_file"]).tensors)
+    numbers = {k: record[k] for k in ("top1", "top5", "val_top1", "epochs", "mask_density")}
+    return numbers, digest
+
+
+def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, minicnn_weights):
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=24, size=16)
+    common = ["method.epochs=4", "method.batch_size=2", "method.lr=1e-3"]
+
+    def args(name: str) -> list[str]:
+        return [*tiny_overrides(tmp_path / name, minicnn_weights, data), *common]
+
+    clean = run_module("src.train", *args("a"), timeout=600)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    again = run_module("src.train", *args("c"), timeout=600)  # same seed, same config
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _final_state(tmp_path / "a" / "results") == _final_state(tmp_path / "c" / "results")
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "src.train", *args("b")]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = next((tmp_path / "b" / "outputs").glob("checkpoints/*/"), None)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last and (last / "last.ckpt").exists()):
+        time.sleep(0.05)
+        last = last or next((tmp_path / "b" / "outputs").glob("checkpoints/*/"), None)
+    time.sleep(0.3)  # into the next epoch
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "results" / "runs").exists()  # no record from a killed run
+
+    resumed = run_module("src.train", *args("b"), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    assert _final_state(tmp_path / "b" / "results") == _final_state(tmp_path / "a" / "results")
+
+
+def test_checkpoint_from_another_config_or_with_code_is_refused(
+    tmp_path, tiny_folder, minicnn_weights
+):
+    args = tiny_overrides(tmp_path, minicnn_weights, tiny_folder)
+    assert run_module("src.train", *args, "seed=1").returncode == 0
+    (ckpt_dir,) = (tmp_path / "outputs" / "checkpoints").iterdir()
+    target = tmp_path / "outputs" / "checkpoints" / ckpt_dir.name.replace("__s1__", "__s0__")
+    # the seed-1 checkpoint, placed where the seed-0 run of otherwise equal config looks
+    proc = run_module("src.train", *args, "seed=1", "method.lr=2e-4")
+    assert proc.returncode == 0  # a different config never looks at that folder
+    rid_dir = next(p for p in (tmp_path / "outputs" / "checkpoints").iterdir() if p != ckpt_dir)
+    (rid_dir / "last.ckpt").write_bytes((ckpt_dir / "last.ckpt").read_bytes())
+    (tmp_path / "results" / "runs").joinpath(f"{rid_dir.name}.json").unlink()
+    _fails_cleanly(
+        run_module("src.train", *args, "seed=1", "method.lr=2e-4"), "belongs to another config"
+    )
+
+    marker = tmp_path / "pwned"
+    _plant_pickle(rid_dir / "last.ckpt", marker)
+    _fails_cleanly(
+        run_module("src.train", *args, "seed=1", "method.lr=2e-4"), "cannot be loaded safely"
+    )
+    assert not marker.exists() and not target.exists()
+
+
+def test_malicious_weights_file_is_refused_without_running_it(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    path = _plant_pickle(tmp_path / "resnet.pth", marker)
+    with pytest.raises(UserError, match="not a plain state_dict"):
+        build_backbone("minicnn", str(path), 10)
+    assert not marker.exists()
+
+
+def test_corrupt_images_are_named_or_skipped_with_a_count(tmp_path, minicnn_weights) -> None:
+    data = make_image_folder(tmp_path / "data")
+    bad = data / "train" / "c1" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    args = tiny_overrides(tmp_path, minicnn_weights, data)
+    _fails_cleanly(
+        run_module("src.train", *args),
+        "1 image(s) cannot be decoded",
+        "broken.png",
+        "skip_bad_images=true",
+    )
+    ok = run_module("src.train", *args, "skip_bad_images=true")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    (record,) = (tmp_path / "results" / "runs").glob("*.json")
+    assert [Path(p).name for p in json.loads(record.read_text())["skipped_images"]] == [
+        "broken.png"
+    ]
+
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [("empty", "has no class folders"), ("classes", "has 2 class folders, expected 3")],
+)
+def test_unusable_dataset_folder(tmp_path, minicnn_weights, damage, needle) -> None:
+    data = make_image_folder(tmp_path / "data")
+    if damage == "empty":
+        for child in (data / "train").iterdir():
+            for f in child.iterdir():
+                f.unlink()
+            child.rmdir()
+    else:
+        for split in ("train", "test"):
+            for f in (data / split / "c2").iterdir():
+                f.unlink()
+            (data / split / "c2").rmdir()
+    _fails_cleanly(
+        run_module("src.train", *tiny_overrides(tmp_path, minicnn_weights, data)), needle
+    )
+
+
+def test_atomic_outputs_leave_nothing_half_written(tmp_path) -> None:
+    target = tmp_path / "record.json"
+    atomic_write_json(target, {"ok": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"half": ')
+        raise RuntimeError("killed")
+    assert json.loads(target.read_text()) == {"ok": 1}
+    folder = tmp_path / "dataset"
+    with pytest.raises(RuntimeError), atomic_dir(folder) as tmp:
+        (tmp / "train").mkdir()
+        raise RuntimeError("killed")
+    assert not folder.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_wandb_online_failure_falls_back_to_offline(tmp_path, monkeypatch, caplog) -> None:
+    from hydra import compose, initialize_config_dir
+    from pytorch_lightning.loggers import WandbLogger
+
+    from src.utils.wandb_logger import make_wandb_logger
+    from tests.conftest import CONF
+
+    def no_network(self):
+        raise ConnectionError("no route to api.wandb.ai")
+
+    monkeypatch.setattr(WandbLogger, "experiment", property(no_network))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["logger=wandb", "logger.wandb.mode=online", f"paths.data_dir={tmp_path}"],
+        )
+    cfg.paths.output_dir = str(tmp_path)
+    logger = make_wandb_logger(cfg, tmp_path)
+    assert isinstance(logger, WandbLogger) and logger._wandb_init["mode"] == "offline"
+    assert "logging offline instead" in caplog.text
+
+
+def test_same_seed_gives_same_initial_state() -> None:
+    torch.manual_seed(3)
+    a = build_backbone("minicnn", None, 5).state_dict()
+    torch.manual_seed(3)
+    b = build_backbone("minicnn", None, 5).state_dict()
+    assert state_digest(a) == state_digest(b)
