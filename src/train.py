@@ -156,7 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     task_path = Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"
     task_bytes = method.export_task(
         task_path,
-        {"dataset": cfg.dataset.name, "class_names": datamodule.class_names,
+        {"dataset": cfg.dataset.name, "method": cfg.method.name, "class_names": datamodule.class_names,
          "num_classes": datamodule.num_classes, "run_id": rid},
     )  # fmt: skip
     record = {

@@ -1,0 +1,166 @@
+"""Stored task files evaluated and used for prediction without any training checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.data.transforms import build_transforms
+from src.errors import UserError
+from src.eval import compose_config, evaluate
+from src.masking.pruning import PackNetState
+from src.predict import image_paths, load_images
+from src.predict import main as predict_main
+from src.records import read_records
+from tests.conftest import CONF, make_image_folder, run_module
+from tests.test_multitask import make_packnet_state, other_weights
+
+TASKS = {"mini_digits": 3, "mini_fashion_rot": 4}  # two mini-benchmark tasks, class counts
+
+
+def common(root: Path, weights: Path) -> list[str]:
+    return [
+        f"paths.data_dir={root / 'data'}",
+        f"paths.results_dir={root / 'results'}",
+        f"backbone.weights={weights}",
+    ]
+
+
+def train_in_process(*overrides: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # as under @hydra.main: the job's config has no hydra node
+        del cfg["hydra"]
+    assert train(cfg) is not None
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> Path:
+    """Two tasks trained 1 epoch on tiny trees put where the mini configs look for them."""
+    root = tmp_path_factory.mktemp("two_tasks")
+    for name, classes in TASKS.items():
+        make_image_folder(root / "data" / "mini" / name, classes=classes, per_class=4, size=32)
+        train_in_process(
+            f"dataset={name}",
+            f"dataset.num_classes={classes}",
+            "backbone.pretrain=false",
+            "method.epochs=1",
+            "method.batch_size=4",
+            "trainer=cpu",
+            "trainer.enable_progress_bar=false",
+            "num_workers=0",
+            f"paths.log_dir={root / 'outputs'}",
+            f"paths.output_dir={root / 'outputs' / name}",
+            *common(root, minicnn_weights),
+        )
+    return root
+
+
+def test_eval_reproduces_the_training_top1(trained: Path, minicnn_weights: Path) -> None:
+    proc = run_module(
+        "src.eval", f"tasks={trained / 'results' / 'tasks'}", *common(trained, minicnn_weights)
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = read_records(trained / "results")
+    train = {r["dataset"]: r for r in records if r.get("source") != "eval"}
+    evals = {r["dataset"]: r for r in records if r.get("source") == "eval"}
+    assert set(train) == set(evals) == set(TASKS)
+    for name in TASKS:
+        assert evals[name]["top1"] == train[name]["top1"]
+        assert evals[name]["top5"] == train[name]["top5"]
+        assert evals[name]["train_top1"] == train[name]["top1"]
+        assert evals[name]["method"] == "piggyback" and evals[name]["backbone"] == "minicnn"
+        assert evals[name]["task_run_id"] == train[name]["run_id"]
+        assert evals[name]["n_test"] == 2 * TASKS[name]
+        assert Path(evals[name]["record_path"]).parent == trained / "results" / "evals"
+
+
+def test_eval_refuses_other_backbone_weights(trained: Path, tmp_path: Path) -> None:
+    other = other_weights(tmp_path)
+    with pytest.raises(UserError, match="made for other minicnn weights"):
+        evaluate(
+            [f"tasks={trained / 'results' / 'tasks'}", f"out={tmp_path / 'evals'}",
+             *common(trained, other)]
+        )  # fmt: skip
+    assert not (tmp_path / "evals").exists()
+
+
+def test_predict_prints_class_names_and_skips_non_images(
+    trained: Path, minicnn_weights: Path, tmp_path: Path, capsys
+) -> None:
+    task = next((trained / "results" / "tasks").glob("mini_fashion_rot*.safetensors"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    test_images = sorted((trained / "data" / "mini" / "mini_fashion_rot" / "test").rglob("*.png"))
+    for i, image in enumerate(test_images[:3]):
+        (folder / f"img{i}.png").write_bytes(image.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    args = [f"task={task}", f"images={folder}", "topk=2", *common(trained, minicnn_weights)]
+
+    proc = run_module("src.predict", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "notes.txt" in proc.stderr and "warning" in proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert [Path(line.split("\t")[0]).name for line in lines] == [
+        "img0.png",
+        "img1.png",
+        "img2.png",
+    ]
+    classes = {f"c{i}" for i in range(TASKS["mini_fashion_rot"])}
+    for line in lines:
+        names = line.split("\t")[1].split()[::2]
+        assert len(names) == 2 and set(names) <= classes
+
+    predict_main([*args, "format=jsonl"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["topk"][0]["class"] in classes
+        assert row["topk"][0]["prob"] >= row["topk"][1]["prob"]
+
+
+def test_predict_with_only_non_images_fails_cleanly(trained: Path, tmp_path: Path, capsys) -> None:
+    task = next((trained / "results" / "tasks").glob("mini_digits*.safetensors"))
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([f"task={task}", f"images={tmp_path / 'a.txt'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "a.txt" in err and "error: none of the files" in err
+
+
+def test_eval_takes_a_packnet_state(trained: Path, tmp_path: Path) -> None:
+    classes = {name: [f"c{i}" for i in range(n)] for name, n in TASKS.items()}
+    path = tmp_path / "seq.safetensors"
+    make_packnet_state(path, list(TASKS), classes)
+    records = evaluate(
+        [f"tasks={path}", f"out={tmp_path / 'evals'}", f"paths.data_dir={trained / 'data'}"]
+    )
+    assert [r["dataset"] for r in records] == list(TASKS)
+    for record in records:
+        name = record["dataset"]
+        assert record["method"] == "packnet" and record["n_test"] == 2 * TASKS[name]
+        _, transform = build_transforms(compose_config(name, None, []).dataset.transforms)
+        paths, x = load_images(
+            image_paths(str(trained / "data" / "mini" / name / "test")), transform
+        )
+        labels = torch.tensor([classes[name].index(p.parent.name) for p in paths])
+        with torch.no_grad():
+            logits = PackNetState.load(path).view(name).eval()(x)
+        assert record["top1"] == pytest.approx(
+            100.0 * float((logits.argmax(1) == labels).float().mean())
+        )
+    written = sorted(p.name for p in (tmp_path / "evals").iterdir())
+    assert written == [f"seq__{name}.json" for name in sorted(TASKS)]
