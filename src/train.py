@@ -154,11 +154,14 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         return None
 
     task_path = Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"
-    task_bytes = method.export_task(
-        task_path,
-        {"dataset": cfg.dataset.name, "method": cfg.method.name, "class_names": datamodule.class_names,
-         "num_classes": datamodule.num_classes, "run_id": rid},
-    )  # fmt: skip
+    task_meta = {
+        "dataset": cfg.dataset.name,
+        "method": cfg.method.name,
+        "class_names": datamodule.class_names,
+        "num_classes": datamodule.num_classes,
+        "run_id": rid,
+    }
+    task_bytes = method.export_task(task_path, task_meta)
     record = {
         "run_id": rid,
         "dataset": cfg.dataset.name,
