@@ -11,7 +11,6 @@ the state file stores them packed at that width. Nothing here knows Lightning.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,20 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as st_save
 from torch import nn
 
 from src.errors import UserError
 from src.masking.model_surgery import batchnorm_layers, prunable_layers, replace_module
 from src.masking.taskfile import (
-    FORMAT,
-    _digest,
     backbone_fingerprint,
     prefixed,
     read_task_file,
     unprefixed,
+    write_task_file,
 )
-from src.utils.atomic import atomic_write_bytes
 
 FREE, BASE = 0, 1
 KIND = "packnet"
@@ -257,12 +253,7 @@ class PackNetState:
             "owner_bits": self.bits,
             "layers": {n: list(o.shape) for n, o in self.owners.items()},
         }
-        flat = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
-        tensors = self.tensors()
-        flat["sha256"] = _digest(tensors, flat)
-        data = st_save(tensors, metadata=flat)
-        atomic_write_bytes(path, data)
-        return len(data)
+        return write_task_file(path, self.tensors(), meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PackNetState:

@@ -29,7 +29,7 @@ from src.masking.model_surgery import batchnorm_layers, masked_layers, replace_m
 from src.utils.atomic import atomic_write_bytes
 
 FORMAT = "piggyback-lab-task/1"
-KINDS = ("piggyback", "classifier", "full")
+KINDS = ("piggyback", "classifier", "full", "packnet")
 
 
 def backbone_fingerprint(model: nn.Module, classifier: str) -> str:
@@ -179,6 +179,11 @@ def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
 
     The caller checks compatibility first (``check_compatible``).
     """
+    if task.kind == "packnet":
+        raise UserError(
+            f"{task.path} is a PackNet state holding several tasks; load it with "
+            "src.masking.pruning.PackNetState.load(path).view(task) or src.multitask"
+        )
     if task.kind in ("piggyback", "full") and any(
         isinstance(m, MaskedLayerMixin) for m in model.modules()
     ):

@@ -1,0 +1,741 @@
+"""The costs that matter (issue 10), each measured as a ratio inside one run.
+
+Every timed figure alternates its two sides rep by rep (A, B, A, B, ...) and reports the
+median of the per-rep ratios, so a machine that is busy with other work slows both sides
+alike. CUDA timings are bracketed by ``torch.cuda.synchronize``; the GPU path trains in
+bf16 autocast with channels_last, as ``src.train`` does. ``scripts/bench.py`` is the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from src.backbones import build_backbone, classifier_name
+from src.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_BACKBONES = ("vgg16", "vgg16_bn", "resnet50", "densenet121")
+FIGURES = {
+    1: "train step: Piggyback / finetune",
+    2: "framework overhead: Lightning loop / bare PyTorch loop",
+    3: "inference: folded Piggyback task / plain backbone",
+    4: "task switch: finetuned checkpoint load / mask file load + fold",
+    5: "storage: bits per masked weight (Piggyback task file)",
+    6: "data loading: prepared / raw images per second",
+    7: "peak memory of a training step: Piggyback / finetune",
+}
+NO_TARGET = "none (issue 10 sets none)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of one bench run; ``for_device`` gives the issue's sizes, ``quick`` tiny ones."""
+
+    device: str = "cpu"
+    backbone: str = "resnet50"  # figures 1-4 and 7
+    batch: int = 4
+    size: int = 64
+    reps: int = 15
+    warmup: int = 2
+    loop_steps: int = 8  # figure 2: steps per fit, per round
+    loop_rounds: int = 7
+    switch_rounds: int = 3
+    storage_backbones: tuple[str, ...] = PAPER_BACKBONES
+    data_images: int = 64
+    data_cases: int = 3  # how many of scripts/bench_data.py's cases
+    quick: bool = False
+
+    @classmethod
+    def for_device(cls, device: str, quick: bool = False) -> Settings:
+        if quick:
+            return cls(device, "minicnn", batch=2, size=32, reps=3, warmup=1, loop_steps=4,
+                       loop_rounds=1, switch_rounds=1, storage_backbones=("minicnn",),
+                       data_images=8, data_cases=1, quick=True)  # fmt: skip
+        if device == "cuda":
+            return cls(device, batch=32, size=224, reps=21, warmup=3, loop_steps=20)
+        return cls(device)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], s: Settings) -> dict[str, list[float]]:
+    """Seconds per call of each function, alternating them rep by rep after a warm-up."""
+    for _ in range(s.warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(s.reps):
+        for name, fn in fns.items():
+            sync(s.device)
+            start = time.perf_counter()
+            fn()
+            sync(s.device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over reps of num/den: robust to load that drifts during the run."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
+
+
+def median_ms(values: list[float]) -> float:
+    return round(1000 * statistics.median(values), 3)
+
+
+def profile_table(fn: Callable[[], Any], device: str, rows: int = 8) -> str:
+    """torch.profiler's top operators of one call, by self time (the 'why' of a miss)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def autocast(s: Settings):
+    """bf16 autocast on CUDA (the trainer's bf16-mixed), nothing on CPU (32-true)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if s.cuda else nullcontext()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def device_slug(device: str) -> str:
+    """File-name form of the device: ``cpu``, or the GPU's name (``nvidia-h100-80gb-hbm3``)."""
+    if device == "cpu":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_method(method: str, backbone: str, num_classes: int = 10, seed: int = 0):
+    """The project's TaskModule for ``method`` with its conf/method recipe, random weights."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from src.train import RECIPE_KEYS
+
+    conf = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
+    kwargs = {k: v for k, v in conf.items() if k not in RECIPE_KEYS}
+    torch.manual_seed(seed)
+    model = build_backbone(backbone, None, num_classes)
+    return hydra.utils.instantiate(kwargs, model=model, classifier=classifier_name(backbone),
+                                   backbone=backbone, num_classes=num_classes,
+                                   _convert_="all")  # fmt: skip
+
+
+def batch(s: Settings, num_classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(s.batch, 3, s.size, s.size, generator=g)
+    y = torch.randint(0, num_classes, (s.batch,), generator=g)
+    x, y = x.to(s.device), y.to(s.device)
+    return (x.contiguous(memory_format=torch.channels_last) if s.cuda else x), y
+
+
+def train_step(method, s: Settings) -> Callable[[], None]:
+    """One optimizer step of ``method`` on a fixed batch, with the method's own optimizer."""
+    method.to(s.device)
+    if s.cuda:
+        method.channels_last = True
+        method.to(memory_format=torch.channels_last)
+    method.train()
+    opt = method.configure_optimizers()["optimizer"]
+    x, y = batch(s)
+
+    def step() -> None:
+        with autocast(s):
+            loss = F.cross_entropy(method(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def set_density(method, density: float, seed: int = 0) -> None:
+    """Give a Piggyback model masks of a paper-like density (random, seeded)."""
+    from src.masking import masked_layers
+
+    g = torch.Generator().manual_seed(seed)
+    scale = method.hparams.mask_scale
+    with torch.no_grad():
+        for layer in masked_layers(method.model).values():
+            keep = torch.rand(layer.mask_real.shape, generator=g) < density
+            layer.mask_real.copy_(torch.where(keep, scale, -scale))
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def verdict(value: float, target: float, higher_is_better: bool = False) -> bool:
+    return value >= target if higher_is_better else value <= target
+
+
+def fig_train_step(s: Settings) -> dict:
+    """1. One optimizer step, Piggyback vs finetuning, same backbone, batch and input."""
+    steps = {m: train_step(build_method(m, s.backbone), s) for m in ("piggyback", "finetune")}
+    times = interleaved(steps, s)
+    ratio = paired_ratio(times, "piggyback", "finetune")
+    out = {
+        "value": round(ratio, 3),
+        "target": "<= 1.05",
+        "met": verdict(ratio, 1.05),
+        "ms": {m: median_ms(t) for m, t in times.items()},
+        "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, "
+        + ("bf16 autocast, channels_last" if s.cuda else "fp32"),
+    }
+    if not out["met"]:
+        out["profile"] = {m: profile_table(fn, s.device) for m, fn in steps.items()}
+    return out
+
+
+class StepClock(pl.Callback):
+    """A timestamp at every training batch start and at the end of training (device-synced)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def on_train_end(self, trainer, module) -> None:
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+
+def project_trainer_kwargs(device: str) -> tuple[dict, bool]:
+    """conf/trainer (default, plus cpu.yaml on CPU) resolved by src.train.trainer_kwargs."""
+    from omegaconf import OmegaConf
+
+    from src.train import trainer_kwargs
+
+    trainer = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml")
+    if device == "cpu":
+        cpu = OmegaConf.load(ROOT / "conf" / "trainer" / "cpu.yaml")
+        trainer = OmegaConf.merge(trainer, {k: v for k, v in cpu.items() if k != "defaults"})
+    else:
+        trainer.accelerator = "gpu"
+    return trainer_kwargs(OmegaConf.create({"trainer": trainer}))
+
+
+def fig_framework_overhead(s: Settings) -> dict:
+    """2. Per-step period of the project's Lightning fit vs a bare loop (same module, data).
+
+    Both sides are timed batch start to batch start (data fetch, hooks, logging included),
+    so Trainer start-up and tear-down are excluded. Rounds alternate a Lightning fit and a
+    bare pass; the figure is the median over rounds of their median-step ratio.
+    """
+    from pytorch_lightning.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    method = build_method("piggyback", s.backbone)
+    kw, method.channels_last = project_trainer_kwargs(s.device)
+    kw.update(enable_progress_bar=False, enable_checkpointing=False, limit_val_batches=0,
+              max_steps=s.loop_steps, max_epochs=-1, num_sanity_val_steps=0)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    n = s.batch * s.loop_steps
+    data = TensorDataset(torch.randn(n, 3, s.size, s.size, generator=g),
+                         torch.randint(0, 10, (n,), generator=g))  # fmt: skip
+    loader = DataLoader(data, batch_size=s.batch, shuffle=True, num_workers=0, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    lightning: list[float] = []
+    bare: list[float] = []
+    ratios: list[float] = []
+    for name in ("pytorch_lightning", "lightning.pytorch"):  # start-up chatter, once per fit
+        logging.getLogger(name).setLevel(logging.WARNING)
+    skip = min(s.warmup, s.loop_steps - 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(s.loop_rounds):
+            clock = StepClock(s.device)
+            trainer = pl.Trainer(**kw, callbacks=[clock], logger=CSVLogger(tmp, name="bench"),
+                                 default_root_dir=tmp)  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # no val loader, few steps: by design here
+                trainer.fit(method, train_dataloaders=loader)
+            periods = [b - a for a, b in itertools.pairwise(clock.stamps)]
+            steps = {"lightning": periods[skip:-1], "bare": _bare_loop(method, loader, s)[skip:]}
+            ratios.append(statistics.median(steps["lightning"]) / statistics.median(steps["bare"]))
+            lightning += steps["lightning"]  # the last period above includes fit's tear-down
+            bare += steps["bare"]
+    ratio = statistics.median(ratios)
+    return {
+        "value": round(ratio, 3),
+        "target": "<= 1.05",
+        "met": verdict(ratio, 1.05),
+        "ms": {"lightning": median_ms(lightning), "bare": median_ms(bare)},
+        "steps_timed": {"lightning": len(lightning), "bare": len(bare)},
+        "round_ratios": [round(r, 3) for r in ratios],
+        "setup": f"piggyback {s.backbone}, batch {s.batch}, {s.size}x{s.size}, in-memory "
+        f"tensors, 0 workers, precision {kw['precision']}; step period timed inside fit by a "
+        "callback (start-up excluded), progress bar off, CSV logger on",
+    }
+
+
+def _bare_loop(method, loader, s: Settings) -> list[float]:
+    """Seconds per step of a plain PyTorch loop over ``loader`` (same module and optimizer)."""
+    method.to(s.device).train()
+    opt = method.configure_optimizers()["optimizer"]
+    stamps = []
+    for x, y in loader:
+        sync(s.device)
+        stamps.append(time.perf_counter())
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        if s.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(s):
+            loss = F.cross_entropy(method(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(s.device)
+    stamps.append(time.perf_counter())
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def export_piggyback(backbone: str, path: Path, density: float = 0.6, num_classes: int = 10):
+    """A real Piggyback task file (random backbone, seeded masks) via the method's export_task.
+
+    Returns (method, plain backbone with the same weights, file size in bytes).
+    """
+    torch.manual_seed(0)
+    plain = build_backbone(backbone, None, num_classes)
+    method = build_method("piggyback", backbone, num_classes)  # same seed: same trunk
+    set_density(method, density)
+    size = method.export_task(path, {"dataset": "bench", "num_classes": num_classes})
+    return method, plain, size
+
+
+def fig_inference(s: Settings) -> dict:
+    """3. Forward pass of a task folded into a plain backbone vs the plain backbone."""
+    from src.masking import apply_task, check_compatible, read_task_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "task.safetensors"
+        _, plain, _ = export_piggyback(s.backbone, path)
+        task = read_task_file(path)
+    classifier = classifier_name(s.backbone)
+    folded = copy.deepcopy(plain)
+    check_compatible(task, s.backbone, _fingerprint(folded, classifier))
+    apply_task(folded, task, classifier)
+    x, _ = batch(s)
+    fns = {}
+    for name, model in (("folded", folded), ("plain", plain)):
+        model = model.to(s.device).eval()
+        if s.cuda:
+            model.to(memory_format=torch.channels_last)
+        fns[name] = _forward(model, x, s)
+    times = interleaved(fns, s)
+    ratio = paired_ratio(times, "folded", "plain")
+    return {
+        "value": round(ratio, 3),
+        "target": "<= 1.01",
+        "met": verdict(ratio, 1.01),
+        "ms": {m: median_ms(t) for m, t in times.items()},
+        "same_module_types": [type(m).__name__ for m in folded.modules()]
+        == [type(m).__name__ for m in plain.modules()],
+        "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, eval, no_grad, "
+        "mask density 0.6, folded with src.masking.apply_task",
+    }
+
+
+def _fingerprint(model, classifier: str) -> str:
+    from src.masking import backbone_fingerprint
+
+    return backbone_fingerprint(model, classifier)
+
+
+def _forward(model, x: torch.Tensor, s: Settings) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad(), autocast(s):
+            model(x)
+
+    return run
+
+
+def fig_task_switch(s: Settings) -> dict:
+    """4. src.multitask.benchmark (select with the copy strategy) plus reading the mask file.
+
+    Judged: (read + verify the mask file) + select, vs loading the finetuned network's
+    page-cached torch checkpoint (the faster of the two full loads it measures).
+    """
+    from src.masking.taskfile import layer_mask, read_task_file
+    from src.multitask import benchmark
+
+    backbone = "resnet50" if not s.quick else s.backbone
+    with tempfile.TemporaryDirectory() as tmp:
+        r = benchmark(backbone, 2, 0.6, s.device, s.switch_rounds, Path(tmp))
+        mask_file = Path(tmp) / "task0.safetensors"
+        read_ms = median_ms(
+            [_seconds(lambda: read_task_file(mask_file)) for _ in range(max(3, s.switch_rounds))]
+        )
+        task = read_task_file(mask_file)
+        cold = _cold_loads(Path(tmp), backbone, s)
+    # where a fold's time goes: unpacking bits to a float mask vs the multiply itself
+    model = build_backbone(backbone, None, 10).to(s.device)
+    unpack = multiply = 0.0
+    for name, entry in task.meta["layers"].items():
+        weight = model.get_submodule(name).weight
+        start = time.perf_counter()
+        mask = layer_mask(task.tensors, name, entry["shape"]).to(s.device, weight.dtype)
+        sync(s.device)
+        mid = time.perf_counter()
+        with torch.no_grad():
+            torch.mul(weight, mask, out=weight)
+        sync(s.device)
+        unpack += mid - start
+        multiply += time.perf_counter() - mid
+    switch_ms = read_ms + r["select_copy_ms"]
+    ratio = r["load_full_ckpt_ms"] / switch_ms
+    return {
+        "value": round(ratio, 2),
+        "target": ">= 5x",
+        "met": verdict(ratio, 5.0, higher_is_better=True),
+        "ms": {
+            "mask_file_read_and_select": round(switch_ms, 2),
+            "mask_file_read": read_ms,
+            "select_copy": round(r["select_copy_ms"], 2),
+            "select_restore": round(r["select_restore_ms"], 2),
+            "finetuned_ckpt_load": round(r["load_full_ckpt_ms"], 2),
+            "finetuned_full_taskfile_load": round(r["load_full_taskfile_ms"], 2),
+        },
+        "select_only_ratio": round(r["load_full_ckpt_ms"] / r["select_copy_ms"], 2),
+        "cold_cache_ms": cold,
+        "cold_cache_ratio": round(
+            cold["finetuned_ckpt_load"] / (cold["mask_file_read"] + r["select_copy_ms"]), 2
+        ),
+        "fold_profile_ms": {
+            "unpack_bits_to_float_mask": round(1000 * unpack, 2),
+            "multiply_into_weights": round(1000 * multiply, 2),
+        },
+        "bytes": {"mask_file": r["task_file_bytes"], "finetuned_file": r["full_file_bytes"]},
+        "setup": f"{backbone}, random weights, 2 tasks of mask density 0.6, "
+        f"{s.switch_rounds} rounds (src.multitask.benchmark, not interleaved), "
+        "MultiTaskModel.select strategy 'copy'; files page-cached",
+    }
+
+
+def _cold_loads(folder: Path, backbone: str, s: Settings) -> dict[str, float]:
+    """Median ms of reading the mask file and loading the finetuned checkpoint from disk.
+
+    Each file is dropped from the page cache first (fsync + POSIX_FADV_DONTNEED on that
+    file only), so this is the cost when a task's file was not read recently.
+    """
+    from src.masking.taskfile import read_task_file
+
+    target = build_backbone(backbone, None, 10).to(s.device)
+    ckpt = folder / "full.ckpt"
+    loads = {
+        "mask_file_read": (folder / "task0.safetensors", read_task_file),
+        "finetuned_ckpt_load": (
+            ckpt,
+            lambda p: target.load_state_dict(
+                torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
+            ),
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in loads}
+    for _ in range(max(3, s.switch_rounds)):
+        for name, (path, load) in loads.items():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            sync(s.device)
+            times[name].append(_seconds(lambda p=path, f=load: (f(p), sync(s.device))))
+    return {k: median_ms(v) for k, v in times.items()}
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fig_storage(s: Settings) -> dict:
+    """5. Bytes of a real exported Piggyback task file per backbone, and bits per masked weight.
+
+    ``mask_bits_per_weight`` counts the stored mask tensors only (the judged figure);
+    ``overhead_bytes`` is the rest beyond mask + classifier (safetensors header, metadata).
+    """
+    from src.masking import read_task_file
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for backbone in s.storage_backbones:
+            path = Path(tmp) / f"{backbone}.safetensors"
+            method, plain, size = export_piggyback(backbone, path)
+            task = read_task_file(path)
+            n = sum(int(torch.Size(e["shape"]).numel()) for e in task.meta["layers"].values())
+            nbytes = {p: sum(t.nbytes for k, t in task.tensors.items() if k.startswith(p))
+                      for p in ("mask.", "sign.", "classifier.")}  # fmt: skip
+            masks = nbytes["mask."] + nbytes["sign."]
+            full = sum(t.nbytes for t in plain.state_dict().values())
+            rows[backbone] = {
+                "task_bytes": size,
+                "masked_weights": n,
+                "mask_bytes": masks,
+                "classifier_bytes": nbytes["classifier."],
+                "overhead_bytes": size - masks - nbytes["classifier."],
+                "mask_bits_per_weight": round(8 * masks / n, 4),
+                "file_bits_per_weight_excl_classifier": round(
+                    8 * (size - nbytes["classifier."]) / n, 4
+                ),
+                "finetuned_state_bytes": full,
+                "finetuned_over_task": round(full / size, 1),
+            }
+            del method, plain, task
+    worst = max(r["mask_bits_per_weight"] for r in rows.values())
+    return {
+        "value": worst,
+        "target": "<= 1.0 bit per masked weight, plus the classifier",
+        "met": verdict(worst, 1.0),
+        "backbones": rows,
+        "setup": "random-init backbones, 10 classes, Piggyback.export_task, mask density 0.6 "
+        "(packed bits: size does not depend on density)",
+    }
+
+
+def _bench_data_module():
+    """scripts/bench_data.py, imported by path (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "scripts" / "bench_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fig_data_loading(s: Settings) -> dict:
+    """6. Train pipeline images/s, raw files vs ``prepare --resize``, via scripts/bench_data.py.
+
+    0 workers (the loader's cost in this process, stable on a busy machine), batch 16,
+    raw and prepared passes alternated ``reps`` times; the figure is the median ratio.
+    """
+    from src.data.prepare import Expected, prepare_dataset
+
+    bd = _bench_data_module()
+    cases = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, (name, size, fmt, style, resize) in list(bd.CASES.items())[: s.data_cases]:
+            raw = Path(tmp) / name / "raw"
+            for split, n in (("train", s.data_images), ("test", 2)):
+                for i in range(n):
+                    folder = raw / split / f"c{i % 2}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    bd.make_image(size, fmt, i, folder / f"{i}.{fmt}")
+            fast = prepare_dataset(name, raw, raw.parent, resize=resize, progress=False,
+                                   expected=Expected(2, s.data_images, 2))  # fmt: skip
+            rates: dict[str, list[float]] = {"raw": [], "prepared": []}
+            loader_batch = min(16, max(1, s.data_images // 4))  # the first batch is not timed
+            for _ in range(max(1, s.reps // 3)):
+                rates["raw"].append(bd.images_per_s(raw, style, 0, batch=loader_batch))
+                rates["prepared"].append(bd.images_per_s(fast, style, 0, batch=loader_batch))
+            cases[label] = {
+                "raw_img_s": round(statistics.median(rates["raw"]), 1),
+                "prepared_img_s": round(statistics.median(rates["prepared"]), 1),
+                "ratio": round(paired_ratio(rates, "prepared", "raw"), 2),
+                "resize": resize,
+            }
+    return {
+        "value": min(c["ratio"] for c in cases.values()),
+        "target": NO_TARGET,
+        "met": None,
+        "cases": cases,
+        "setup": f"{s.data_images} generated images per case, 0 workers, batch 16, "
+        "scripts/bench_data.py's images_per_s (first batch excluded)",
+    }
+
+
+def step_memory(method: str, s: Settings) -> dict:
+    """Peak memory of one steady-state training step (run it in a fresh process).
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak RSS (VmHWM), reset
+    through /proc/self/clear_refs after a warm-up step, so the peak is that of one step
+    with the optimizer state already allocated.
+    """
+    torch.set_num_threads(1)
+    step = train_step(build_method(method, s.backbone), s)
+    step()  # allocates gradients and optimizer state
+    if s.cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated(), "resident_bytes": before,
+                "how": "torch.cuda.max_memory_allocated"}  # fmt: skip
+    before = _status_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    step()
+    return {"peak_bytes": _status_bytes("VmHWM"), "resident_bytes": before,
+            "how": "process peak RSS (VmHWM) after /proc/self/clear_refs"}  # fmt: skip
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise UserError(f"/proc/self/status has no {field}; peak memory needs Linux")
+
+
+def fig_memory(s: Settings) -> dict:
+    """7. Peak memory of a training step, each method in its own fresh Python process."""
+    if not s.cuda and not Path("/proc/self/clear_refs").exists():
+        raise UserError("figure 7 on CPU needs Linux /proc; skip it with --only 1,2,3,4,5,6")
+    args = json.dumps(s.__dict__ | {"storage_backbones": list(s.storage_backbones)})
+    peaks = {}
+    for method in ("piggyback", "finetune"):
+        code = (
+            "import json, sys; from src.benchmarks import Settings, step_memory; "
+            "a = json.loads(sys.argv[1]); a['storage_backbones'] = tuple(a['storage_backbones']);"
+            f" print(json.dumps(step_memory({method!r}, Settings(**a))))"
+        )
+        done = subprocess.run([sys.executable, "-c", code, args], cwd=ROOT, capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"memory child for {method} failed:\n{done.stderr[-2000:]}")
+        peaks[method] = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = peaks["piggyback"]["peak_bytes"] / peaks["finetune"]["peak_bytes"]
+    return {
+        "value": round(ratio, 3),
+        "target": NO_TARGET,
+        "met": None,
+        "mb": {
+            m: {k: round(v / 2**20, 1) for k, v in p.items() if k.endswith("bytes")}
+            for m, p in peaks.items()
+        },
+        "how": peaks["piggyback"]["how"],
+        "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, second step measured",
+    }
+
+
+RUNNERS: dict[int, Callable[[Settings], dict]] = {
+    1: fig_train_step,
+    2: fig_framework_overhead,
+    3: fig_inference,
+    4: fig_task_switch,
+    5: fig_storage,
+    6: fig_data_loading,
+    7: fig_memory,
+}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def run_figures(s: Settings, only: list[int], log: Callable[[str], None] = print) -> dict:
+    """Measure the chosen figures; returns the JSON-able result (printing each as it ends)."""
+    figures = {}
+    for number in only:
+        start = time.perf_counter()
+        figure = {"name": FIGURES[number], **RUNNERS[number](s)}
+        figure["seconds"] = round(time.perf_counter() - start, 1)
+        figure["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        figures[str(number)] = figure
+        log(summary_line(number, figure))
+    return {
+        "device": device_name(s.device),
+        "device_kind": s.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "settings": s.__dict__ | {"storage_backbones": list(s.storage_backbones)},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "figures": figures,
+    }
+
+
+def summary_line(number: int, figure: dict) -> str:
+    met = {True: "met", False: "NOT MET", None: "-"}[figure["met"]]
+    return f"{number}. {figure['name']}: {figure['value']}  target {figure['target']}  [{met}]"
+
+
+def markdown(result: dict) -> str:
+    """A short summary: one table row per figure, then each figure's details."""
+    lines = [
+        f"# Benchmarks on {result['device']} ({result['device_kind']})",
+        "",
+        f"{result['date']}, torch {result['torch']}, {result['threads']} CPU thread(s). "
+        "Ratios are medians of interleaved reps measured in this one run.",
+        "",
+        "| # | figure | value | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for number, f in sorted(result["figures"].items(), key=lambda kv: int(kv[0])):
+        met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
+        lines.append(f"| {number} | {f['name']} | {f['value']} | {f['target']} | {met} |")
+    for number, f in sorted(result["figures"].items(), key=lambda kv: int(kv[0])):
+        lines += ["", f"## {number}. {f['name']}", "", f"Setup: {f['setup']}.", ""]
+        details = {k: v for k, v in f.items()
+                   if k not in ("name", "value", "target", "met", "setup", "profile")}  # fmt: skip
+        lines += ["```json", json.dumps(details, indent=1), "```"]
+        for side, table in f.get("profile", {}).items():
+            lines += ["", f"Profile of one {side} step (top operators by self time):", "",
+                      "```", table.rstrip(), "```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Write <stem>.json and <stem>.md atomically; figures not re-measured are kept."""
+    from src.utils.atomic import atomic_write_bytes, atomic_write_json
+
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    if json_path.is_file():
+        try:
+            old = json.loads(json_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("device") == result["device"]:
+            result = {**result, "figures": {**old.get("figures", {}), **result["figures"]}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(json_path, result)
+    atomic_write_bytes(md_path, markdown(result).encode())
+    return json_path, md_path

@@ -1,0 +1,102 @@
+"""PackNet (Mallya & Lazebnik, CVPR 2018): train a task on the weights earlier tasks freed.
+
+One module trains one task of a sequence on the shared network: only weights owned by
+this task (``owner``) get gradients; weights of the base and of earlier tasks stay
+bit-for-bit unchanged. Biases and BatchNorm are frozen unless ``train_bias_bn`` (then the
+sequence stores them per task). The sequence (src/packnet_sequence.py) claims the free
+weights before training, prunes between the two phases and stores each task's classifier
+(and biases/BN) in the shared state; this module exports no task file of its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.masking.model_surgery import batchnorm_layers, prunable_layers
+from src.methods.base import TaskModule
+
+
+class PackNet(TaskModule):
+    kind = "packnet"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classifier: str,
+        owners: dict[str, torch.Tensor],
+        owner: int,
+        train_bias_bn: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(model, classifier, train_bn=train_bias_bn, **kwargs)
+        self.save_hyperparameters(ignore=["model", "owners"])  # owner tensors are not hparams
+        self.owners = owners
+        self.owner = owner
+        self._masks: dict[str, torch.Tensor] = {}
+        self._frozen: dict[str, torch.Tensor] = {}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for _, layer in prunable_layers(model, classifier):
+            layer.weight.requires_grad_(True)
+        for p in self.head.parameters():
+            p.requires_grad_(True)
+        for p in self.bias_bn_parameters():
+            p.requires_grad_(train_bias_bn)
+
+    def bias_bn_parameters(self) -> list[nn.Parameter]:
+        biases = [
+            layer.bias
+            for _, layer in prunable_layers(self.model, self.classifier)
+            if layer.bias is not None
+        ]
+        return biases + [p for bn in batchnorm_layers(self.model).values() for p in bn.parameters()]
+
+    def trainable_masks(self) -> dict[str, torch.Tensor]:
+        """Per prunable layer: which weights this task may change."""
+        return {name: own.eq(self.owner) for name, own in self.owners.items()}
+
+    def param_groups(self) -> list[dict]:
+        weights = [layer.weight for _, layer in prunable_layers(self.model, self.classifier)]
+        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
+        groups = [
+            {"params": weights},
+            {"params": list(self.head.parameters()), "lr": classifier_lr},
+        ]
+        if self.hparams.train_bias_bn:
+            groups.append({"params": self.bias_bn_parameters()})
+        return groups
+
+    def set_schedule(self, lr: float, decay_every: int, decay_factor: float) -> None:
+        """Switch the optimizer recipe between phases (train, then retrain after pruning)."""
+        self.hparams.update(lr=lr, lr_decay_every=decay_every, lr_decay_factor=decay_factor)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._masks = self.trainable_masks()
+        self._frozen = {
+            name: layer.weight.detach().clone()
+            for name, layer in prunable_layers(self.model, self.classifier)
+        }
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradients only for this task's weights, so momentum/Adam state never touches others.
+        for name, layer in prunable_layers(self.model, self.classifier):
+            if layer.weight.grad is not None:
+                layer.weight.grad.masked_fill_(~self._masks[name], 0.0)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Weight decay moves weights even with zero gradients: put frozen ones back exactly.
+        for name, layer in prunable_layers(self.model, self.classifier):
+            layer.weight.copy_(torch.where(self._masks[name], layer.weight, self._frozen[name]))
+
+    def on_fit_end(self) -> None:
+        self._masks, self._frozen = {}, {}
+
+    def trainable_parameter_count(self) -> int:
+        count = sum(int(m.sum()) for m in self.trainable_masks().values())
+        count += sum(p.numel() for p in self.head.parameters())
+        if self.hparams.train_bias_bn:
+            count += sum(p.numel() for p in self.bias_bn_parameters())
+        return count

@@ -1,0 +1,403 @@
+"""PackNet over a whole task sequence in one job: ``python -m src.train method=packnet``.
+
+Base step: prune the pretrained backbone by magnitude (or load an already pruned base),
+optionally retrain it on its own data. Then for each task in order: claim the free
+weights, train them, prune this task's weights, retrain, freeze. At the end the packed
+state is written once, read back, and every task is evaluated again from the file, so
+each record holds top-1/top-5 right after the task's training and after the sequence.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from torch import nn
+from torch.utils.data import DataLoader
+
+from src.backbones import build_backbone, classifier_name, load_state_dict_file
+from src.data.datamodule import ImageFolderDataModule
+from src.errors import UserError
+from src.masking.model_surgery import replace_module
+from src.masking.pruning import (
+    BASE,
+    PackNetState,
+    bias_bn_state,
+    claim_free,
+    init_owners,
+    load_bias_bn,
+    load_pruned_base,
+    packed_size,
+    prune_owner,
+)
+from src.masking.taskfile import backbone_fingerprint
+from src.methods.packnet import PackNet
+from src.records import code_version, run_id, write_record
+from src.train import build_datamodule, ensure_backbone_weights, make_loggers, trainer_kwargs
+
+DATASET_CONF = Path(__file__).resolve().parent.parent / "conf" / "dataset"
+BASE_DATASETS = ("fashion_mnist",)
+TrainerFactory = Callable[[int], pl.Trainer]
+
+
+def _fraction(cfg: DictConfig, key: str) -> float:
+    value = cfg.method.get(key)
+    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise UserError(f"method.{key} must be a fraction strictly between 0 and 1 (got {value})")
+    return float(value)
+
+
+def validate(cfg: DictConfig) -> list[str]:
+    """Check the sequence config before anything is built or written; returns the tasks."""
+    tasks = cfg.method.get("tasks")
+    known = sorted(p.stem for p in DATASET_CONF.glob("*.yaml"))
+    if not isinstance(tasks, ListConfig) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise UserError(
+            f"method.tasks must be a non-empty list of dataset names, e.g. "
+            f"method.tasks=[{','.join(known[:3])}] (got {tasks})"
+        )
+    tasks = list(tasks)
+    for task in tasks:
+        if task not in known:
+            raise UserError(
+                f"method.tasks: unknown dataset {task!r}; choose from: {', '.join(known)}"
+            )
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    if repeated:
+        raise UserError(
+            f"method.tasks lists {', '.join(repeated)} more than once; each task owns its own "
+            "weights, so every dataset may appear only once in a sequence"
+        )
+    _fraction(cfg, "base_prune")
+    _fraction(cfg, "task_prune")
+    if cfg.method.epochs < 1 or cfg.method.retrain_epochs < 0:
+        raise UserError("method.epochs must be >= 1 and method.retrain_epochs >= 0")
+    retrain = cfg.method.base_retrain
+    if retrain.dataset is not None and retrain.dataset not in BASE_DATASETS:
+        raise UserError(
+            f"method.base_retrain.dataset={retrain.dataset!r} is not available here "
+            f"(available: {', '.join(BASE_DATASETS)}); set it to null, or give a base "
+            "pruned and retrained elsewhere as method.base_weights=<file>"
+        )
+    if retrain.dataset is not None and cfg.method.base_weights:
+        raise UserError("method.base_weights is already a retrained base; set base_retrain=null")
+    return tasks
+
+
+def task_config(cfg: DictConfig, task: str) -> DictConfig:
+    """The root config with ``dataset`` replaced by conf/dataset/<task>.yaml."""
+    task_cfg = cfg.copy()
+    with open_dict(task_cfg):
+        task_cfg.dataset = OmegaConf.load(DATASET_CONF / f"{task}.yaml")
+    return task_cfg
+
+
+def packnet_kwargs(method: DictConfig) -> dict[str, Any]:
+    """PackNet module arguments for the training phase of a task."""
+    return {
+        "optimizer": method.optimizer,
+        "lr": method.lr,
+        "classifier_lr": method.classifier_lr,
+        "momentum": method.momentum,
+        "weight_decay": method.weight_decay,
+        "lr_decay_every": method.lr_decay_every,
+        "lr_decay_factor": method.lr_decay_factor,
+        "train_bias_bn": bool(method.train_bias_bn),
+    }
+
+
+def _score(results: dict[str, float]) -> tuple[float, float]:
+    return 100.0 * float(results["test/top1"]), 100.0 * float(results["test/top5"])
+
+
+def train_task(
+    state: PackNetState,
+    task: str,
+    datamodule: pl.LightningDataModule,
+    method: DictConfig,
+    make_trainer: TrainerFactory,
+    base_extras: dict[str, torch.Tensor] | None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Train, prune, retrain and freeze one task on the shared network; test it right after."""
+    model, head_name = state.model, state.classifier
+    owner = state.owner(task)
+    claimed = claim_free(state.owners, owner)
+    if claimed == 0:
+        raise UserError(f"no free weights left for task {task!r}; lower method.task_prune")
+    in_features = model.get_submodule(head_name).in_features
+    device = next(model.parameters()).device
+    replace_module(model, head_name, nn.Linear(in_features, datamodule.num_classes).to(device))
+    if base_extras is not None:
+        load_bias_bn(model, base_extras)
+    module = PackNet(
+        model,
+        head_name,
+        owners=state.owners,
+        owner=owner,
+        backbone=state.backbone,
+        num_classes=datamodule.num_classes,
+        **packnet_kwargs(method),
+    )
+    module.channels_last = channels_last
+    trainable = module.trainable_parameter_count()
+    trainer = make_trainer(method.epochs)
+    trainer.fit(module, datamodule=datamodule)
+    epochs = method.epochs
+    last = task == state.task_order[-1]
+    if not last:
+        prune_owner(model, state.owners, head_name, owner, float(method.task_prune))
+        if method.retrain_epochs > 0:
+            module.set_schedule(method.retrain_lr, method.retrain_epochs, 1.0)
+            trainer = make_trainer(method.retrain_epochs)
+            trainer.fit(module, datamodule=datamodule)
+            epochs += method.retrain_epochs
+    val = trainer.callback_metrics.get("val/top1")
+    top1, top5 = _score(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+    extras = bias_bn_state(model, head_name) if base_extras is not None else None
+    state.add_task(task, module.head, datamodule.class_names, extras)
+    if base_extras is not None:
+        load_bias_bn(model, base_extras)  # the next task starts from the base's biases/BN
+    return {
+        "top1_after_task": top1,
+        "top5_after_task": top5,
+        "val_top1": 100.0 * float(val) if val is not None else None,
+        "epochs": epochs,
+        "trainable_params": trainable,
+        "pruned": not last,
+    }
+
+
+def evaluate_from_file(
+    path: Path,
+    datamodules: dict[str, pl.LightningDataModule],
+    make_trainer: TrainerFactory,
+    channels_last: bool = False,
+) -> dict[str, tuple[float, float]]:
+    """Read the stored state back and test every task on its own view: (top1, top5)."""
+    stored = PackNetState.load(path)
+    scores = {}
+    for task in stored.tasks:
+        module = PackNet(
+            stored.view(task),
+            stored.classifier,
+            owners=stored.owners,
+            owner=stored.owner(task),
+            backbone=stored.backbone,
+            num_classes=datamodules[task].num_classes,
+        )
+        module.channels_last = channels_last
+        test = make_trainer(1).test(module, datamodule=datamodules[task], verbose=False)
+        scores[task] = _score(test[0])
+    return scores
+
+
+def build_base(cfg: DictConfig, tasks: list[str]) -> tuple[PackNetState, dict[str, Any]]:
+    """The pruned base network and what the record says about it."""
+    name = cfg.backbone.name
+    head = classifier_name(name)
+    method = cfg.method
+    if method.base_weights:
+        model, owners = load_pruned_base(method.base_weights, name)
+        info = {"base_weights": str(method.base_weights), "base_prune": None}
+    else:
+        ensure_backbone_weights(cfg)
+        model = build_backbone(name, cfg.backbone.weights, num_classes=1)
+        owners = init_owners(model, head)
+        prune_owner(model, owners, head, BASE, float(method.base_prune))
+        info = {"base_weights": None, "base_prune": float(method.base_prune)}
+    info["base_fingerprint"] = backbone_fingerprint(model, head)  # the pruned base's weights
+    state = PackNetState(
+        backbone=name, classifier=head, model=model, owners=owners, task_order=tasks
+    )
+    state.meta = {
+        **info,
+        "task_prune": float(method.task_prune),
+        "train_bias_bn": bool(method.train_bias_bn),
+    }
+    return state, info
+
+
+def retrain_base(cfg: DictConfig, state: PackNetState) -> dict[str, Any]:
+    """Retrain the pruned base's own weights (+ biases/BN) on its dataset, as published."""
+    from src.data.mini import fashion_tensors
+
+    rc = cfg.method.base_retrain
+    train_set = fashion_tensors(cfg.paths.data_dir, train=True)
+    test_set = fashion_tensors(cfg.paths.data_dir, train=False)
+    head = nn.Linear(state.model.get_submodule(state.classifier).in_features, 10)
+    if cfg.backbone.weights:  # the pretrained base's own classifier, when the file has it
+        stored = load_state_dict_file(cfg.backbone.weights)
+        prefix = state.classifier + "."
+        own = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}
+        if own:
+            head.load_state_dict(own)
+    replace_module(state.model, state.classifier, head)
+    module = PackNet(
+        state.model,
+        state.classifier,
+        owners=state.owners,
+        owner=BASE,
+        train_bias_bn=True,
+        backbone=state.backbone,
+        num_classes=10,
+        lr=rc.lr,
+        lr_decay_every=rc.lr_decay_every,
+        lr_decay_factor=0.1,
+    )
+    tkw, module.channels_last = trainer_kwargs(cfg)
+    tkw["limit_train_batches"] = rc.limit_train_batches
+    trainer = pl.Trainer(**tkw, max_epochs=rc.epochs, logger=False, enable_checkpointing=False)
+    batch = cfg.method.batch_size
+    trainer.fit(module, DataLoader(train_set, batch_size=batch, shuffle=True))
+    test = trainer.test(module, DataLoader(test_set, batch_size=512), verbose=False)[0]
+    top1, top5 = _score(test)
+    print(f"packnet base retrained on {rc.dataset}: test top-1 {top1:.2f}%")
+    return {"dataset": rc.dataset, "epochs": rc.epochs, "top1": top1, "top5": top5}
+
+
+def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Run the whole PackNet sequence; returns one record per task ([] when all exist)."""
+    tasks = validate(cfg)
+    task_cfgs = {t: task_config(cfg, t) for t in tasks}
+    configs = {t: OmegaConf.to_container(c, resolve=True) for t, c in task_cfgs.items()}
+    rids = {t: run_id(configs[t]) for t in tasks}
+    runs_dir = Path(cfg.paths.runs_dir)
+    if all((runs_dir / f"{r}.json").exists() for r in rids.values()) and not cfg.force:
+        print(f"skip: records for all {len(tasks)} tasks exist in {runs_dir} (force=true re-runs)")
+        return []
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    state, base_info = build_base(cfg, tasks)
+    datamodules: dict[str, ImageFolderDataModule] = {}
+    for task in tasks:  # every dataset is checked before any training
+        datamodules[task] = build_datamodule(task_cfgs[task])
+        datamodules[task].setup("fit")
+    if cfg.method.base_retrain.dataset is not None:
+        base_info["base_retrain"] = state.meta["base_retrain"] = retrain_base(cfg, state)
+    tkw, channels_last = trainer_kwargs(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+
+    def make_trainer(epochs: int, logger_dir: Path | None = None) -> pl.Trainer:
+        return pl.Trainer(
+            **tkw,
+            max_epochs=epochs,
+            enable_checkpointing=False,
+            logger=make_loggers(cfg, logger_dir) if logger_dir else False,
+            default_root_dir=str(out_dir),
+        )
+
+    results = {}
+    base_extras = bias_bn_state(state.model, state.classifier) if cfg.method.train_bias_bn else None
+    for position, task in enumerate(tasks):
+        task_start = time.time()
+        results[task] = train_task(
+            state,
+            task,
+            datamodules[task],
+            cfg.method,
+            lambda epochs, t=task: make_trainer(epochs, out_dir / "packnet" / t),
+            base_extras,
+            channels_last,
+        )
+        results[task]["wall_time_s"] = round(time.time() - task_start, 2)
+        print(
+            f"packnet task {position + 1}/{len(tasks)} {task}: top-1 "
+            f"{results[task]['top1_after_task']:.2f}% right after its training"
+        )
+
+    seq_id = run_id({**configs[tasks[0]], "dataset": {"name": "+".join(tasks)}})
+    state_path = Path(cfg.paths.tasks_dir) / f"{seq_id}.safetensors"
+    state.meta.update({"seed": cfg.seed, "sequence_id": seq_id})
+    state_bytes = state.save(state_path)
+    final = evaluate_from_file(state_path, datamodules, make_trainer, channels_last)
+    shares = state.shares()
+    records = [
+        task_record(
+            cfg, state, task, position, results[task], final[task], shares, configs[task],
+            rids[task], state_path, state_bytes, base_info,
+        )
+        for position, task in enumerate(tasks)
+    ]  # fmt: skip
+    total = round(time.time() - start, 2)
+    for record in records:
+        record["sequence_wall_time_s"] = total
+        write_record(runs_dir / f"{record['run_id']}.json", record)
+        print(
+            f"packnet {record['dataset']}: top-1 {record['top1_after_task']:.2f}% after its "
+            f"training, {record['top1']:.2f}% after the sequence"
+        )
+    print(f"packnet state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
+    return records
+
+
+def task_record(
+    cfg: DictConfig,
+    state: PackNetState,
+    task: str,
+    position: int,
+    result: dict[str, Any],
+    final: tuple[float, float],
+    shares: dict[str, dict[str, float]],
+    config: dict[str, Any],
+    rid: str,
+    state_path: Path,
+    state_bytes: int,
+    base_info: dict[str, Any],
+) -> dict[str, Any]:
+    """One task's record: the usual run keys plus the sequence, ownership and storage."""
+    owner = state.owner(task)
+    sizes = {n: o.numel() for n, o in state.owners.items()}
+    n_weights = sum(sizes.values())
+    seen = {"base", *state.task_order[: position + 1]}  # task k's view: owners base .. k
+    visible = {
+        layer: sum(s for label, s in share.items() if label in seen)
+        for layer, share in shares.items()
+    }
+    head_bytes = sum(t.numel() * t.element_size() for t in state.heads[task].values())
+    owner_bytes = sum(packed_size(n, state.bits) for n in sizes.values())
+    return {
+        "run_id": rid,
+        "dataset": task,
+        "backbone": state.backbone,
+        "method": "packnet",
+        "seed": cfg.seed,
+        "protocol": cfg.protocol,
+        "top1": final[0],
+        "top5": final[1],
+        **result,
+        "forgetting_top1": result["top1_after_task"] - final[0],
+        "task_order": state.task_order,
+        "task_position": position + 1,
+        "owner_index": owner,
+        "owner_share": shares,
+        "owner_share_overall": {
+            label: sum(shares[n][label] * sizes[n] for n in sizes) / n_weights
+            for label in state.owner_names().values()
+        },
+        "masked_weights": n_weights,
+        "mask_density": visible,
+        "mask_density_overall": sum(visible[n] * sizes[n] for n in sizes) / n_weights,
+        "task_state_bytes": state_bytes,
+        "owner_bits": state.bits,
+        "owner_index_bytes": owner_bytes,
+        "classifier_bytes": head_bytes,
+        **base_info,
+        "task_prune": float(cfg.method.task_prune),
+        "train_bias_bn": bool(cfg.method.train_bias_bn),
+        "task_file": str(state_path),
+        "config": config,
+        "code_version": code_version(),
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,111 @@
+"""Smoke tests of `make bench` at tiny sizes: every figure runs and the reports are written.
+
+No timing assertions: speed targets are judged by the benchmark itself, not by tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src import benchmarks
+from src.benchmarks import FIGURES, Settings, write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick() -> Settings:
+    return Settings.for_device("cpu", quick=True)
+
+
+def test_storage_counts_one_bit_per_masked_weight(quick: Settings) -> None:
+    row = benchmarks.fig_storage(quick)["backbones"]["minicnn"]
+    from src.masking import prunable_layers
+
+    model = benchmarks.build_backbone("minicnn", None, 10)
+    n = sum(m.weight.numel() for _, m in prunable_layers(model, "classifier"))
+    assert row["masked_weights"] == n
+    assert row["mask_bytes"] == sum(-(-m.weight.numel() // 8) for _, m in
+                                    prunable_layers(model, "classifier"))  # fmt: skip
+    assert row["task_bytes"] == row["mask_bytes"] + row["classifier_bytes"] + row["overhead_bytes"]
+    assert row["overhead_bytes"] > 0
+
+
+def test_inference_fold_keeps_the_plain_architecture(quick: Settings) -> None:
+    fig = benchmarks.fig_inference(quick)
+    assert fig["same_module_types"] is True
+    assert fig["value"] > 0 and set(fig["ms"]) == {"folded", "plain"}
+
+
+def test_framework_overhead_times_steps_of_both_loops(quick: Settings) -> None:
+    fig = benchmarks.fig_framework_overhead(quick)
+    # fit of loop_steps batches: the first `warmup` and the tear-down period are dropped
+    assert fig["steps_timed"]["lightning"] == quick.loop_steps - quick.warmup - 1
+    assert fig["steps_timed"]["bare"] == quick.loop_steps - quick.warmup
+    assert fig["met"] == (fig["value"] <= 1.05)
+
+
+def test_memory_children_report_a_peak_above_resident(quick: Settings) -> None:
+    fig = benchmarks.fig_memory(quick)
+    for method in ("piggyback", "finetune"):
+        mb = fig["mb"][method]
+        assert mb["peak_bytes"] >= mb["resident_bytes"] > 0
+
+
+def test_paired_ratio_is_the_median_of_per_rep_ratios() -> None:
+    times = {"a": [2.0, 9.0, 3.0], "b": [1.0, 3.0, 1.0]}
+    assert benchmarks.paired_ratio(times, "a", "b") == 3.0
+
+
+def _bench_main():
+    spec = importlib.util.spec_from_file_location("bench_cli", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_quick_run_writes_json_and_markdown_and_merges_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = ["--quick", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, "scripts/bench.py", *run, "--only", "5,3"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for n in (3, 5):
+        assert f"{n}. {FIGURES[n]}" in done.stdout
+    result = json.loads((tmp_path / "cpu-quick.json").read_text())
+    assert set(result["figures"]) == {"3", "5"}
+    first = result["figures"]["3"]["measured_at"]
+    _bench_main()([*run, "--only", "5"])
+    assert "5. " in capsys.readouterr().out
+    merged = json.loads((tmp_path / "cpu-quick.json").read_text())
+    assert set(merged["figures"]) == {"3", "5"}
+    assert merged["figures"]["3"]["measured_at"] == first
+    md = (tmp_path / "cpu-quick.md").read_text()
+    assert "| 3 | " in md and "| 5 | " in md
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes left nothing behind
+
+
+@pytest.mark.parametrize("only", ["0", "8", "a,b", ","])
+def test_cli_rejects_bad_figure_numbers(
+    only: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _bench_main()(["--quick", "--only", only, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --only")
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_results_keeps_other_devices_apart(tmp_path: Path) -> None:
+    base = {"device": "A", "device_kind": "cpu", "torch": "x", "threads": 1, "date": "d"}
+    fig = {"name": "n", "value": 1.0, "target": "t", "met": True, "setup": "s"}
+    write_results({**base, "figures": {"1": fig}}, tmp_path, "cpu")
+    write_results({**base, "device": "B", "figures": {"2": fig}}, tmp_path, "cpu")
+    assert set(json.loads((tmp_path / "cpu.json").read_text())["figures"]) == {"2"}

@@ -1,0 +1,253 @@
+"""PackNet: owner indices, exact recall of earlier tasks, packed storage, the whole sequence."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from src.backbones import build_backbone
+from src.errors import UserError
+from src.masking.pruning import (
+    BASE,
+    FREE,
+    PackNetState,
+    init_owners,
+    load_pruned_base,
+    owner_bits,
+    pack_owners,
+    packed_size,
+    prune_owner,
+    unpack_owners,
+)
+from src.packnet_sequence import run_packnet_sequence, train_task
+from tests.conftest import CONF, make_image_folder
+
+TASKS = ["mini_digits", "mini_fashion_rot", "mini_fashion_neg"]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5, 8])
+def test_pack_owners_round_trip(bits: int) -> None:
+    owners = torch.randint(0, 2**bits, (7, 3, 5), dtype=torch.uint8)
+    packed = pack_owners(owners, bits)
+    assert packed.numel() == packed_size(owners.numel(), bits)
+    assert torch.equal(unpack_owners(packed, owners.shape, bits), owners)
+
+
+def test_owner_bits_is_ceil_log2_of_t_plus_1() -> None:
+    assert [owner_bits(t) for t in (1, 2, 3, 4, 6, 7, 8)] == [1, 2, 2, 3, 3, 3, 4]
+
+
+def test_prune_frees_exact_share_of_smallest_weights() -> None:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 10)
+    owners = init_owners(model, "classifier")
+    before = model.fc[0].weight.detach().abs().clone()
+    freed = prune_owner(model, owners, "classifier", BASE, 0.5)
+    own = owners["fc.0"]
+    assert freed["fc.0"] == round(0.5 * own.numel()) == int(own.eq(FREE).sum())
+    assert before[own.eq(FREE)].max() <= before[own.eq(BASE)].min()
+    assert bool(model.fc[0].weight[own.eq(FREE)].eq(0).all())
+
+
+def _method_cfg(**overrides):
+    base = {
+        "epochs": 1, "retrain_epochs": 1, "lr": 0.05, "classifier_lr": None, "retrain_lr": 0.01,
+        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr_decay_every": 10,
+        "lr_decay_factor": 0.1, "task_prune": 0.75, "train_bias_bn": False,
+    }  # fmt: skip
+    return OmegaConf.create({**base, **overrides})
+
+
+class _Tensors(pl.LightningDataModule):
+    """A few random 32x32 images per task, so the sequence test needs no files."""
+
+    def __init__(self, seed: int, classes: int = 4) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.num_classes, self.class_names = classes, [f"c{i}" for i in range(classes)]
+        self.data = TensorDataset(torch.randn(16, 3, 32, 32, generator=g), torch.arange(16) % 4)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=8, shuffle=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=8)
+
+
+def _trainer(epochs: int) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("train_bias_bn", [False, True])
+def test_task_one_logits_come_back_bit_for_bit(tmp_path: Path, train_bias_bn: bool) -> None:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 10)
+    owners = init_owners(model, "classifier")
+    prune_owner(model, owners, "classifier", BASE, 0.5)
+    state = PackNetState("minicnn", "classifier", model, owners, task_order=TASKS)
+    method = _method_cfg(train_bias_bn=train_bias_bn)
+    extras = None
+    if train_bias_bn:
+        from src.masking.pruning import bias_bn_state
+
+        extras = bias_bn_state(model, "classifier")
+    base_weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n == "fc.0"}
+    fixed = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+
+    train_task(state, TASKS[0], _Tensors(1), method, _trainer, extras)
+    first = state.view(TASKS[0]).eval()(fixed)
+    for seed, task in enumerate(TASKS[1:], start=2):
+        train_task(state, task, _Tensors(seed), method, _trainer, extras)
+    # the base's weights were never changed, despite weight decay and later training
+    base_mask = owners["fc.0"].eq(BASE)
+    assert torch.equal(model.fc[0].weight[base_mask], base_weights["fc.0"][base_mask])
+    assert torch.equal(state.view(TASKS[0]).eval()(fixed), first)
+    # later tasks really trained weights of their own
+    shares = state.shares()
+    assert all(shares["fc.0"][t] > 0 for t in TASKS)
+    state.save(tmp_path / "state.safetensors")
+    loaded = PackNetState.load(tmp_path / "state.safetensors")
+    assert torch.equal(loaded.view(TASKS[0]).eval()(fixed), first)
+    assert torch.equal(loaded.owners["fc.0"], owners["fc.0"])
+
+
+def test_packed_state_size_is_ceil_log2_bits_per_weight(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    tasks = ["a", "b", "c", "d"]
+    model = build_backbone("minicnn", None, 10)
+    shapes = {n: o.shape for n, o in init_owners(model, "classifier").items()}
+    owners = {n: torch.randint(0, 6, shape, dtype=torch.uint8) for n, shape in shapes.items()}
+    state = PackNetState("minicnn", "classifier", model, owners, task_order=tasks)
+    for i, task in enumerate(tasks):
+        state.add_task(task, torch.nn.Linear(128, 3 + i), [f"x{j}" for j in range(3 + i)])
+    bits = math.ceil(math.log2(len(tasks) + 1 + 1))  # T = base + 4 tasks owners, plus "free"
+    assert state.bits == bits == 3
+    tensors = state.tensors()
+    n_weights = sum(o.numel() for o in owners.values())
+    owner_bytes = sum(t.numel() for k, t in tensors.items() if k.startswith("owners."))
+    assert owner_bytes == sum(packed_size(o.numel(), bits) for o in owners.values())
+    assert n_weights * bits / 8 <= owner_bytes < n_weights * bits / 8 + len(owners)
+    heads = sum(t.nbytes for k, t in tensors.items() if k.startswith("classifier."))
+    assert heads == sum(4 * (128 * (3 + i) + 3 + i) for i in range(4))
+    trunk = sum(t.nbytes for k, t in tensors.items() if k.startswith("backbone."))
+    assert trunk + owner_bytes + heads == sum(t.nbytes for t in tensors.values())
+    size = state.save(tmp_path / "s.safetensors")
+    assert size == (tmp_path / "s.safetensors").stat().st_size
+    assert size - (trunk + owner_bytes + heads) < 16_384  # only the header and metadata
+    assert torch.equal(PackNetState.load(tmp_path / "s.safetensors").owners["fc.0"], owners["fc.0"])
+
+
+def test_already_pruned_base_file_is_accepted(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 10)
+    owners = init_owners(model, "classifier")
+    prune_owner(model, owners, "classifier", BASE, 0.5)
+    path = tmp_path / "pruned.safetensors"
+    save_file(model.state_dict(), str(path), {"backbone": "minicnn"})
+    loaded, loaded_owners = load_pruned_base(path, "minicnn")
+    assert all(torch.equal(loaded_owners[n], owners[n]) for n in owners)
+    assert torch.equal(loaded.fc[0].weight, model.fc[0].weight)
+
+
+# --- the whole sequence through the composed Hydra config ------------------------------
+
+
+def _compose(tmp_path: Path, weights: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "method=packnet",
+                f"method.tasks=[{','.join(TASKS)}]",
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.results_dir={tmp_path / 'results'}",
+                f"paths.log_dir={tmp_path / 'outputs'}",
+                f"paths.output_dir={tmp_path / 'outputs' / 'job'}",
+                f"backbone.weights={weights}",
+                "backbone.pretrain=false",
+                "method.epochs=1",
+                "method.retrain_epochs=1",
+                "method.base_retrain.dataset=null",  # no Fashion-MNIST retraining in tests
+                "method.batch_size=8",
+                "trainer=cpu",
+                "trainer.enable_progress_bar=false",
+                "num_workers=0",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # as under @hydra.main: the job's config has no hydra node
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def mini_tree(tmp_path: Path) -> Path:
+    for task in TASKS:  # mini-style ImageFolder trees where prepare_mini_task looks for them
+        make_image_folder(tmp_path / "data" / "mini" / task, classes=10, per_class=2, size=8)
+    return tmp_path
+
+
+def test_sequence_end_to_end_no_forgetting(mini_tree: Path, minicnn_weights: Path) -> None:
+    cfg = _compose(mini_tree, minicnn_weights, "protocol=faithful")
+    records = run_packnet_sequence(cfg)
+    assert [r["dataset"] for r in records] == TASKS
+    files = sorted((mini_tree / "results" / "runs").glob("*.json"))
+    stored = {r["dataset"]: r for r in (json.loads(f.read_text()) for f in files)}
+    assert sorted(stored) == sorted(TASKS)
+    for position, record in enumerate(records):
+        assert stored[record["dataset"]]["top1"] == record["top1"]
+        assert stored[record["dataset"]]["method"] == "packnet"
+        assert record["top1"] == record["top1_after_task"]
+        assert record["top5"] == record["top5_after_task"]
+        assert record["task_order"] == TASKS and record["task_position"] == position + 1
+        assert record["pruned"] is (position < len(TASKS) - 1)
+        share = record["owner_share"]["fc.0"]
+        assert math.isclose(sum(share.values()), 1.0)
+        assert math.isclose(share["base"], 0.5, abs_tol=1e-3)
+        assert record["task_state_bytes"] == Path(record["task_file"]).stat().st_size
+    # the last task takes every weight left: no free weight remains
+    assert records[-1]["owner_share_overall"]["free"] == 0.0
+    # first task kept 25% of the half the base freed
+    assert math.isclose(records[0]["owner_share"]["fc.0"][TASKS[0]], 0.125, abs_tol=1e-3)
+    again = run_packnet_sequence(cfg)
+    assert again == []
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["method.tasks=[mini_digits,imagenet_typo]"], "unknown dataset 'imagenet_typo'"),
+        (["method.tasks=[mini_digits,mini_digits]"], "mini_digits more than once"),
+        (["method.task_prune=1.0"], "method.task_prune must be a fraction"),
+        (["method.base_prune=0"], "method.base_prune must be a fraction"),
+        (["method.base_weights=OTHER"], "is for backbone 'resnet50'"),
+        (["method.base_weights=NOTPRUNED"], "is not pruned"),
+    ],
+)
+def test_bad_input_clear_message_nothing_written(
+    tmp_path: Path, minicnn_weights: Path, overrides: list[str], needle: str
+) -> None:
+    other = tmp_path / "other.safetensors"
+    save_file({"conv1.weight": torch.zeros(4, 3, 3, 3)}, str(other), {"backbone": "resnet50"})
+    overrides = [
+        o.replace("OTHER", str(other)).replace("NOTPRUNED", str(minicnn_weights)) for o in overrides
+    ]
+    cfg = _compose(tmp_path, minicnn_weights, *overrides)
+    with pytest.raises(UserError, match=needle):
+        run_packnet_sequence(cfg)
+    assert not (tmp_path / "results").exists()
