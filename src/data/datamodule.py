@@ -54,7 +54,46 @@ def find_undecodable(paths: list[str], stamp: Path) -> list[str]:
     return bad
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class SplitDataModule(pl.LightningDataModule):
+    """Loaders over ``train_set``, ``val_set`` and ``test_set``, which a subclass's setup makes.
+
+    Training batches are shuffled by an epoch-seeded sampler, so a resumed run sees the
+    same order as an uninterrupted one.
+    """
+
+    def __init__(self, batch_size: int, num_workers: int, protocol: str, seed: int) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be > 0 (got {batch_size})")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.protocol = protocol
+        self.seed = seed
+        self.class_names: list[str] = []
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+class ImageFolderDataModule(SplitDataModule):
     """Train/val/test loaders over ``root/train`` and ``root/test``.
 
     protocol='clean' carves a seeded validation split out of train for model selection;
@@ -76,24 +115,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         verify_images: bool = True,
         skip_bad_images: bool = False,
     ) -> None:
-        super().__init__()
-        if protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if batch_size <= 0:
-            raise UserError(f"batch_size must be > 0 (got {batch_size})")
+        super().__init__(batch_size, num_workers, protocol, seed)
         self.root = Path(root)
         self.name = name or self.root.name
         self.num_classes = num_classes
         self.train_tf, self.test_tf = build_transforms(transforms)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.protocol = protocol
         self.val_fraction = val_fraction
-        self.seed = seed
         self.prepare_hint = prepare_hint
         self.verify_images = verify_images
         self.skip_bad_images = skip_bad_images
-        self.class_names: list[str] = []
         self.skipped_images: list[str] = []
 
     def check(self) -> None:
@@ -156,23 +186,3 @@ class ImageFolderDataModule(pl.LightningDataModule):
         val_view.samples = val_view.imgs = train_full.samples
         val_view.targets = train_full.targets
         self.val_set = Subset(val_view, val_idx)
-
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from src.data.datamodule import SplitDataModule
 from src.errors import UserError
 
 DOMAINS = (
@@ -40,7 +40,6 @@ DOMAINS = (
 )
 CATEGORY_BASE = 10**7
 SPLITS = ("train", "val", "test", "test_stripped")
-PROTOCOLS = ("clean", "faithful")
 GET_DATA = (
     "download decathlon-1.0-devkit.tar.gz and decathlon-1.0-data.tar.gz from "
     "www.robots.ox.ac.uk/~vgg/share/, extract the devkit, extract the data archive inside "
@@ -238,7 +237,7 @@ def domain_transforms(ds: Mapping, root: str | Path):
     return decathlon_transforms(tf, tf["mean"], tf["std"])
 
 
-class DecathlonDataModule(pl.LightningDataModule):
+class DecathlonDataModule(SplitDataModule):
     """One decathlon domain: train on its train split, select on val.
 
     The test loader uses the labelled test JSON when present (``eval_split`` = "test"),
@@ -258,23 +257,16 @@ class DecathlonDataModule(pl.LightningDataModule):
         protocol: str = "clean",
         name: str = "",
         prepare_hint: str = "",
+        seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, protocol, seed)
         domain_index(domain)
-        if protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if batch_size <= 0:
-            raise UserError(f"batch_size must be > 0 (got {batch_size})")
         self.root = Path(root)
         self.domain = domain
         self.name = name or f"decathlon_{domain}"
         self.num_classes = num_classes
         self.train_tf, self.test_tf = transforms
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.protocol = protocol
         self.prepare_hint = prepare_hint
-        self.class_names: list[str] = []
         self.eval_split = ""
 
     def _split(self, split: str) -> Split:
@@ -312,25 +304,6 @@ class DecathlonDataModule(pl.LightningDataModule):
             else DecathlonDataset(self.root, val, self.test_tf)
         )
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
 
 def decathlon_datamodule(cfg: Any) -> DecathlonDataModule:
     """The datamodule of a ``conf/dataset/decathlon/<domain>.yaml`` run config."""
@@ -345,6 +318,7 @@ def decathlon_datamodule(cfg: Any) -> DecathlonDataModule:
         protocol=cfg.protocol,
         name=ds.name,
         prepare_hint=ds.get("prepare", ""),
+        seed=cfg.seed,
     )
 
 

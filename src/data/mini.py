@@ -79,7 +79,9 @@ def _digits(data_dir: Path) -> tuple[Split, Split, list[str]]:
 
     digits = load_digits()
     small = (digits.images * (255.0 / 16.0)).astype(np.uint8)
-    images = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.BILINEAR)) for im in small])
+    images = np.stack(
+        [np.asarray(Image.fromarray(im).resize((28, 28), Image.BILINEAR)) for im in small]
+    )
     tr, te = _pick(digits.target, 0, len(digits.target) - TEST_PER_TASK, TEST_PER_TASK)
     names = [f"digit{d}" for d in range(10)]
     return (images[tr], digits.target[tr]), (images[te], digits.target[te]), names
@@ -116,7 +118,9 @@ def prepare_mini_task(name: str, data_dir: str | Path) -> Path:
     return out
 
 
-def fashion_tensors(data_dir: str | Path, train: bool, size: int = 32) -> torch.utils.data.TensorDataset:
+def fashion_tensors(
+    data_dir: str | Path, train: bool, size: int = 32
+) -> torch.utils.data.TensorDataset:
     """Fashion-MNIST as normalised 3x32x32 tensors in memory, for pretraining the base."""
     images, labels = load_fashion_mnist(data_dir, train)
     x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
