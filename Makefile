@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
 
 tables: $(STAMP)
-	$(PY) scripts/make_tables.py $(ARGS)
+	$(PY) scripts/make_tables.py --readme README.md $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -17,6 +17,7 @@ from src.errors import UserError, exit_on_user_error
 from src.records import read_records
 from src.reporting.figures import write_figures
 from src.reporting.tables import build_tables, load_published, write_tables
+from src.utils.atomic import atomic_write_bytes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,7 +27,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--paper", default="results/paper/published.csv", help="published numbers (CSV)"
     )
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help="a Markdown file whose mini-benchmark section (between the markers "
+        f"{README_START!r} and {README_END!r}) is replaced by the minicnn table",
+    )
     return parser.parse_args(argv)
+
+
+README_START, README_END = "<!-- mini-table:start -->", "<!-- mini-table:end -->"
+
+
+def update_readme(readme: Path, table: Path) -> bool:
+    """Put ``table`` between the README's markers; False when the markers are missing."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start or not table.exists():
+        return False
+    body = table.read_text().strip()
+    atomic_write_bytes(
+        readme, (text[: start + len(README_START)] + "\n" + body + "\n" + text[end:]).encode()
+    )
+    return True
 
 
 @exit_on_user_error
@@ -49,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     for path in figures:
         print(f"wrote {path}")
+    if args.readme and update_readme(Path(args.readme), out / "tables" / "minicnn.md"):
+        print(f"updated the mini-benchmark table in {args.readme}")
     not_run = [(t.backbone, m, d) for t in tables for m, d in t.not_run]
     if not_run:
         print(f"cells not run yet ({len(not_run)}):")

@@ -249,3 +249,15 @@ def test_wandb_summary(tmp_path: Path, monkeypatch, runs: Path) -> None:
         assert list(Path(run.dir).rglob("*.png"))  # the figure went into the run's media
     finally:
         logger.experiment.finish()
+
+
+def test_readme_mini_table_is_replaced_between_markers(tmp_path: Path) -> None:
+    script = load_script()
+    readme, table = tmp_path / "README.md", tmp_path / "minicnn.md"
+    readme.write_text(f"intro\n{script.README_START}\nstale\n{script.README_END}\nrest\n")
+    table.write_text("| method | mini_digits |\n|---|---|\n| piggyback | 92.60 |\n")
+    assert script.update_readme(readme, table)
+    text = readme.read_text()
+    assert "stale" not in text and "| piggyback | 92.60 |" in text
+    assert text.startswith("intro\n") and text.endswith(f"{script.README_END}\nrest\n")
+    assert not script.update_readme(table, readme)  # no markers: nothing changes
