@@ -16,7 +16,7 @@ import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from src.errors import UserError
+from src.errors import UserError, check_choice
 from src.masking.model_surgery import replace_module
 from src.models.resnet26 import ResNet26
 
@@ -81,8 +81,7 @@ def backbone_names() -> list[str]:
 
 
 def _spec(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose one of: {', '.join(backbone_names())}")
+    check_choice("backbone", name, backbone_names())
     return BACKBONES[name]
 
 

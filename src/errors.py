@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,3 +28,11 @@ def exit_on_user_error(fn: F) -> F:
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_choice(what: str, value: object, choices: Iterable[object]) -> None:
+    """Raise a UserError naming the valid choices when ``value`` is not one of them."""
+    options = list(choices)
+    if value not in options:
+        listed = ", ".join(str(c) for c in options)
+        raise UserError(f"unknown {what} {value!r}; choose one of: {listed}")

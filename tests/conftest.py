@@ -48,6 +48,17 @@ def minicnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# One epoch of tiny batches on the CPU, no pretraining, no worker processes.
+TINY_BUDGET = [
+    "backbone.pretrain=false",
+    "method.epochs=1",
+    "method.batch_size=4",
+    "trainer=cpu",
+    "trainer.enable_progress_bar=false",
+    "num_workers=0",
+]
+
+
 def tiny_overrides(tmp_path: Path, weights: Path, data_root: Path, classes: int = 3) -> list[str]:
     """Overrides that make `src.train` run in seconds on a tiny ImageFolder tree."""
     return [
@@ -55,12 +66,7 @@ def tiny_overrides(tmp_path: Path, weights: Path, data_root: Path, classes: int 
         f"dataset.root={data_root}",
         f"dataset.num_classes={classes}",
         f"backbone.weights={weights}",
-        "backbone.pretrain=false",
-        "method.epochs=1",
-        "method.batch_size=4",
-        "trainer=cpu",
-        "trainer.enable_progress_bar=false",
-        "num_workers=0",
+        *TINY_BUDGET,
         f"paths.results_dir={tmp_path / 'results'}",
         f"paths.log_dir={tmp_path / 'outputs'}",
     ]

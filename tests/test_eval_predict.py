@@ -15,7 +15,7 @@ from src.masking.pruning import PackNetState
 from src.predict import image_paths, load_images
 from src.predict import main as predict_main
 from src.records import read_records
-from tests.conftest import CONF, make_image_folder, run_module
+from tests.conftest import CONF, TINY_BUDGET, make_image_folder, run_module
 from tests.test_multitask import make_packnet_state, other_weights
 
 TASKS = {"mini_digits": 3, "mini_fashion_rot": 4}  # two mini-benchmark tasks, class counts
@@ -55,12 +55,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> 
         train_in_process(
             f"dataset={name}",
             f"dataset.num_classes={classes}",
-            "backbone.pretrain=false",
-            "method.epochs=1",
-            "method.batch_size=4",
-            "trainer=cpu",
-            "trainer.enable_progress_bar=false",
-            "num_workers=0",
+            *TINY_BUDGET,
             f"paths.log_dir={root / 'outputs'}",
             f"paths.output_dir={root / 'outputs' / name}",
             *common(root, minicnn_weights),

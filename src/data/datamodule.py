@@ -15,7 +15,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from src.data.transforms import build_transforms
-from src.errors import UserError
+from src.errors import UserError, check_choice
 
 PROTOCOLS = ("clean", "faithful")
 
@@ -63,8 +63,7 @@ class SplitDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, protocol: str, seed: int) -> None:
         super().__init__()
-        if protocol not in PROTOCOLS:
-            raise UserError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        check_choice("protocol", protocol, PROTOCOLS)
         if batch_size <= 0:
             raise UserError(f"batch_size must be > 0 (got {batch_size})")
         self.batch_size = batch_size

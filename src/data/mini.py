@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from src.errors import UserError
+from src.errors import UserError, check_choice
 from src.utils.atomic import atomic_dir
 
 FASHION_CLASSES = [
@@ -105,8 +105,7 @@ def _write_split(folder: Path, split: Split, class_names: list[str]) -> None:
 
 def prepare_mini_task(name: str, data_dir: str | Path) -> Path:
     """Write data/mini/<name>/{train,test}/<class>/*.png once; atomic (temp dir + rename)."""
-    if name not in MINI_TASKS:
-        raise UserError(f"unknown mini task {name!r}; choose one of: {', '.join(MINI_TASKS)}")
+    check_choice("mini task", name, MINI_TASKS)
     out = Path(data_dir) / "mini" / name
     if out.is_dir():
         return out

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from torchvision import transforms as T
 
-from src.errors import UserError
+from src.errors import UserError, check_choice
 
 STYLES = ("resize_exact", "resize_crop")
 
@@ -19,15 +19,14 @@ def build_transforms(cfg: Mapping) -> tuple[T.Compose, T.Compose]:
     ``resize`` then center-crop to ``size``.
     """
     style, size = cfg["style"], int(cfg["size"])
+    check_choice("transform style", style, STYLES)
     normalize = [T.ToTensor(), T.Normalize(list(cfg["mean"]), list(cfg["std"]))]
     flip = [T.RandomHorizontalFlip()] if cfg.get("flip", True) else []
     if style == "resize_exact":
         train = [T.Resize((size, size)), *flip]
         test = [T.Resize((size, size))]
-    elif style == "resize_crop":
+    else:  # resize_crop
         resize = int(cfg.get("resize", round(size * 256 / 224)))
         train = [T.Resize(resize), T.RandomResizedCrop(size), *flip]
         test = [T.Resize(resize), T.CenterCrop(size)]
-    else:
-        raise UserError(f"unknown transform style {style!r}; choose one of: {', '.join(STYLES)}")
     return T.Compose(train + normalize), T.Compose(test + normalize)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import UserError
-from src.masking.threshold import THRESHOLD_FNS, get_threshold_fn
+from src.errors import UserError, check_choice
+from src.masking.threshold import THRESHOLD_FNS
 
 MASK_INITS = ("1s", "uniform", "weight_based_1s")
 GRADIENT_SCALINGS = ("none", "average", "individual")
@@ -30,12 +30,8 @@ class MaskConfig:
     scale_gradients: str = "none"
 
     def __post_init__(self) -> None:
-        if self.mask_init not in MASK_INITS:
-            raise UserError(
-                f"unknown mask_init {self.mask_init!r}; choose one of: {', '.join(MASK_INITS)}"
-            )
-        if self.threshold_fn not in THRESHOLD_FNS:
-            get_threshold_fn(self.threshold_fn)  # raises with the list of choices
+        check_choice("mask_init", self.mask_init, MASK_INITS)
+        check_choice("threshold function", self.threshold_fn, THRESHOLD_FNS)
         if not self.threshold > 0:
             raise UserError(f"threshold must be > 0 (got {self.threshold}); the paper uses 5e-3")
         if not self.mask_scale > 0:
@@ -45,11 +41,7 @@ class MaskConfig:
                 f"with mask_init='1s' the mask_scale ({self.mask_scale}) must exceed the "
                 f"threshold ({self.threshold}), or every mask starts at 0"
             )
-        if self.scale_gradients not in GRADIENT_SCALINGS:
-            raise UserError(
-                f"unknown scale_gradients {self.scale_gradients!r}; "
-                f"choose one of: {', '.join(GRADIENT_SCALINGS)}"
-            )
+        check_choice("scale_gradients", self.scale_gradients, GRADIENT_SCALINGS)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -44,10 +44,7 @@ THRESHOLD_FNS: dict[str, type[torch.autograd.Function]] = {
 
 def get_threshold_fn(name: str) -> type[torch.autograd.Function]:
     """Look a threshold function up by name; unknown names list the choices."""
-    from src.errors import UserError
+    from src.errors import check_choice
 
-    try:
-        return THRESHOLD_FNS[name]
-    except KeyError:
-        choices = ", ".join(sorted(THRESHOLD_FNS))
-        raise UserError(f"unknown threshold function {name!r}; choose one of: {choices}") from None
+    check_choice("threshold function", name, THRESHOLD_FNS)
+    return THRESHOLD_FNS[name]

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.errors import UserError
+from src.errors import UserError, check_choice
 from src.masking import backbone_fingerprint, freeze_batchnorm, set_batchnorm_eval
 
 OPTIMIZERS = ("sgd", "adam")
@@ -45,10 +45,7 @@ class TaskModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
-        if optimizer not in OPTIMIZERS:
-            raise UserError(
-                f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
-            )
+        check_choice("optimizer", optimizer, OPTIMIZERS)
         for key, value in (("lr", lr), ("classifier_lr", classifier_lr)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise UserError(f"method.{key} must be a positive number (got {value})")
