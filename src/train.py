@@ -108,11 +108,11 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
 
     PackNet runs a whole task sequence and returns one record per task.
     """
-    config = OmegaConf.to_container(cfg, resolve=True)
     if cfg.method.name == "packnet":  # a whole task sequence in one job
         from src.packnet_sequence import run_packnet_sequence
 
         return run_packnet_sequence(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
     rid = run_id(config)
     record_path = Path(cfg.paths.runs_dir) / f"{rid}.json"
     if record_path.exists() and not cfg.force:
