@@ -6,6 +6,7 @@ Writes a task file under results/tasks/ and a run record under results/runs/.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -116,7 +117,11 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     rid = run_id(config)
     record_path = Path(cfg.paths.runs_dir) / f"{rid}.json"
     if record_path.exists() and not cfg.force:
-        print(f"skip: record {record_path} exists (force=true re-runs)")
+        try:
+            top1 = float(json.loads(record_path.read_text())["top1"])
+        except (OSError, ValueError, KeyError, TypeError):
+            top1 = math.nan
+        print(f"skip: record {record_path} exists (test top-1 {top1:.2f}%); force=true re-runs")
         return None
     start = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
