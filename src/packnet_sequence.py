@@ -208,7 +208,6 @@ def build_base(cfg: DictConfig, tasks: list[str]) -> tuple[PackNetState, dict[st
         model, owners = load_pruned_base(method.base_weights, name)
         info = {"base_weights": str(method.base_weights), "base_prune": None}
     else:
-        ensure_backbone_weights(cfg)
         model = build_backbone(name, cfg.backbone.weights, num_classes=1)
         owners = init_owners(model, head)
         prune_owner(model, owners, head, BASE, float(method.base_prune))
@@ -274,6 +273,8 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
         print(f"skip: records for all {len(tasks)} tasks exist in {runs_dir} (force=true re-runs)")
         return []
     start = time.time()
+    if not cfg.method.base_weights:
+        ensure_backbone_weights(cfg)  # before seeding: pretraining draws random numbers
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     state, base_info = build_base(cfg, tasks)
     datamodules: dict[str, ImageFolderDataModule] = {}

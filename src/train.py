@@ -69,7 +69,6 @@ def ensure_backbone_weights(cfg: DictConfig) -> None:
 
 
 def build_method(cfg: DictConfig, num_classes: int) -> pl.LightningModule:
-    ensure_backbone_weights(cfg)
     model = build_backbone(cfg.backbone.name, cfg.backbone.weights, num_classes)
     kwargs = {k: v for k, v in cfg.method.items() if k not in RECIPE_KEYS}
     return hydra.utils.instantiate(
@@ -124,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         print(f"skip: record {record_path} exists (test top-1 {top1:.2f}%); force=true re-runs")
         return None
     start = time.time()
+    ensure_backbone_weights(cfg)  # before seeding: a first-time pretraining draws random numbers
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)

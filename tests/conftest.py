@@ -84,3 +84,20 @@ def run_module(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300):
         text=True,
         timeout=timeout,
     )
+
+
+def train_in_process(*overrides: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from src.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):  # as under @hydra.main: the job's config has no hydra node
+        del cfg["hydra"]
+    assert train(cfg) is not None

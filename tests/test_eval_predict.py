@@ -15,7 +15,7 @@ from src.masking.pruning import PackNetState
 from src.predict import image_paths, load_images
 from src.predict import main as predict_main
 from src.records import read_records
-from tests.conftest import CONF, TINY_BUDGET, make_image_folder, run_module
+from tests.conftest import TINY_BUDGET, make_image_folder, run_module, train_in_process
 from tests.test_multitask import make_packnet_state, other_weights
 
 TASKS = {"mini_digits": 3, "mini_fashion_rot": 4}  # two mini-benchmark tasks, class counts
@@ -27,23 +27,6 @@ def common(root: Path, weights: Path) -> list[str]:
         f"paths.results_dir={root / 'results'}",
         f"backbone.weights={weights}",
     ]
-
-
-def train_in_process(*overrides: str) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from src.train import train
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # as under @hydra.main: the job's config has no hydra node
-        del cfg["hydra"]
-    assert train(cfg) is not None
 
 
 @pytest.fixture(scope="module")

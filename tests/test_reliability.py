@@ -206,3 +206,25 @@ def test_same_seed_gives_same_initial_state() -> None:
     torch.manual_seed(3)
     b = build_backbone("minicnn", None, 5).state_dict()
     assert state_digest(a) == state_digest(b)
+
+
+def test_first_time_pretraining_does_not_change_the_run(tmp_path, tiny_folder, monkeypatch) -> None:
+    """A run that pretrains its base in-process equals one that finds the base cached."""
+    from safetensors.torch import save_file
+
+    import src.pretrain
+    from tests.conftest import train_in_process
+
+    def fake_pretrain(backbone, data_dir, out, **kwargs):  # draws random numbers, as training does
+        torch.rand(1000)
+        save_file(build_backbone(backbone, None, 10).state_dict(), str(out))
+
+    monkeypatch.setattr(src.pretrain, "pretrain", fake_pretrain)
+    weights = tmp_path / "base.safetensors"
+    results = []
+    for name in ("first", "cached"):  # the first run pretrains, the second finds the file
+        args = tiny_overrides(tmp_path / name, weights, tiny_folder)
+        args = [a for a in args if a != "backbone.pretrain=false"]
+        train_in_process(*args, f"paths.output_dir={tmp_path / name / 'out'}")
+        results.append(_final_state(tmp_path / name / "results"))
+    assert results[0] == results[1]
