@@ -120,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
             top1 = float(json.loads(record_path.read_text())["top1"])
         except (OSError, ValueError, KeyError, TypeError):
             top1 = math.nan
-        print(f"skip: record {record_path} exists (test top-1 {top1:.2f}%); force=true re-runs")
+        print(f"skip: record {record_path} exists (recorded top-1 {top1:.2f}%); force=true re-runs")
         return None
     start = time.time()
     ensure_backbone_weights(cfg)  # before seeding: a first-time pretraining draws random numbers
