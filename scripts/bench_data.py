@@ -64,6 +64,21 @@ def images_per_s(root: Path, style: str, workers: int, batch: int = 32) -> float
     return n / (time.perf_counter() - start)
 
 
+def make_case(
+    folder: Path, name: str, size: tuple, fmt: str, resize: int, images: int
+) -> tuple[Path, Path]:
+    """A generated raw ImageFolder tree (2 classes) and its ``prepare --resize`` form."""
+    raw = folder / "raw"
+    for split, n in (("train", images), ("test", 2)):
+        for i in range(n):
+            class_dir = raw / split / f"c{i % 2}"
+            class_dir.mkdir(parents=True, exist_ok=True)
+            make_image(size, fmt, i, class_dir / f"{i}.{fmt}")
+    fast = prepare_dataset(name, raw, raw.parent, resize=resize, progress=False,
+                           expected=Expected(2, images, 2))  # fmt: skip
+    return raw, fast
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=128, help="training images per case")
@@ -71,14 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for label, (name, size, fmt, style, resize) in CASES.items():
-            raw = Path(tmp) / label.split()[0] / "raw"
-            for split, n in (("train", args.images), ("test", 2)):
-                for i in range(n):
-                    folder = raw / split / f"c{i % 2}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    make_image(size, fmt, i, folder / f"{i}.{fmt}")
-            fast = prepare_dataset(name, raw, raw.parent, resize=resize, progress=False,
-                                   expected=Expected(2, args.images, 2))  # fmt: skip
+            folder = Path(tmp) / label.split()[0]
+            raw, fast = make_case(folder, name, size, fmt, resize, args.images)
             a = images_per_s(raw, style, args.workers)
             b = images_per_s(fast, style, args.workers)
             print(f"{label:30s} raw {a:7.1f} img/s   prepared --resize {resize} {b:7.1f} img/s"

@@ -560,20 +560,11 @@ def fig_data_loading(s: Settings) -> dict:
     0 workers (the loader's cost in this process, stable on a busy machine), batch 16,
     raw and prepared passes alternated ``reps`` times; the figure is the median ratio.
     """
-    from src.data.prepare import Expected, prepare_dataset
-
     bd = _bench_data_module()
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (name, size, fmt, style, resize) in list(bd.CASES.items())[: s.data_cases]:
-            raw = Path(tmp) / name / "raw"
-            for split, n in (("train", s.data_images), ("test", 2)):
-                for i in range(n):
-                    folder = raw / split / f"c{i % 2}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    bd.make_image(size, fmt, i, folder / f"{i}.{fmt}")
-            fast = prepare_dataset(name, raw, raw.parent, resize=resize, progress=False,
-                                   expected=Expected(2, s.data_images, 2))  # fmt: skip
+            raw, fast = bd.make_case(Path(tmp) / name, name, size, fmt, resize, s.data_images)
             rates: dict[str, list[float]] = {"raw": [], "prepared": []}
             loader_batch = min(16, max(1, s.data_images // 4))  # the first batch is not timed
             for _ in range(max(1, s.reps // 3)):
