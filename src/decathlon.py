@@ -69,8 +69,9 @@ def score_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """S on val (and on test where every domain was tested on labelled test data), per
     backbone, method, seed and protocol. The latest record wins when a domain repeats.
 
-    ``val_top1`` is the selected epoch's val accuracy; ``top1`` counts as test accuracy only
-    when the record's ``eval_split`` is "test" (labelled test JSONs were present).
+    ``val_top1`` is the selected epoch's val accuracy (none under protocol=final, which
+    trains on val); ``top1`` counts as test accuracy only when the record's ``eval_split``
+    is "test" (labelled test JSONs were present).
     """
     groups: dict[tuple, dict[str, Mapping]] = {}
     for rec in records:
@@ -83,9 +84,8 @@ def score_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             runs[domain] = rec
     rows = []
     for (backbone, method, seed, protocol), runs in sorted(groups.items(), key=str):
-        val = {d: float(r["val_top1"]) for d, r in runs.items()}
+        val = {d: float(r["val_top1"]) for d, r in runs.items() if r.get("val_top1") is not None}
         test = {d: float(r["top1"]) for d, r in runs.items() if r.get("eval_split") == "test"}
-        complete = set(runs) == set(DOMAINS)
         rows.append(
             {
                 "backbone": backbone,
@@ -96,7 +96,7 @@ def score_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "missing": sorted(set(DOMAINS) - set(runs)),
                 "val_top1": val,
                 "test_top1": test,
-                "score_val": decathlon_score(val) if complete else None,
+                "score_val": decathlon_score(val) if len(val) == len(DOMAINS) else None,
                 "score_test": decathlon_score(test) if len(test) == len(DOMAINS) else None,
             }
         )

@@ -110,23 +110,23 @@ def select_records(
     method: str,
     backbone: str | None = None,
     seed: int | None = None,
+    protocol: str | None = None,
 ) -> dict[str, Mapping[str, Any]]:
     """One decathlon run per domain for ``method``; several candidates is a UserError."""
+    wanted = {"backbone": backbone, "seed": seed, "protocol": protocol}
     chosen: dict[str, list[Mapping[str, Any]]] = {}
     for rec in records:
         dataset = rec.get("config", {}).get("dataset", {})
         if not dataset.get("decathlon") or rec.get("method") != method:
             continue
-        if (backbone and rec.get("backbone") != backbone) or (
-            seed is not None and rec.get("seed") != seed
-        ):
+        if any(value is not None and rec.get(key) != value for key, value in wanted.items()):
             continue
         chosen.setdefault(dataset["domain"], []).append(rec)
     for domain, recs in chosen.items():
         if len(recs) > 1:
             raise UserError(
                 f"{len(recs)} {method} runs for {domain} ({', '.join(r['run_id'] for r in recs)}); "
-                "narrow with --backbone/--seed or pass the records with --records"
+                "narrow with --backbone/--seed/--protocol or pass the records with --records"
             )
     return {d: recs[0] for d, recs in chosen.items()}
 
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", required=True, help="method whose runs to submit")
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--protocol", default=None, help="e.g. final (trained on train+val)")
     parser.add_argument("--runs", default="results/runs", help="folder of run records")
     parser.add_argument("--records", nargs="+", default=None, help="explicit record files")
     parser.add_argument("--out", default="results/decathlon/results.json")
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     records = [read_record(p) for p in args.records] if args.records else read_records(args.runs)
-    chosen = select_records(records, args.method, args.backbone, args.seed)
+    chosen = select_records(records, args.method, args.backbone, args.seed, args.protocol)
     path = submit(chosen, args.out, DOMAINS, args.device, args.batch_size, args.num_workers)
     print(f"wrote {path}; zip it (zip results.zip {path.name}) and upload it to the server")
 

@@ -133,9 +133,16 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
 
     out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = Path(cfg.paths.checkpoint_dir) / rid
+    selects = datamodule.val_set is not None  # protocol=final: keep the last epoch
     checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/top1", mode="max", save_last=True
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/top1" if selects else None,
+        mode="max",
+        save_last=True,
     )
+    if not selects:
+        tkw["limit_val_batches"] = 0
     trainer = pl.Trainer(
         **tkw,
         max_epochs=cfg.method.epochs,
@@ -148,12 +155,12 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     if resume:
         print(f"resuming from {resume}")
     trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    best_val = (
-        float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
-    )
+    score = checkpoint.best_model_score
+    best_val = 100.0 * float(score) if selects and score is not None else None
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     method.load_state_dict(best["state_dict"])
-    test = trainer.test(method, datamodule=datamodule, verbose=False)[0]
+    tested = datamodule.test_set is not None  # protocol=final without a labelled test split
+    test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
     if not trainer.is_global_zero:  # only rank 0 writes task files and records
         return None
@@ -174,9 +181,9 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         "method": cfg.method.name,
         "seed": cfg.seed,
         "protocol": cfg.protocol,
-        "top1": 100.0 * float(test["test/top1"]),
-        "top5": 100.0 * float(test["test/top5"]),
-        "val_top1": 100.0 * best_val,
+        "top1": 100.0 * float(test["test/top1"]) if tested else None,
+        "top5": 100.0 * float(test["test/top5"]) if tested else None,
+        "val_top1": best_val,
         "eval_split": getattr(datamodule, "eval_split", "test"),
         "world_size": trainer.world_size,
         "ranks_agree": ranks_agree,
@@ -196,10 +203,14 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     }
     write_record(record_path, record)
     log_run_summary(trainer.loggers, record, out_dir / "mask_density.png")
+    score = (
+        f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%"
+        if tested
+        else "not tested (no labelled test split)"
+    )
     print(
         f"{cfg.method.name} on {cfg.dataset.name} ({cfg.backbone.name}, seed {cfg.seed}): "
-        f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%  "
-        f"task file {task_bytes / 1e6:.3f} MB  record {record_path}"
+        f"{score}  task file {task_bytes / 1e6:.3f} MB  record {record_path}"
     )
     return record
 

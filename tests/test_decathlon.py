@@ -21,7 +21,7 @@ from src.data.decathlon import (
     read_stats,
 )
 from src.decathlon import BASELINE_ACCURACY, decathlon_score, domain_points, score_records
-from src.decathlon_submit import build_submission, submit
+from src.decathlon_submit import build_submission, select_records, submit
 from src.decathlon_submit import main as submit_main
 from src.errors import UserError
 from src.masking import MaskConfig, add_masks, masked_layers
@@ -229,7 +229,9 @@ def resnet26_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _train(domain: str, root: Path, stats: Path, weights: Path, tmp_path: Path) -> dict:
+def _train(
+    domain: str, root: Path, stats: Path, weights: Path, tmp_path: Path, *extra: str
+) -> dict:
     from hydra import compose, initialize_config_dir
 
     from src.train import train
@@ -241,7 +243,7 @@ def _train(domain: str, root: Path, stats: Path, weights: Path, tmp_path: Path) 
         "method=piggyback", "method.epochs=1", "method.batch_size=4", "trainer=cpu",
         "trainer.enable_progress_bar=false", "num_workers=0",
         f"paths.results_dir={tmp_path / 'results'}", f"paths.log_dir={tmp_path / 'outputs'}",
-        f"paths.output_dir={tmp_path / 'outputs' / domain}",
+        f"paths.output_dir={tmp_path / 'outputs' / domain}", *extra,
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -276,6 +278,34 @@ def test_mini_decathlon_trains_scores_and_submits(
     with pytest.raises(UserError, match="nothing for: vgg-flowers"):
         submit({d: records[d] for d in ("dtd", "gtsrb")}, tmp_path / "x.json", list(MINI))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_final_protocol_trains_on_train_and_val_for_the_submission(
+    mini_root: Path, mini_stats: Path, resnet26_weights: Path, tmp_path: Path
+) -> None:
+    tf = decathlon_transforms({"resize": 8, "size": 8}, [0.5] * 3, [0.5] * 3)
+    dm = DecathlonDataModule(mini_root, "gtsrb", CLASSES, tf, protocol="final")
+    dm.setup("fit")
+    assert len(dm.train_set) == 6 + 3 and dm.val_set is None and dm.test_set is None
+    assert dm.eval_split == "none"
+
+    records = {
+        d: _train(d, mini_root, mini_stats, resnet26_weights, tmp_path, "protocol=final")
+        for d in MINI
+    }
+    assert records["dtd"]["eval_split"] == "test" and records["dtd"]["top1"] is not None
+    untested = records["gtsrb"]
+    assert untested["eval_split"] == "none" and untested["top1"] is None
+    assert all(r["val_top1"] is None and r["protocol"] == "final" for r in records.values())
+    [row] = score_records(records.values())
+    assert row["val_top1"] == {} and row["test_top1"] == {"dtd": records["dtd"]["top1"]}
+    clean_dtd = {**records["dtd"], "protocol": "clean", "run_id": "clean_dtd"}
+    both = [*records.values(), clean_dtd]
+    assert select_records(both, "piggyback", protocol="final") == records
+    with pytest.raises(UserError, match=r"2 piggyback runs for dtd .*--protocol"):
+        select_records(both, "piggyback")
+    out = submit(records, tmp_path / "sub" / "results.json", domains=list(MINI))
+    assert len(json.loads(out.read_text())) == 3 * 4
 
 
 def test_ten_domain_configs_compose() -> None:

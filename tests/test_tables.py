@@ -261,3 +261,16 @@ def test_readme_mini_table_is_replaced_between_markers(tmp_path: Path) -> None:
     assert "stale" not in text and "| piggyback | 92.60 |" in text
     assert text.startswith("intro\n") and text.endswith(f"{script.README_END}\nrest\n")
     assert not script.update_readme(table, readme)  # no markers: nothing changes
+
+
+def test_untested_final_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
+    from src.reporting.tables import records_frame
+
+    d = tmp_path / "runs"
+    make_record(d, "resnet26", "piggyback", "cub", 0, 70.0)
+    untested = {"eval_split": "none", "top1": None, "top5": None, "val_top1": None}
+    make_record(d, "resnet26", "piggyback", "cars", 0, 1.0, extra=untested)
+    records = read_records(d)
+    assert len(records) == 2
+    frame = records_frame(records)
+    assert frame.dataset.tolist() == ["cub"] and frame.top1.tolist() == [70.0]

@@ -91,3 +91,29 @@ def test_bad_method_values_fail_cleanly(
     )
     _fails_cleanly(proc, needle)
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_final_protocol_trains_on_all_of_train_and_keeps_the_last_epoch(
+    tmp_path, tiny_folder, minicnn_weights
+) -> None:
+    import torch
+
+    from src.data.datamodule import ImageFolderDataModule
+
+    tf = {"style": "resize_exact", "size": 12, "flip": False, "mean": [0.5] * 3, "std": [0.5] * 3}
+    dm = ImageFolderDataModule(tiny_folder, 3, tf, protocol="final", verify_images=False)
+    dm.setup("fit")
+    assert len(dm.train_set) == 12 and dm.val_set is None and dm.val_dataloader() == []
+
+    args = [*tiny_overrides(tmp_path, minicnn_weights, tiny_folder), "protocol=final"]
+    proc = run_module("src.train", *args, "method.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [path] = (tmp_path / "results" / "runs").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["protocol"] == "final" and record["val_top1"] is None
+    assert record["epochs"] == 2 and 0.0 <= record["top1"] <= 100.0
+    ckpts = tmp_path / "outputs" / "checkpoints" / record["run_id"]
+    kept, last = (torch.load(ckpts / f, weights_only=True) for f in ("best.ckpt", "last.ckpt"))
+    assert kept["epoch"] == last["epoch"] == 1  # nothing selected: the last epoch is kept
+    for key, value in last["state_dict"].items():
+        assert torch.equal(kept["state_dict"][key], value), key

@@ -17,7 +17,9 @@ from tqdm import tqdm
 from src.data.transforms import build_transforms
 from src.errors import UserError, check_choice
 
-PROTOCOLS = ("clean", "faithful")
+# clean: select the epoch on a split held out of train; faithful: on the test split (the
+# official code); final: train on every labelled non-test image and keep the last epoch.
+PROTOCOLS = ("clean", "faithful", "final")
 
 
 class EpochSeededSampler(RandomSampler):
@@ -71,6 +73,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.protocol = protocol
         self.seed = seed
         self.class_names: list[str] = []
+        self.val_set = None  # None: nothing to select on (protocol=final), the last epoch is kept
+        self.test_set = None  # None: no labelled test split (the predictions go to a server)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -85,8 +89,8 @@ class SplitDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
@@ -96,7 +100,8 @@ class ImageFolderDataModule(SplitDataModule):
     """Train/val/test loaders over ``root/train`` and ``root/test``.
 
     protocol='clean' carves a seeded validation split out of train for model selection;
-    protocol='faithful' validates on the test split, as the official Piggyback code did.
+    protocol='faithful' validates on the test split, as the official Piggyback code did;
+    protocol='final' trains on the whole train split and validates on nothing.
     """
 
     def __init__(
@@ -174,8 +179,9 @@ class ImageFolderDataModule(SplitDataModule):
         train_full = self._checked_folder("train", self.train_tf)
         self.test_set = self._checked_folder("test", self.test_tf)
         self.class_names = list(train_full.classes)
-        if self.protocol == "faithful":
-            self.train_set, self.val_set = train_full, self.test_set
+        if self.protocol != "clean":
+            self.train_set = train_full
+            self.val_set = self.test_set if self.protocol == "faithful" else None
             return
         n_val = max(1, round(len(train_full) * self.val_fraction))
         order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed))

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision import transforms as T
 
 from src.data.datamodule import SplitDataModule
@@ -244,6 +244,9 @@ class DecathlonDataModule(SplitDataModule):
     else the val split (``eval_split`` = "val"): the devkit's test labels are withheld,
     test predictions go to the evaluation server (src.decathlon_submit).
     protocol='faithful' selects on the labelled test split, as the official Piggyback code.
+    protocol='final' trains on train+val and keeps the last epoch, as published for the
+    server's submissions; it is tested only on a labelled test split (``eval_split`` =
+    "none" without one).
     """
 
     def __init__(
@@ -293,16 +296,21 @@ class DecathlonDataModule(SplitDataModule):
                 f"{annotation_path(self.root, self.domain, 'test')} is missing; "
                 "use protocol=clean (selects on val)"
             )
-        test = self._split("test") if has_test else val
-        self.eval_split = "test" if has_test else "val"
         self.class_names = train.class_names
+        val_set = DecathlonDataset(self.root, val, self.test_tf)
+        if has_test:
+            self.test_set = DecathlonDataset(self.root, self._split("test"), self.test_tf)
+            self.eval_split = "test"
+        elif self.protocol != "final":  # val doubles as the test split
+            self.test_set, self.eval_split = val_set, "val"
+        else:
+            self.eval_split = "none"
         self.train_set = DecathlonDataset(self.root, train, self.train_tf)
-        self.test_set = DecathlonDataset(self.root, test, self.test_tf)
-        self.val_set = (
-            self.test_set
-            if self.protocol == "faithful"
-            else DecathlonDataset(self.root, val, self.test_tf)
-        )
+        if self.protocol == "final":
+            train_val = DecathlonDataset(self.root, val, self.train_tf)
+            self.train_set = ConcatDataset([self.train_set, train_val])
+        else:
+            self.val_set = self.test_set if self.protocol == "faithful" else val_set
 
 
 def decathlon_datamodule(cfg: Any) -> DecathlonDataModule:

@@ -142,6 +142,8 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run record with the fields the tables and figures use."""
     rows = []
     for r in records:
+        if r.get("eval_split") == "none":  # protocol=final without test labels: nothing scored
+            continue
         missing = [k for k in REQUIRED_RECORD_KEYS if r.get(k) is None]
         if missing:
             raise UserError(
