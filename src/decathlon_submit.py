@@ -76,7 +76,17 @@ def write_submission(path: str | Path, entries: list[dict[str, int]]) -> Path:
 
 
 def load_model(record: Mapping[str, Any]) -> torch.nn.Module:
-    """The record's backbone with its task folded in, checked against the task's fingerprint."""
+    """The record's backbone with its task folded in, checked against the task's fingerprint.
+
+    A PackNet record's task file is the whole sequence's state: the domain's view of it.
+    """
+    if record.get("method") == "packnet":
+        from src.masking.pruning import PackNetState
+
+        state = PackNetState.load(record["task_file"])
+        if record["dataset"] not in state.tasks:
+            raise UserError(f"{record['task_file']} holds no PackNet task {record['dataset']!r}")
+        return state.view(record["dataset"]).eval()
     config = record["config"]
     name = config["backbone"]["name"]
     classifier = classifier_name(name)

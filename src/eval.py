@@ -34,12 +34,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
+from src.configs import CONF_DIR, dataset_config_for
 from src.errors import UserError, exit_on_user_error
 from src.masking.taskfile import TaskFile, read_task_file
 from src.multitask import MultiTaskModel, task_paths
 from src.records import code_version, read_records, write_record
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 METHOD_OF_KIND = {
     "piggyback": "piggyback",
     "classifier": "classifier_only",
@@ -74,6 +74,8 @@ def compose_config(
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    if dataset:
+        dataset = dataset_config_for(dataset) or dataset
     chosen = [(g, n) for g, n in (("dataset", dataset), ("backbone", backbone)) if n]
     for group, name in chosen:
         if not (CONF_DIR / group / f"{name}.yaml").is_file():

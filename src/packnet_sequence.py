@@ -5,6 +5,9 @@ optionally retrain it on its own data. Then for each task in order: claim the fr
 weights, train them, prune this task's weights, retrain, freeze. At the end the packed
 state is written once, read back, and every task is evaluated again from the file, so
 each record holds top-1/top-5 right after the task's training and after the sequence.
+
+When the base's own data is a dataset config (the Visual Decathlon's decathlon/imagenet12
+for ResNet-26), the retrained base is scored as a task too and gets a record.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from src.backbones import build_backbone, classifier_name, load_state_dict_file
+from src.configs import DATASET_CONF, dataset_config_names
 from src.data.datamodule import ImageFolderDataModule
 from src.errors import UserError
 from src.masking.model_surgery import replace_module
@@ -42,8 +46,7 @@ from src.methods.packnet import PackNet
 from src.records import code_version, run_id, write_record
 from src.train import build_datamodule, ensure_backbone_weights, make_loggers, trainer_kwargs
 
-DATASET_CONF = Path(__file__).resolve().parent.parent / "conf" / "dataset"
-BASE_DATASETS = ("fashion_mnist",)
+BASE_DATASETS = ("fashion_mnist",)  # base data that is not a dataset config (no record)
 TrainerFactory = Callable[[int], pl.Trainer]
 
 
@@ -54,10 +57,16 @@ def _fraction(cfg: DictConfig, key: str) -> float:
     return float(value)
 
 
+def scored_base_task(cfg: DictConfig) -> str | None:
+    """The dataset the base is retrained on when it is a task config (scored, recorded)."""
+    dataset = cfg.method.base_retrain.dataset
+    return None if dataset is None or dataset in BASE_DATASETS else str(dataset)
+
+
 def validate(cfg: DictConfig) -> list[str]:
     """Check the sequence config before anything is built or written; returns the tasks."""
     tasks = cfg.method.get("tasks")
-    known = sorted(p.stem for p in DATASET_CONF.glob("*.yaml"))
+    known = dataset_config_names()
     if not isinstance(tasks, ListConfig) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise UserError(
             f"method.tasks must be a non-empty list of dataset names, e.g. "
@@ -80,11 +89,17 @@ def validate(cfg: DictConfig) -> list[str]:
     if cfg.method.epochs < 1 or cfg.method.retrain_epochs < 0:
         raise UserError("method.epochs must be >= 1 and method.retrain_epochs >= 0")
     retrain = cfg.method.base_retrain
-    if retrain.dataset is not None and retrain.dataset not in BASE_DATASETS:
+    if retrain.dataset is not None and retrain.dataset not in (*BASE_DATASETS, *known):
         raise UserError(
-            f"method.base_retrain.dataset={retrain.dataset!r} is not available here "
-            f"(available: {', '.join(BASE_DATASETS)}); set it to null, or give a base "
-            "pruned and retrained elsewhere as method.base_weights=<file>"
+            f"method.base_retrain.dataset={retrain.dataset!r} is neither "
+            f"{' nor '.join(BASE_DATASETS)} nor a dataset config; set it to null, name the "
+            "base's own dataset (e.g. decathlon/imagenet12), or give a base pruned and "
+            "retrained elsewhere as method.base_weights=<file>"
+        )
+    if retrain.dataset in tasks:
+        raise UserError(
+            f"{retrain.dataset} is the base's own data (method.base_retrain.dataset); the "
+            "retrained base is scored on it, so leave it out of method.tasks"
         )
     if retrain.dataset is not None and cfg.method.base_weights:
         raise UserError("method.base_weights is already a retrained base; set base_retrain=null")
@@ -113,8 +128,24 @@ def packnet_kwargs(method: DictConfig) -> dict[str, Any]:
     }
 
 
-def _score(results: dict[str, float]) -> tuple[float, float]:
+Score = tuple[float | None, float | None]  # test top-1, top-5 (None: no labelled test split)
+
+
+def _test(trainer: pl.Trainer, module: PackNet, datamodule: Any = None, **loaders: Any) -> Score:
+    """Test top-1/top-5 in percent, or (None, None) when the datamodule has no test split."""
+    if getattr(datamodule, "eval_split", "test") == "none":  # protocol=final, test unlabelled
+        return None, None
+    results = trainer.test(module, datamodule=datamodule, verbose=False, **loaders)[0]
     return 100.0 * float(results["test/top1"]), 100.0 * float(results["test/top5"])
+
+
+def _pct(value: float | None) -> str:
+    return "untested" if value is None else f"{value:.2f}%"
+
+
+def _val(trainer: pl.Trainer) -> float | None:
+    val = trainer.callback_metrics.get("val/top1")
+    return 100.0 * float(val) if val is not None else None
 
 
 def train_task(
@@ -159,8 +190,8 @@ def train_task(
             trainer = make_trainer(method.retrain_epochs)
             trainer.fit(module, datamodule=datamodule)
             epochs += method.retrain_epochs
-    val = trainer.callback_metrics.get("val/top1")
-    top1, top5 = _score(trainer.test(module, datamodule=datamodule, verbose=False)[0])
+    val = _val(trainer)
+    top1, top5 = _test(trainer, module, datamodule)
     extras = bias_bn_state(model, head_name) if base_extras is not None else None
     state.add_task(task, module.head, datamodule.class_names, extras)
     if base_extras is not None:
@@ -168,7 +199,8 @@ def train_task(
     return {
         "top1_after_task": top1,
         "top5_after_task": top5,
-        "val_top1": 100.0 * float(val) if val is not None else None,
+        "val_top1": val,
+        "eval_split": getattr(datamodule, "eval_split", "test"),
         "epochs": epochs,
         "trainable_params": trainable,
         "pruned": not last,
@@ -180,7 +212,7 @@ def evaluate_from_file(
     datamodules: dict[str, pl.LightningDataModule],
     make_trainer: TrainerFactory,
     channels_last: bool = False,
-) -> dict[str, tuple[float, float]]:
+) -> dict[str, Score]:
     """Read the stored state back and test every task on its own view: (top1, top5)."""
     stored = PackNetState.load(path)
     scores = {}
@@ -194,8 +226,7 @@ def evaluate_from_file(
             num_classes=datamodules[task].num_classes,
         )
         module.channels_last = channels_last
-        test = make_trainer(1).test(module, datamodule=datamodules[task], verbose=False)
-        scores[task] = _score(test[0])
+        scores[task] = _test(make_trainer(1), module, datamodules[task])
     return scores
 
 
@@ -214,7 +245,12 @@ def build_base(cfg: DictConfig, tasks: list[str]) -> tuple[PackNetState, dict[st
         info = {"base_weights": None, "base_prune": float(method.base_prune)}
     info["base_fingerprint"] = backbone_fingerprint(model, head)  # the pruned base's weights
     state = PackNetState(
-        backbone=name, classifier=head, model=model, owners=owners, task_order=tasks
+        backbone=name,
+        classifier=head,
+        model=model,
+        owners=owners,
+        task_order=tasks,
+        base_task=scored_base_task(cfg),
     )
     state.meta = {
         **info,
@@ -224,19 +260,32 @@ def build_base(cfg: DictConfig, tasks: list[str]) -> tuple[PackNetState, dict[st
     return state, info
 
 
-def retrain_base(cfg: DictConfig, state: PackNetState) -> dict[str, Any]:
-    """Retrain the pruned base's own weights (+ biases/BN) on its dataset, as published."""
-    from src.data.mini import fashion_tensors
+def retrain_base(
+    cfg: DictConfig, state: PackNetState, datamodule: pl.LightningDataModule | None = None
+) -> dict[str, Any]:
+    """Retrain the pruned base's own weights (+ biases/BN) on its dataset, as published.
 
+    ``datamodule``: the base's dataset config when it is scored as a task (its head is then
+    stored as that task's); None: the mini base's Fashion-MNIST tensors.
+    """
     rc = cfg.method.base_retrain
-    train_set = fashion_tensors(cfg.paths.data_dir, train=True)
-    test_set = fashion_tensors(cfg.paths.data_dir, train=False)
-    head = nn.Linear(state.model.get_submodule(state.classifier).in_features, 10)
-    if cfg.backbone.weights:  # the pretrained base's own classifier, when the file has it
+    if datamodule is None:
+        from src.data.mini import fashion_tensors
+
+        batch = cfg.method.batch_size
+        train = fashion_tensors(cfg.paths.data_dir, train=True)
+        fit = {"train_dataloaders": DataLoader(train, batch_size=batch, shuffle=True)}
+        test = {"dataloaders": DataLoader(fashion_tensors(cfg.paths.data_dir, False), 512)}
+        num_classes = 10
+    else:
+        fit = test = {"datamodule": datamodule}
+        num_classes = datamodule.num_classes
+    head = nn.Linear(state.model.get_submodule(state.classifier).in_features, num_classes)
+    if cfg.backbone.weights:  # the pretrained base's own classifier, when it fits
         stored = load_state_dict_file(cfg.backbone.weights)
         prefix = state.classifier + "."
         own = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}
-        if own:
+        if own and own["weight"].shape == head.weight.shape:
             head.load_state_dict(own)
     replace_module(state.model, state.classifier, head)
     module = PackNet(
@@ -246,7 +295,7 @@ def retrain_base(cfg: DictConfig, state: PackNetState) -> dict[str, Any]:
         owner=BASE,
         train_bias_bn=True,
         backbone=state.backbone,
-        num_classes=10,
+        num_classes=num_classes,
         lr=rc.lr,
         lr_decay_every=rc.lr_decay_every,
         lr_decay_factor=0.1,
@@ -254,23 +303,27 @@ def retrain_base(cfg: DictConfig, state: PackNetState) -> dict[str, Any]:
     tkw, module.channels_last = trainer_kwargs(cfg)
     tkw["limit_train_batches"] = rc.limit_train_batches
     trainer = pl.Trainer(**tkw, max_epochs=rc.epochs, logger=False, enable_checkpointing=False)
-    batch = cfg.method.batch_size
-    trainer.fit(module, DataLoader(train_set, batch_size=batch, shuffle=True))
-    test = trainer.test(module, DataLoader(test_set, batch_size=512), verbose=False)[0]
-    top1, top5 = _score(test)
-    print(f"packnet base retrained on {rc.dataset}: test top-1 {top1:.2f}%")
-    return {"dataset": rc.dataset, "epochs": rc.epochs, "top1": top1, "top5": top5}
+    trainer.fit(module, **fit)
+    top1, top5 = _test(trainer, module, **test)
+    if state.base_task is not None:
+        state.add_task(state.base_task, module.head, datamodule.class_names)
+    print(f"packnet base retrained on {rc.dataset}: test top-1 {_pct(top1)}")
+    return {"dataset": rc.dataset, "epochs": rc.epochs, "top1": top1, "top5": top5,
+            "val_top1": _val(trainer), "trainable_params": module.trainable_parameter_count(),
+            "eval_split": getattr(datamodule, "eval_split", "test")}  # fmt: skip
 
 
 def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run the whole PackNet sequence; returns one record per task ([] when all exist)."""
     tasks = validate(cfg)
-    task_cfgs = {t: task_config(cfg, t) for t in tasks}
+    base_task = scored_base_task(cfg)
+    scored = [base_task, *tasks] if base_task else tasks  # every task that gets a record
+    task_cfgs = {t: task_config(cfg, t) for t in scored}
     configs = {t: OmegaConf.to_container(c, resolve=True) for t, c in task_cfgs.items()}
-    rids = {t: run_id(configs[t]) for t in tasks}
+    rids = {t: run_id(configs[t]) for t in scored}
     runs_dir = Path(cfg.paths.runs_dir)
     if all((runs_dir / f"{r}.json").exists() for r in rids.values()) and not cfg.force:
-        print(f"skip: records for all {len(tasks)} tasks exist in {runs_dir} (force=true re-runs)")
+        print(f"skip: records for all {len(scored)} tasks exist in {runs_dir} (force=true re-runs)")
         return []
     start = time.time()
     if not cfg.method.base_weights:
@@ -278,12 +331,26 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     state, base_info = build_base(cfg, tasks)
     datamodules: dict[str, ImageFolderDataModule] = {}
-    for task in tasks:  # every dataset is checked before any training
+    for task in scored:  # every dataset is checked before any training
         datamodules[task] = build_datamodule(task_cfgs[task])
         datamodules[task].setup("fit")
+    results = {}
     if cfg.method.base_retrain.dataset is not None:
-        base_info["base_retrain"] = state.meta["base_retrain"] = retrain_base(cfg, state)
+        base_start = time.time()
+        retrained = retrain_base(cfg, state, datamodules.get(base_task))
+        base_info["base_retrain"] = state.meta["base_retrain"] = retrained
+        if base_task is not None:
+            results[base_task] = {
+                "top1_after_task": retrained["top1"],
+                "top5_after_task": retrained["top5"],
+                **{k: retrained[k] for k in ("val_top1", "eval_split", "trainable_params")},
+                "epochs": retrained["epochs"],
+                "pruned": True,  # the base is pruned before its retraining
+                "wall_time_s": round(time.time() - base_start, 2),
+            }
     tkw, channels_last = trainer_kwargs(cfg)
+    if cfg.protocol == "final":  # nothing held out to validate on
+        tkw["limit_val_batches"] = 0
     out_dir = Path(cfg.paths.output_dir)
 
     def make_trainer(epochs: int, logger_dir: Path | None = None) -> pl.Trainer:
@@ -295,7 +362,6 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
             default_root_dir=str(out_dir),
         )
 
-    results = {}
     base_extras = bias_bn_state(state.model, state.classifier) if cfg.method.train_bias_bn else None
     for position, task in enumerate(tasks):
         task_start = time.time()
@@ -311,7 +377,7 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
         results[task]["wall_time_s"] = round(time.time() - task_start, 2)
         print(
             f"packnet task {position + 1}/{len(tasks)} {task}: top-1 "
-            f"{results[task]['top1_after_task']:.2f}% right after its training"
+            f"{_pct(results[task]['top1_after_task'])} right after its training"
         )
 
     seq_id = run_id({**configs[tasks[0]], "dataset": {"name": "+".join(tasks)}})
@@ -325,15 +391,15 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
             cfg, state, task, position, results[task], final[task], shares, configs[task],
             rids[task], state_path, state_bytes, base_info,
         )
-        for position, task in enumerate(tasks)
+        for position, task in enumerate(scored, start=-1 if base_task else 0)
     ]  # fmt: skip
     total = round(time.time() - start, 2)
     for record in records:
         record["sequence_wall_time_s"] = total
         write_record(runs_dir / f"{record['run_id']}.json", record)
         print(
-            f"packnet {record['dataset']}: top-1 {record['top1_after_task']:.2f}% after its "
-            f"training, {record['top1']:.2f}% after the sequence"
+            f"packnet {record['dataset']}: top-1 {_pct(record['top1_after_task'])} after its "
+            f"training, {_pct(record['top1'])} after the sequence"
         )
     print(f"packnet state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
     return records
@@ -345,7 +411,7 @@ def task_record(
     task: str,
     position: int,
     result: dict[str, Any],
-    final: tuple[float, float],
+    final: Score,
     shares: dict[str, dict[str, float]],
     config: dict[str, Any],
     rid: str,
@@ -353,7 +419,10 @@ def task_record(
     state_bytes: int,
     base_info: dict[str, Any],
 ) -> dict[str, Any]:
-    """One task's record: the usual run keys plus the sequence, ownership and storage."""
+    """One task's record: the usual run keys plus the sequence, ownership and storage.
+
+    ``position`` is the task's 0-based place in the sequence; -1 is the scored base task.
+    """
     owner = state.owner(task)
     sizes = {n: o.numel() for n, o in state.owners.items()}
     n_weights = sum(sizes.values())
@@ -374,8 +443,9 @@ def task_record(
         "top1": final[0],
         "top5": final[1],
         **result,
-        "forgetting_top1": result["top1_after_task"] - final[0],
+        "forgetting_top1": None if final[0] is None else result["top1_after_task"] - final[0],
         "task_order": state.task_order,
+        "base_task": state.base_task,
         "task_position": position + 1,
         "owner_index": owner,
         "owner_share": shares,

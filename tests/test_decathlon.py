@@ -26,7 +26,8 @@ from src.decathlon_submit import main as submit_main
 from src.errors import UserError
 from src.masking import MaskConfig, add_masks, masked_layers
 from src.models.resnet26 import ResNet26, convert_original_state_dict
-from tests.conftest import CONF
+from src.records import read_records
+from tests.conftest import CONF, run_module
 
 # Rebuffi et al. 2017 finetune baseline and Piggyback's Decathlon accuracies (%), as
 # tabulated in Liu et al. CVPR 2019 Table 4; Piggyback's leaderboard score is 2838.
@@ -117,7 +118,10 @@ def test_convert_original_checkpoint_keys() -> None:
 
 
 # --- a miniature decathlon in the devkit's format -----------------------------------------
-def _write_split(root: Path, domain: str, d: int, split: str, n: int, labelled: bool) -> None:
+def _write_split(
+    root: Path, domain: str, d: int, split: str, n: int, labelled: bool, categories: int = CLASSES
+) -> None:
+    """One devkit JSON and its images; labels use the first CLASSES of ``categories``."""
     rng = np.random.default_rng(d * 10 + len(split))
     images, annotations = [], []
     for i in range(n):
@@ -133,7 +137,7 @@ def _write_split(root: Path, domain: str, d: int, split: str, n: int, labelled: 
             annotations.append({"id": i + 1, "image_id": image_id, "category_id": cat})
     categories = [
         {"id": d * CATEGORY_BASE + k + 1, "name": f"{domain}_c{k}", "supercategory": domain}
-        for k in range(CLASSES)
+        for k in range(categories)
     ]
     data = {"info": {}, "licenses": [], "images": images, "annotations": annotations}
     data["categories"] = categories
@@ -152,18 +156,46 @@ def mini_root(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def mini_stats(mini_root: Path, tmp_path: Path) -> Path:
+def _script(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "decathlon_stats", CONF.parent / "scripts" / "decathlon_stats.py"
-    )
+    spec = importlib.util.spec_from_file_location(name, CONF.parent / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def mini_stats(mini_root: Path, tmp_path: Path) -> Path:
     out = tmp_path / "stats.json"
-    module.main(["--root", str(mini_root), "--out", str(out), "--domains", *MINI])
+    _script("decathlon_stats").main(
+        ["--root", str(mini_root), "--out", str(out), "--domains", *MINI]
+    )
     return out
+
+
+def test_prepare_checks_the_tree_then_stores_the_missing_mean_std(
+    mini_root: Path, tmp_path: Path, capsys
+) -> None:
+    prepare, stats = _script("prepare_decathlon"), tmp_path / "prepared_stats.json"
+    args = ["--root", str(mini_root), "--no-counts", "--stats", str(stats), "--domains"]
+    prepare.main([*args, "dtd", "gtsrb"])
+    out = capsys.readouterr().out
+    assert "dtd: train 6, val 3, test 4 (labelled test) ok" in out and "gtsrb: mean [" in out
+    first = json.loads(stats.read_text())["domains"]
+    assert set(first) == {"dtd", "gtsrb"} and first["dtd"]["images"] == 6
+    assert read_stats(stats, "gtsrb")["mean"] == first["gtsrb"]["mean"]
+
+    prepare.main([*args, "dtd", "gtsrb", "vgg-flowers"])  # only the new domain is computed
+    out = capsys.readouterr().out
+    assert "vgg-flowers: mean [" in out and "dtd: mean" not in out
+    assert json.loads(stats.read_text())["domains"]["dtd"] == first["dtd"]
+
+    (mini_root / "data" / "svhn").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:  # a broken tree: a message, no stats
+        prepare.main([*args, "svhn"])
+    assert exit_info.value.code == 2 and "svhn_train.json not found" in capsys.readouterr().err
+    assert "svhn" not in json.loads(stats.read_text())["domains"]
 
 
 def test_read_split_maps_category_ids(mini_root: Path) -> None:
@@ -262,6 +294,23 @@ def test_mini_decathlon_trains_scores_and_submits(
     score = decathlon_score(row["val_top1"], mini_baseline)
     assert 0.0 <= score <= 1000.0 * len(MINI)
 
+    from src.eval import evaluate
+
+    [evaluated] = evaluate(
+        [
+            f"tasks={records['dtd']['task_file']}",
+            f"out={tmp_path / 'evals'}",
+            "device=cpu",
+            f"dataset.root={mini_root}",
+            f"dataset.stats={mini_stats}",
+            f"backbone.weights={resnet26_weights}",
+            "dataset.transforms.resize=16",
+            "dataset.transforms.size=16",
+            "num_workers=0",
+        ]
+    )  # fmt: skip  (the task file names its dataset decathlon_dtd: conf/dataset/decathlon/dtd)
+    assert evaluated["top1"] == pytest.approx(records["dtd"]["top1"])
+
     out = submit(records, tmp_path / "sub" / "results.json", domains=list(MINI))
     entries = json.loads(out.read_text())
     expected_ids = set()
@@ -322,3 +371,67 @@ def test_ten_domain_configs_compose() -> None:
             no_flip = domain in ("gtsrb", "omniglot", "svhn")
             assert (ds.transforms.size, ds.transforms.flip) == (72 if no_flip else 64, not no_flip)
             assert ds.transforms.mean is None  # from the stats file, never invented
+
+
+def test_packnet_over_decathlon_domains_with_imagenet12_as_the_scored_base(
+    tmp_path: Path, resnet26_weights: Path
+) -> None:
+    """The real configs (ten domains' class counts, 72/64 pipelines) on a miniature tree."""
+    from src.data.decathlon import compute_stats, update_stats_file
+    from src.masking.pruning import PackNetState
+
+    domains = {"imagenet12": (6, 1000), "dtd": (4, 47), "gtsrb": (5, 43), "vgg-flowers": (10, 102)}
+    root = tmp_path / "data" / "decathlon-1.0"
+    for domain, (d, k) in domains.items():
+        for split, n, labelled in (
+            ("train", 6, True),
+            ("val", 3, True),
+            ("test_stripped", 4, False),
+        ):
+            _write_split(root, domain, d, split, n, labelled, categories=k)
+    _write_split(root, "dtd", 4, "test", 4, True, categories=47)
+    update_stats_file(tmp_path / "data" / "splits" / "decathlon_stats.json",
+                      {d: compute_stats(root, d) for d in domains})  # fmt: skip
+    tasks = ["decathlon/dtd", "decathlon/gtsrb", "decathlon/vgg-flowers"]
+    out = run_module(
+        "src.train", "experiment=decathlon_packnet", f"method.tasks=[{','.join(tasks)}]",
+        f"backbone.weights={resnet26_weights}", f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.results_dir={tmp_path / 'results'}", f"paths.log_dir={tmp_path / 'outputs'}",
+        "method.epochs=1", "method.retrain_epochs=1", "method.base_retrain.epochs=1",
+        "method.batch_size=4", "trainer=cpu", "trainer.enable_progress_bar=false", "num_workers=0",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = {r["dataset"]: r for r in read_records(tmp_path / "results" / "runs")}
+    assert set(records) == {"decathlon/imagenet12", *tasks}
+    base = records["decathlon/imagenet12"]
+    assert (base["owner_index"], base["task_position"], base["base_task"]) == (
+        1, 0, "decathlon/imagenet12")  # fmt: skip
+    assert [records[t]["task_position"] for t in tasks] == [1, 2, 3]
+    for record in records.values():  # every weight has one owner: nothing is forgotten
+        assert record["top1"] == record["top1_after_task"] and record["forgetting_top1"] == 0
+        assert record["owner_bits"] == 3 and record["method"] == "packnet"
+    assert records["decathlon/dtd"]["eval_split"] == "test"
+    assert records["decathlon/gtsrb"]["eval_split"] == "val"
+    state = PackNetState.load(base["task_file"])
+    assert state.tasks == ["decathlon/imagenet12", *tasks] and state.heads[
+        "decathlon/imagenet12"]["weight"].shape == (1000, 256)  # fmt: skip
+
+    [row] = score_records(records.values())
+    assert row["method"] == "packnet" and len(row["domains"]) == 4
+    chosen = select_records(list(records.values()), "packnet")
+    sub = submit(chosen, tmp_path / "sub" / "results.json", domains=list(domains))
+    entries = json.loads(sub.read_text())
+    assert len(entries) == 4 * 4
+    for domain, (d, k) in domains.items():
+        raw = json.loads((root / "annotations" / f"{domain}_test_stripped.json").read_text())
+        mine = [e for e in entries if e["image_id"] in {im["id"] for im in raw["images"]}]
+        assert len(mine) == 4 and all(0 < e["category_id"] - d * CATEGORY_BASE <= k for e in mine)
+
+
+def test_packnet_refuses_the_base_domain_as_a_task(tmp_path: Path) -> None:
+    out = run_module(
+        "src.train", "experiment=decathlon_packnet",
+        "method.tasks=[decathlon/imagenet12,decathlon/dtd]", f"paths.results_dir={tmp_path}",
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "decathlon/imagenet12 is the base's own data" in out.stderr

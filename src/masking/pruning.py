@@ -170,7 +170,9 @@ class PackNetState:
 
     ``task_order`` is the planned sequence (it fixes owner indices and the bit width);
     ``tasks`` lists the finished ones. ``heads`` holds each task's classifier state,
-    ``task_extras`` each task's biases/BN when they are trained per task.
+    ``task_extras`` each task's biases/BN when they are trained per task. ``base_task``
+    names the base network's own task when it is scored as one (the Visual Decathlon's
+    imagenet12): it owns the base's weights and is a finished task once its head is added.
     """
 
     backbone: str
@@ -178,6 +180,7 @@ class PackNetState:
     model: nn.Module
     owners: dict[str, torch.Tensor]
     task_order: list[str]
+    base_task: str | None = None
     tasks: list[str] = field(default_factory=list)
     heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     task_extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -193,7 +196,7 @@ class PackNetState:
         return owner_bits(len(self.task_order) + 1)
 
     def owner(self, task: str) -> int:
-        return task_owner(self.task_order.index(task))
+        return BASE if task == self.base_task else task_owner(self.task_order.index(task))
 
     def owner_names(self) -> dict[int, str]:
         return {FREE: "free", BASE: "base", **{self.owner(t): t for t in self.task_order}}
@@ -248,6 +251,7 @@ class PackNetState:
             "classifier": self.classifier,
             "fingerprint": backbone_fingerprint(self.model, self.classifier),
             "task_order": self.task_order,
+            "base_task": self.base_task,
             "tasks": self.tasks,
             "class_names": self.class_names,
             "owner_bits": self.bits,
@@ -282,6 +286,7 @@ class PackNetState:
             model=model,
             owners=owners,
             task_order=meta.pop("task_order"),
+            base_task=meta.pop("base_task", None),
         )
         for task in meta.pop("tasks"):
             state.tasks.append(task)
