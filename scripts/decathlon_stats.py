@@ -1,9 +1,10 @@
-"""Compute the Visual Decathlon per-domain mean/std from the extracted train images.
+"""(Re)compute the Visual Decathlon per-domain mean/std from the extracted train images.
 
     python scripts/decathlon_stats.py --root data/decathlon-1.0 \
         --out data/splits/decathlon_stats.json [--domains dtd svhn] [--max-images 50000]
 
 The loader reads the values from --out (conf/dataset/decathlon/*.yaml: stats).
+scripts/prepare_decathlon.py computes the domains still missing there on its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.data.decathlon import DOMAINS, compute_stats, update_stats_file
+from src.data.decathlon import DOMAINS, write_stats
 from src.errors import exit_on_user_error
 
 
@@ -27,11 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-images", type=int, default=None, help="seeded subset per domain")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    stats = {}
-    for domain in args.domains:
-        stats[domain] = compute_stats(args.root, domain, args.max_images, args.seed)
-        print(f"{domain}: mean {stats[domain]['mean']} std {stats[domain]['std']}")
-    print(f"wrote {update_stats_file(args.out, stats)}")
+    stats = write_stats(args.root, args.out, args.domains, args.max_images, args.seed)
+    for domain, entry in stats.items():
+        print(f"{domain}: mean {entry['mean']} std {entry['std']} ({entry['images']} images)")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

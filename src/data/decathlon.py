@@ -380,3 +380,26 @@ def update_stats_file(path: str | Path, stats: Mapping[str, Mapping[str, Any]]) 
     domains.update(stats)
     atomic_write_json(path, {"format": STATS_FORMAT, "domains": domains})
     return path
+
+
+def write_stats(
+    root: str | Path,
+    out: str | Path,
+    domains: Sequence[str],
+    max_images: int | None = None,
+    seed: int = 0,
+    recompute: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Compute the domains' mean/std (only those not yet in ``out`` unless ``recompute``)
+    and merge them into ``out``; returns what was computed."""
+    stored: set[str] = set()
+    if not recompute and Path(out).is_file():
+        try:
+            stored = set(json.loads(Path(out).read_text())["domains"])
+        except (ValueError, KeyError) as err:
+            raise UserError(f"{out} is malformed ({err}); delete it and recompute") from None
+    stats = {d: compute_stats(root, d, max_images, seed) for d in domains if d not in stored}
+    if stats:
+        update_stats_file(out, stats)
+    return stats
+
