@@ -13,12 +13,14 @@ for ResNet-26), the retrained base is scored as a task too and gets a record.
 from __future__ import annotations
 
 import platform
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -313,6 +315,58 @@ def retrain_base(
             "eval_split": getattr(datamodule, "eval_split", "test")}  # fmt: skip
 
 
+def sequence_id(first_task_config: dict[str, Any], tasks: list[str]) -> str:
+    """Names the sequence's state file and its progress folder."""
+    return run_id({**first_task_config, "dataset": {"name": "+".join(tasks)}})
+
+
+def rng_state() -> dict[str, Any]:
+    """The global random states (torch, CUDA, numpy, python) as JSON-able lists."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state().tolist(), "cuda": cuda, "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}  # fmt: skip
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_progress(
+    path: Path, state: PackNetState, results: dict[str, Any], base_info: dict[str, Any]
+) -> None:
+    """The sequence so far (network, owners, finished tasks, their results, random states),
+    written atomically after the base and after each task, so a killed job resumes there."""
+    state.meta["progress"] = {"results": results, "base_info": base_info, "rng": rng_state()}
+    try:
+        state.save(path)
+    finally:
+        del state.meta["progress"]
+
+
+def load_progress(
+    path: Path, seq_id: str
+) -> tuple[PackNetState, dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """(state, results, base info, random states) saved by ``save_progress``, or None."""
+    if not path.is_file():
+        return None
+    fix = f"delete {path.parent} to start the sequence over, or pass force=true"
+    try:
+        state = PackNetState.load(path)
+    except UserError as err:
+        raise UserError(f"cannot resume from {path}: {err}; {fix}") from None
+    progress = state.meta.pop("progress", None)
+    if progress is None or state.meta.get("sequence_id") != seq_id:
+        raise UserError(f"{path} is not this sequence's progress ({seq_id}); {fix}")
+    return state, progress["results"], progress["base_info"], progress["rng"]
+
+
 def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run the whole PackNet sequence; returns one record per task ([] when all exist)."""
     tasks = validate(cfg)
@@ -326,16 +380,27 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
         print(f"skip: records for all {len(scored)} tasks exist in {runs_dir} (force=true re-runs)")
         return []
     start = time.time()
-    if not cfg.method.base_weights:
-        ensure_backbone_weights(cfg)  # before seeding: pretraining draws random numbers
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    state, base_info = build_base(cfg, tasks)
+    seq_id = sequence_id(configs[tasks[0]], tasks)
+    progress_path = Path(cfg.paths.checkpoint_dir) / seq_id / "progress.safetensors"
+    resumed = None if cfg.force else load_progress(progress_path, seq_id)
+    if resumed is None:
+        if not cfg.method.base_weights:
+            ensure_backbone_weights(cfg)  # before seeding: pretraining draws random numbers
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        state, base_info = build_base(cfg, tasks)
+        state.meta.update({"seed": cfg.seed, "sequence_id": seq_id})
+        results: dict[str, dict[str, Any]] = {}
+    else:
+        state, results, base_info, rng = resumed
+        print(f"resuming the PackNet sequence after {len(state.tasks)} finished task(s): "
+              f"{', '.join(state.tasks)} ({progress_path})")  # fmt: skip
     datamodules: dict[str, ImageFolderDataModule] = {}
     for task in scored:  # every dataset is checked before any training
         datamodules[task] = build_datamodule(task_cfgs[task])
         datamodules[task].setup("fit")
-    results = {}
-    if cfg.method.base_retrain.dataset is not None:
+    if resumed is not None:
+        set_rng_state(rng)  # as it was when the last finished task ended
+    elif cfg.method.base_retrain.dataset is not None:
         base_start = time.time()
         retrained = retrain_base(cfg, state, datamodules.get(base_task))
         base_info["base_retrain"] = state.meta["base_retrain"] = retrained
@@ -348,6 +413,7 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
                 "pruned": True,  # the base is pruned before its retraining
                 "wall_time_s": round(time.time() - base_start, 2),
             }
+        save_progress(progress_path, state, results, base_info)
     tkw, channels_last = trainer_kwargs(cfg)
     if cfg.protocol == "final":  # nothing held out to validate on
         tkw["limit_val_batches"] = 0
@@ -364,6 +430,8 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
 
     base_extras = bias_bn_state(state.model, state.classifier) if cfg.method.train_bias_bn else None
     for position, task in enumerate(tasks):
+        if task in state.tasks:  # finished before an interruption
+            continue
         task_start = time.time()
         results[task] = train_task(
             state,
@@ -379,10 +447,10 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
             f"packnet task {position + 1}/{len(tasks)} {task}: top-1 "
             f"{_pct(results[task]['top1_after_task'])} right after its training"
         )
+        if task != tasks[-1]:
+            save_progress(progress_path, state, results, base_info)
 
-    seq_id = run_id({**configs[tasks[0]], "dataset": {"name": "+".join(tasks)}})
     state_path = Path(cfg.paths.tasks_dir) / f"{seq_id}.safetensors"
-    state.meta.update({"seed": cfg.seed, "sequence_id": seq_id})
     state_bytes = state.save(state_path)
     final = evaluate_from_file(state_path, datamodules, make_trainer, channels_last)
     shares = state.shares()
@@ -395,13 +463,15 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     ]  # fmt: skip
     total = round(time.time() - start, 2)
     for record in records:
-        record["sequence_wall_time_s"] = total
+        record["sequence_wall_time_s"] = total  # since the resume, for a resumed sequence
+        record["sequence_resumed"] = resumed is not None
         write_record(runs_dir / f"{record['run_id']}.json", record)
         print(
             f"packnet {record['dataset']}: top-1 {_pct(record['top1_after_task'])} after its "
             f"training, {_pct(record['top1'])} after the sequence"
         )
     print(f"packnet state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
+    progress_path.unlink(missing_ok=True)
     return records
 
 

@@ -29,7 +29,8 @@ from src.masking.pruning import (
     prune_owner,
     unpack_owners,
 )
-from src.packnet_sequence import run_packnet_sequence, train_task
+from src.masking.taskfile import read_task_file, state_digest
+from src.packnet_sequence import run_packnet_sequence, sequence_id, task_config, train_task
 from tests.conftest import CONF, make_image_folder
 
 TASKS = ["mini_digits", "mini_fashion_rot", "mini_fashion_neg"]
@@ -226,6 +227,75 @@ def test_sequence_end_to_end_no_forgetting(mini_tree: Path, minicnn_weights: Pat
     assert math.isclose(records[0]["owner_share"]["fc.0"][TASKS[0]], 0.125, abs_tol=1e-3)
     again = run_packnet_sequence(cfg)
     assert again == []
+
+
+def test_killed_sequence_resumes_after_its_last_finished_task(
+    tmp_path: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted during task 3, the same command resumes there and ends as an
+    uninterrupted run does: the same state file, bit for bit, and the same numbers."""
+    import src.packnet_sequence as sequence
+
+    runs = {}
+    for name in ("whole", "killed"):
+        root = tmp_path / name
+        for task in TASKS:
+            make_image_folder(root / "data" / "mini" / task, classes=10, per_class=2, size=8)
+        runs[name] = _compose(root, minicnn_weights, "protocol=faithful")
+    whole = run_packnet_sequence(runs["whole"])
+
+    real_train_task, trained = sequence.train_task, []
+
+    def killed_during_third(state, task, *args, **kwargs):
+        if task == TASKS[2]:
+            raise KeyboardInterrupt  # as a kill mid-training: nothing of task 3 is saved
+        trained.append(task)
+        return real_train_task(state, task, *args, **kwargs)
+
+    monkeypatch.setattr(sequence, "train_task", killed_during_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_packnet_sequence(runs["killed"])
+    assert trained == TASKS[:2] and not list((tmp_path / "killed" / "results").rglob("*.json"))
+    [progress] = (tmp_path / "killed" / "outputs" / "checkpoints").rglob("progress.safetensors")
+
+    trained.clear()
+    monkeypatch.setattr(sequence, "train_task", lambda state, task, *a, **k: (
+        trained.append(task), real_train_task(state, task, *a, **k))[1])  # fmt: skip
+    resumed = run_packnet_sequence(runs["killed"])
+    assert trained == [TASKS[2]] and not progress.exists()
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("top1", "top1_after_task", "val_top1", "top5", "owner_share", "epochs"):
+            assert a[key] == b[key], (a["dataset"], key)
+    files = [read_task_file(r["task_file"]) for r in (whole[0], resumed[0])]
+    assert files[0].meta == files[1].meta  # the same state, bit for bit:
+    assert state_digest(files[0].tensors) == state_digest(files[1].tensors)
+
+
+def test_corrupt_or_foreign_progress_is_refused(
+    mini_tree: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import src.packnet_sequence as sequence
+
+    def stop_at_second(state, task, *args, **kwargs):
+        if task == TASKS[1]:
+            raise KeyboardInterrupt
+        return train_task(state, task, *args, **kwargs)
+
+    monkeypatch.setattr(sequence, "train_task", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_packnet_sequence(_compose(mini_tree, minicnn_weights))
+    monkeypatch.setattr(sequence, "train_task", train_task)
+    [progress] = (mini_tree / "outputs" / "checkpoints").rglob("progress.safetensors")
+    seed1 = _compose(mini_tree, minicnn_weights, "seed=1")
+    first = OmegaConf.to_container(task_config(seed1, TASKS[0]), resolve=True)
+    other = progress.parent.parent / sequence_id(first, TASKS) / progress.name
+    other.parent.mkdir()
+    other.write_bytes(progress.read_bytes())  # seed 0's progress where seed 1's would be
+    with pytest.raises(UserError, match=r"is not this sequence's progress.*force=true"):
+        run_packnet_sequence(seed1)
+    progress.write_bytes(progress.read_bytes()[:-100])
+    with pytest.raises(UserError, match=r"cannot resume from .*progress.safetensors.*force=true"):
+        run_packnet_sequence(_compose(mini_tree, minicnn_weights))
 
 
 @pytest.mark.parametrize(
