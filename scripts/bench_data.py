@@ -83,13 +83,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=128, help="training images per case")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
+    if args.batch < 1 or args.images < 2 * args.batch:  # the first batch is not timed
+        ap.error(f"--images must be at least two batches (2 x --batch = {2 * args.batch})")
     with tempfile.TemporaryDirectory() as tmp:
         for label, (name, size, fmt, style, resize) in CASES.items():
             folder = Path(tmp) / label.split()[0]
             raw, fast = make_case(folder, name, size, fmt, resize, args.images)
-            a = images_per_s(raw, style, args.workers)
-            b = images_per_s(fast, style, args.workers)
+            a = images_per_s(raw, style, args.workers, args.batch)
+            b = images_per_s(fast, style, args.workers, args.batch)
             print(f"{label:30s} raw {a:7.1f} img/s   prepared --resize {resize} {b:7.1f} img/s"
                   f"   ratio {b / a:4.1f}x", flush=True)  # fmt: skip
 

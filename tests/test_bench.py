@@ -109,3 +109,18 @@ def test_write_results_keeps_other_devices_apart(tmp_path: Path) -> None:
     write_results({**base, "figures": {"1": fig}}, tmp_path, "cpu")
     write_results({**base, "device": "B", "figures": {"2": fig}}, tmp_path, "cpu")
     assert set(json.loads((tmp_path / "cpu.json").read_text())["figures"]) == {"2"}
+
+
+def test_task_switch_is_timed_interleaved_against_the_checkpoint_load(quick: Settings) -> None:
+    result = benchmarks.fig_task_switch(quick)
+    ms = result["ms"]
+    assert result["value"] > 0 and "interleaved" in result["setup"]
+    assert ms["mask_file_read_and_select"] > 0 and ms["finetuned_ckpt_load"] > 0
+    assert result["bytes"]["mask_file"] < result["bytes"]["finetuned_file"]
+
+
+def test_data_bench_refuses_fewer_images_than_two_batches() -> None:
+    done = subprocess.run([sys.executable, "scripts/bench_data.py", "--images", "20"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--images must be at least two batches (2 x --batch = 64)" in done.stderr
