@@ -27,6 +27,7 @@ class BackboneSpec:
 
     build: Callable[[], nn.Module]
     classifier: str
+    weights_help: str = ""  # how to get a weights file, said when the configured one is missing
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -50,7 +51,12 @@ _torchvision("vgg16", "classifier.6")
 _torchvision("vgg16_bn", "classifier.6")
 _torchvision("resnet50", "fc")
 _torchvision("densenet121", "classifier")
-BACKBONES["resnet26"] = BackboneSpec(build=ResNet26, classifier="classifier")  # Visual Decathlon
+BACKBONES["resnet26"] = BackboneSpec(  # Visual Decathlon
+    build=ResNet26,
+    classifier="classifier",
+    weights_help="convert the authors' released ImageNet model once with "
+    "scripts/convert_resnet26.py (docs/decathlon.md), or pass backbone.weights=<file>",
+)
 
 
 @register_backbone("minicnn", classifier="classifier")
@@ -141,6 +147,8 @@ def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Modul
     model = spec.build()
     if weights:
         is_file = Path(weights).suffix in {".safetensors", ".pth", ".pt", ".bin"}
+        if is_file and spec.weights_help and not Path(weights).is_file():
+            raise UserError(f"weights file {weights} does not exist; {spec.weights_help}")
         state = (
             load_state_dict_file(weights) if is_file else _torchvision_weights(name, str(weights))
         )

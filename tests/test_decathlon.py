@@ -243,6 +243,10 @@ def test_bad_input_messages(mini_root: Path, mini_stats: Path) -> None:
         check_tree(mini_root, ["svhn"])
     with pytest.raises(UserError, match="nothing for: aircraft, cifar100"):
         build_submission({}, {}, ["aircraft", "cifar100"])
+    from src.backbones import build_backbone
+
+    with pytest.raises(UserError, match=r"absent\.safetensors does not exist; .*convert_resnet26"):
+        build_backbone("resnet26", str(mini_root / "absent.safetensors"), 10)
 
 
 def test_submission_cli_refuses_missing_domains(tmp_path: Path, capsys) -> None:
