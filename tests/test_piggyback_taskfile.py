@@ -117,3 +117,27 @@ def test_truncated_or_edited_task_file_is_refused(trained, tmp_path: Path) -> No
     edited.write_bytes(bytes(flipped))
     with pytest.raises(UserError, match="modified after it was written"):
         read_task_file(edited)
+
+
+def test_fused_adam_takes_the_same_steps_up_to_rounding() -> None:
+    """optimizer=adam_fused is the published Adam update, computed in one kernel per tensor."""
+    x, y = (
+        torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
+        torch.arange(8) % 4,
+    )
+    masks = {}
+    for optimizer in ("adam", "adam_fused"):
+        torch.manual_seed(0)
+        model = build_backbone("minicnn", None, 4)
+        method = Piggyback(
+            model, "classifier", backbone="minicnn", num_classes=4, optimizer=optimizer, lr=1e-2
+        )
+        opt = method.configure_optimizers()["optimizer"]
+        assert opt.defaults["fused"] is (True if optimizer == "adam_fused" else None)
+        for _ in range(3):
+            torch.nn.functional.cross_entropy(method(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        masks[optimizer] = torch.cat([p.detach().flatten() for p in method.parameters()])
+    assert not torch.equal(masks["adam"], torch.zeros_like(masks["adam"]))
+    torch.testing.assert_close(masks["adam_fused"], masks["adam"], rtol=1e-4, atol=1e-6)
