@@ -306,12 +306,13 @@ def retrain_base(
     tkw["limit_train_batches"] = rc.limit_train_batches
     trainer = pl.Trainer(**tkw, max_epochs=rc.epochs, logger=False, enable_checkpointing=False)
     trainer.fit(module, **fit)
+    val = _val(trainer)  # before testing, which replaces the trainer's metrics
     top1, top5 = _test(trainer, module, **test)
     if state.base_task is not None:
         state.add_task(state.base_task, module.head, datamodule.class_names)
     print(f"packnet base retrained on {rc.dataset}: test top-1 {_pct(top1)}")
     return {"dataset": rc.dataset, "epochs": rc.epochs, "top1": top1, "top5": top5,
-            "val_top1": _val(trainer), "trainable_params": module.trainable_parameter_count(),
+            "val_top1": val, "trainable_params": module.trainable_parameter_count(),
             "eval_split": getattr(datamodule, "eval_split", "test")}  # fmt: skip
 
 
