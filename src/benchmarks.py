@@ -448,7 +448,7 @@ def fig_task_switch(s: Settings) -> dict:
     for name, entry in task.meta["layers"].items():
         weight = model.get_submodule(name).weight
         start = time.perf_counter()
-        mask = layer_mask(task.tensors, name, entry["shape"]).to(s.device, weight.dtype)
+        mask = layer_mask(task.tensors, name, entry["shape"]).to(s.device)
         sync(s.device)
         mid = time.perf_counter()
         with torch.no_grad():
@@ -475,7 +475,7 @@ def fig_task_switch(s: Settings) -> dict:
             cold["finetuned_ckpt_load"] / (cold["mask_file_read"] + r["select_copy_ms"]), 2
         ),
         "fold_profile_ms": {
-            "unpack_bits_to_float_mask": round(1000 * unpack, 2),
+            "unpack_bits": round(1000 * unpack, 2),
             "multiply_into_weights": round(1000 * multiply, 2),
         },
         "bytes": {"mask_file": r["task_file_bytes"], "finetuned_file": r["full_file_bytes"]},

@@ -4,18 +4,20 @@ This is what a Piggyback user keeps after training: one backbone and a small fil
 ``MultiTaskModel.select(name)`` folds the task's packed mask bits into the shared weights
 and swaps in its classifier (and BN state, when it has one); ``select(None)`` gives the
 backbone back bit for bit. Two ways to undo a task are offered and were measured
-(``python -m src.multitask --backbone resnet50 --threads 1``, CPU, median ms per switch):
+(``python -m src.multitask --backbone resnet50 --threads 1``, 2-core CPU, 2026-11-25, median
+ms per switch):
 
 - ``copy`` (default, the faster): keep a copy of every maskable layer's weights and compute
   ``W = W0 * m`` from it on every switch, with no undo step. Extra memory: 4 bytes per
-  weight. minicnn 0.5 ms, resnet50 61 ms (loading a finetuned resnet50: 98 ms from a
-  page-cached torch checkpoint, 272 ms from a verified full task file).
+  weight. minicnn 0.2 ms, resnet50 15 ms (loading a finetuned resnet50: 42 ms from a
+  page-cached torch checkpoint, 137 ms from a verified full task file).
 - ``restore``: before folding, keep aside only the weights the mask changes (the zeroed or
   sign-flipped ones) and scatter them back when the task is left. Extra memory: 1 byte per
-  weight plus 4 per changed weight; minicnn 7.8 ms, resnet50 498 ms (``masked_select``
+  weight plus 4 per changed weight; minicnn 3.2 ms, resnet50 237 ms (``masked_select``
   and ``masked_scatter_`` dominate). For when memory is tighter than time.
 
-Both are exact: a multiply by 0/1/-1 and a scatter of saved values are bit-exact.
+Both are exact: a multiply by the integer mask bits (0/1, or -1/0/1) and a scatter of saved
+values are bit-exact.
 """
 
 from __future__ import annotations
@@ -288,7 +290,7 @@ class MultiTaskModel:
             copy = self.strategy == "copy"
             if task.kind == "piggyback":
                 shape = task.layers[layer_name]
-                mask = layer_mask(task.bits, layer_name, shape).to(self.device, weight.dtype)
+                mask = layer_mask(task.bits, layer_name, shape).to(self.device)
                 if not copy:
                     changed = mask != 1
                     self._aside[layer_name] = (changed, weight.masked_select(changed))

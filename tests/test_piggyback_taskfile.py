@@ -141,3 +141,25 @@ def test_fused_adam_takes_the_same_steps_up_to_rounding() -> None:
         masks[optimizer] = torch.cat([p.detach().flatten() for p in method.parameters()])
     assert not torch.equal(masks["adam"], torch.zeros_like(masks["adam"]))
     torch.testing.assert_close(masks["adam_fused"], masks["adam"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold_fn", ["binarizer", "ternarizer"])
+def test_folding_the_stored_mask_gives_the_training_time_weights_bit_for_bit(
+    threshold_fn: str,
+) -> None:
+    """layer_mask hands back integer bits; W * bits must equal W * threshold(m) exactly,
+    the sign of every zero included."""
+    from src.masking import MaskConfig, add_masks, masked_layers
+    from src.masking.taskfile import layer_mask, piggyback_tensors
+
+    model = plain_backbone()
+    add_masks(model, MaskConfig(mask_init="uniform", threshold_fn=threshold_fn), "classifier")
+    tensors = piggyback_tensors(model, "classifier", train_bn=False)
+    for name, layer in masked_layers(model).items():
+        with torch.no_grad():
+            expected = layer.effective_weight()
+        bits = layer_mask(tensors, name, list(layer.weight.shape))
+        assert bits.dtype == (torch.int8 if threshold_fn == "ternarizer" else torch.uint8)
+        folded = layer.weight.detach() * bits
+        assert folded.dtype == torch.float32
+        assert torch.equal(folded.view(torch.int32), expected.view(torch.int32)), name
