@@ -86,6 +86,11 @@ def validate(cfg: DictConfig) -> list[str]:
             f"method.tasks lists {', '.join(repeated)} more than once; each task owns its own "
             "weights, so every dataset may appear only once in a sequence"
         )
+    if cfg.trainer.get("strategy", "auto") != "auto" or cfg.trainer.devices not in (1, "1"):
+        raise UserError(
+            "a PackNet sequence runs in one process on one device (its pruning steps and the "
+            "shared state are not distributed); use the default trainer (trainer.devices=1)"
+        )
     _fraction(cfg, "base_prune")
     _fraction(cfg, "task_prune")
     if cfg.method.epochs < 1 or cfg.method.retrain_epochs < 0:

@@ -307,6 +307,8 @@ def test_corrupt_or_foreign_progress_is_refused(
         (["method.base_prune=0"], "method.base_prune must be a fraction"),
         (["method.base_weights=OTHER"], "is for backbone 'resnet50'"),
         (["method.base_weights=NOTPRUNED"], "is not pruned"),
+        (["trainer=ddp"], "runs in one process on one device"),
+        (["trainer.devices=2"], "runs in one process on one device"),
     ],
 )
 def test_bad_input_clear_message_nothing_written(
