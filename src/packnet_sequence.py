@@ -13,14 +13,12 @@ for ResNet-26), the retrained base is scored as a task too and gets a record.
 from __future__ import annotations
 
 import platform
-import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -47,6 +45,7 @@ from src.masking.taskfile import backbone_fingerprint
 from src.methods.packnet import PackNet
 from src.records import code_version, run_id, write_record
 from src.train import build_datamodule, ensure_backbone_weights, make_loggers, trainer_kwargs
+from src.utils.random_state import rng_state, set_rng_state
 
 BASE_DATASETS = ("fashion_mnist",)  # base data that is not a dataset config (no record)
 TrainerFactory = Callable[[int], pl.Trainer]
@@ -324,24 +323,6 @@ def retrain_base(
 def sequence_id(first_task_config: dict[str, Any], tasks: list[str]) -> str:
     """Names the sequence's state file and its progress folder."""
     return run_id({**first_task_config, "dataset": {"name": "+".join(tasks)}})
-
-
-def rng_state() -> dict[str, Any]:
-    """The global random states (torch, CUDA, numpy, python) as JSON-able lists."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
-    return {"torch": torch.get_rng_state().tolist(), "cuda": cuda, "python": random.getstate(),
-            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}  # fmt: skip
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def save_progress(
