@@ -428,6 +428,16 @@ def test_packnet_over_decathlon_domains_with_imagenet12_as_the_scored_base(
     [row] = score_records(records.values())
     assert row["method"] == "packnet" and len(row["domains"]) == 4
     assert len(row["val_top1"]) == (0 if protocol == "final" else 4)
+    if protocol == "clean":  # src.eval hosts the state and scores every domain, base included
+        from src.eval import evaluate
+
+        evaluated = evaluate([
+            f"tasks={base['task_file']}", f"out={tmp_path / 'evals'}", "device=cpu",
+            f"paths.data_dir={tmp_path / 'data'}", f"backbone.weights={resnet26_weights}",
+            "num_workers=0",
+        ])  # fmt: skip
+        assert {r["dataset"]: r["top1"] for r in evaluated} == pytest.approx(
+            {name: r["top1"] for name, r in records.items()})  # fmt: skip
     chosen = select_records(list(records.values()), "packnet")
     sub = submit(chosen, tmp_path / "sub" / "results.json", domains=list(domains))
     entries = json.loads(sub.read_text())
