@@ -366,20 +366,24 @@ def compute_stats(
     }
 
 
+def stored_stats(path: str | Path) -> dict[str, Any]:
+    """The per-domain entries of a stats file ({} when there is none yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())["domains"]
+    except (ValueError, KeyError) as err:
+        raise UserError(f"{path} is malformed ({err}); delete it and recompute") from None
+
+
 def update_stats_file(path: str | Path, stats: Mapping[str, Mapping[str, Any]]) -> Path:
     """Merge per-domain stats into the stats file (other domains are kept)."""
     from src.utils.atomic import atomic_write_json
 
-    path = Path(path)
-    domains: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            domains = json.loads(path.read_text())["domains"]
-        except (ValueError, KeyError) as err:
-            raise UserError(f"{path} is malformed ({err}); delete it and recompute") from None
-    domains.update(stats)
+    domains = {**stored_stats(path), **stats}
     atomic_write_json(path, {"format": STATS_FORMAT, "domains": domains})
-    return path
+    return Path(path)
 
 
 def write_stats(
@@ -392,12 +396,7 @@ def write_stats(
 ) -> dict[str, dict[str, Any]]:
     """Compute the domains' mean/std (only those not yet in ``out`` unless ``recompute``)
     and merge them into ``out``; returns what was computed."""
-    stored: set[str] = set()
-    if not recompute and Path(out).is_file():
-        try:
-            stored = set(json.loads(Path(out).read_text())["domains"])
-        except (ValueError, KeyError) as err:
-            raise UserError(f"{out} is malformed ({err}); delete it and recompute") from None
+    stored = {} if recompute else stored_stats(out)
     stats = {d: compute_stats(root, d, max_images, seed) for d in domains if d not in stored}
     if stats:
         update_stats_file(out, stats)
