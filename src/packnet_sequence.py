@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from src.backbones import build_backbone, classifier_name, load_state_dict_file
 from src.configs import DATASET_CONF, dataset_config_names
-from src.data.datamodule import ImageFolderDataModule
+from src.data.datamodule import ImageFolderDataModule, eval_split
 from src.errors import UserError
 from src.masking.model_surgery import replace_module
 from src.masking.pruning import (
@@ -139,7 +139,7 @@ Score = tuple[float | None, float | None]  # test top-1, top-5 (None: no labelle
 
 def _test(trainer: pl.Trainer, module: PackNet, datamodule: Any = None, **loaders: Any) -> Score:
     """Test top-1/top-5 in percent, or (None, None) when the datamodule has no test split."""
-    if getattr(datamodule, "eval_split", "test") == "none":  # protocol=final, test unlabelled
+    if eval_split(datamodule) == "none":
         return None, None
     results = trainer.test(module, datamodule=datamodule, verbose=False, **loaders)[0]
     return 100.0 * float(results["test/top1"]), 100.0 * float(results["test/top5"])
@@ -206,7 +206,7 @@ def train_task(
         "top1_after_task": top1,
         "top5_after_task": top5,
         "val_top1": val,
-        "eval_split": getattr(datamodule, "eval_split", "test"),
+        "eval_split": eval_split(datamodule),
         "epochs": epochs,
         "trainable_params": trainable,
         "pruned": not last,
@@ -317,7 +317,7 @@ def retrain_base(
     print(f"packnet base retrained on {rc.dataset}: test top-1 {_pct(top1)}")
     return {"dataset": rc.dataset, "epochs": rc.epochs, "top1": top1, "top5": top5,
             "val_top1": val, "trainable_params": module.trainable_parameter_count(),
-            "eval_split": getattr(datamodule, "eval_split", "test")}  # fmt: skip
+            "eval_split": eval_split(datamodule)}  # fmt: skip
 
 
 def sequence_id(first_task_config: dict[str, Any], tasks: list[str]) -> str:

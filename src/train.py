@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.backbones import build_backbone, classifier_name
-from src.data.datamodule import ImageFolderDataModule
+from src.data.datamodule import ImageFolderDataModule, eval_split
 from src.errors import UserError, exit_on_user_error
 from src.masking import mask_densities, masked_layers, state_digest
 from src.records import code_version, run_id, write_record
@@ -159,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     best_val = 100.0 * float(score) if selects and score is not None else None
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     method.load_state_dict(best["state_dict"])
-    tested = datamodule.test_set is not None  # protocol=final without a labelled test split
+    tested = eval_split(datamodule) != "none"  # protocol=final without a labelled test split
     test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
     if not trainer.is_global_zero:  # only rank 0 writes task files and records
@@ -184,7 +184,7 @@ def train(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
         "top1": 100.0 * float(test["test/top1"]) if tested else None,
         "top5": 100.0 * float(test["test/top5"]) if tested else None,
         "val_top1": best_val,
-        "eval_split": getattr(datamodule, "eval_split", "test"),
+        "eval_split": eval_split(datamodule),
         "world_size": trainer.world_size,
         "ranks_agree": ranks_agree,
         "epochs": trainer.current_epoch,

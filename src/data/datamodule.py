@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,6 +21,13 @@ from src.errors import UserError, check_choice
 # clean: select the epoch on a split held out of train; faithful: on the test split (the
 # official code); final: train on every labelled non-test image and keep the last epoch.
 PROTOCOLS = ("clean", "faithful", "final")
+
+
+def eval_split(datamodule: Any) -> str:
+    """The split a datamodule tests on: "test"; "val" (a Decathlon domain without test
+    labels); "none" (protocol=final without test labels: nothing is tested). Data without
+    the attribute (ImageFolder trees, plain loaders) tests on "test"."""
+    return getattr(datamodule, "eval_split", "test")
 
 
 class EpochSeededSampler(RandomSampler):
