@@ -95,11 +95,18 @@ def classifier_name(name: str) -> str:
     return _spec(name).classifier
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read weights without running code: safetensors, or torch.load(weights_only=True)."""
+def load_state_dict_file(
+    path: str | os.PathLike, missing_help: str = ""
+) -> dict[str, torch.Tensor]:
+    """Read weights without running code: safetensors, or torch.load(weights_only=True).
+
+    ``missing_help`` says how to get the file when it does not exist.
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {path} does not exist")
+        raise UserError(
+            f"weights file {path} does not exist" + (missing_help and f"; {missing_help}")
+        )
     try:
         if path.suffix == ".safetensors":
             state = load_safetensors(str(path))
@@ -147,10 +154,10 @@ def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Modul
     model = spec.build()
     if weights:
         is_file = Path(weights).suffix in {".safetensors", ".pth", ".pt", ".bin"}
-        if is_file and spec.weights_help and not Path(weights).is_file():
-            raise UserError(f"weights file {weights} does not exist; {spec.weights_help}")
         state = (
-            load_state_dict_file(weights) if is_file else _torchvision_weights(name, str(weights))
+            load_state_dict_file(weights, spec.weights_help)
+            if is_file
+            else _torchvision_weights(name, str(weights))
         )
         head = spec.classifier + "."
         state = {k: v for k, v in state.items() if not k.startswith(head)}
