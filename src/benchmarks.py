@@ -426,7 +426,8 @@ def fig_task_switch(s: Settings) -> dict:
         paths = [Path(tmp) / f"task{t}.safetensors" for t in range(2)]
         weights = str(Path(tmp) / "backbone.safetensors")
         host = MultiTaskModel(backbone, weights, paths, strategy="copy", device=s.device)
-        target = build_backbone(backbone, None, 10).to(s.device)
+        model = build_backbone(backbone, None, 10).to(s.device)  # the finetuned net's host
+        ckpt = Path(tmp) / "full.ckpt"
         names, turn = list(host.tasks), itertools.count()
 
         def switch() -> None:  # to the other task each time, as a server alternating tasks
@@ -434,16 +435,17 @@ def fig_task_switch(s: Settings) -> dict:
             read_task_file(paths[k])
             host.select(names[k])
 
-        def load_checkpoint() -> None:
-            state = torch.load(Path(tmp) / "full.ckpt", map_location="cpu", weights_only=True)
-            target.load_state_dict(state["state_dict"])
+        def load_checkpoint(path: Path = ckpt) -> None:
+            model.load_state_dict(
+                torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            )
 
         times = interleaved({"ckpt": load_checkpoint, "switch": switch}, s)
         read_ms = median_ms([_seconds(lambda: read_task_file(paths[0])) for _ in range(s.reps)])
         task = read_task_file(paths[0])
-        cold = _cold_loads(Path(tmp), backbone, s)
-    # where a fold's time goes: unpacking bits to a float mask vs the multiply itself
-    model = build_backbone(backbone, None, 10).to(s.device)
+        cold = _cold_loads({"mask_file_read": (paths[0], read_task_file),
+                            "finetuned_ckpt_load": (ckpt, load_checkpoint)}, s)  # fmt: skip
+    # where a fold's time goes: unpacking the bits vs the multiply itself
     unpack = multiply = 0.0
     for name, entry in task.meta["layers"].items():
         weight = model.get_submodule(name).weight
@@ -486,25 +488,12 @@ def fig_task_switch(s: Settings) -> dict:
     }
 
 
-def _cold_loads(folder: Path, backbone: str, s: Settings) -> dict[str, float]:
-    """Median ms of reading the mask file and loading the finetuned checkpoint from disk.
+def _cold_loads(loads: dict[str, tuple[Path, Callable[[Path], Any]]], s: Settings) -> dict:
+    """Median ms of each ``name: (file, load)`` from disk.
 
     Each file is dropped from the page cache first (fsync + POSIX_FADV_DONTNEED on that
     file only), so this is the cost when a task's file was not read recently.
     """
-    from src.masking.taskfile import read_task_file
-
-    target = build_backbone(backbone, None, 10).to(s.device)
-    ckpt = folder / "full.ckpt"
-    loads = {
-        "mask_file_read": (folder / "task0.safetensors", read_task_file),
-        "finetuned_ckpt_load": (
-            ckpt,
-            lambda p: target.load_state_dict(
-                torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
-            ),
-        ),
-    }
     times: dict[str, list[float]] = {k: [] for k in loads}
     for _ in range(max(3, s.switch_rounds)):
         for name, (path, load) in loads.items():
