@@ -244,23 +244,22 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
         runs[name] = _compose(root, minicnn_weights, "protocol=faithful")
     whole = run_packnet_sequence(runs["whole"])
 
-    real_train_task, trained = sequence.train_task, []
+    trained, kill_at = [], TASKS[2]
 
-    def killed_during_third(state, task, *args, **kwargs):
-        if task == TASKS[2]:
-            raise KeyboardInterrupt  # as a kill mid-training: nothing of task 3 is saved
+    def train_task_unless_killed(state, task, *args, **kwargs):
+        if task == kill_at:
+            raise KeyboardInterrupt  # as a kill mid-training: nothing of this task is saved
         trained.append(task)
-        return real_train_task(state, task, *args, **kwargs)
+        return train_task(state, task, *args, **kwargs)
 
-    monkeypatch.setattr(sequence, "train_task", killed_during_third)
+    monkeypatch.setattr(sequence, "train_task", train_task_unless_killed)
     with pytest.raises(KeyboardInterrupt):
         run_packnet_sequence(runs["killed"])
     assert trained == TASKS[:2] and not list((tmp_path / "killed" / "results").rglob("*.json"))
     [progress] = (tmp_path / "killed" / "outputs" / "checkpoints").rglob("progress.safetensors")
 
     trained.clear()
-    monkeypatch.setattr(sequence, "train_task", lambda state, task, *a, **k: (
-        trained.append(task), real_train_task(state, task, *a, **k))[1])  # fmt: skip
+    kill_at = None  # the same command again, uninterrupted
     resumed = run_packnet_sequence(runs["killed"])
     assert trained == [TASKS[2]] and not progress.exists()
     for a, b in zip(whole, resumed, strict=True):
