@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-all lint format bench tables clean
+.PHONY: install data-deps train test test-all lint format bench tables clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,15 +14,35 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Fashion-MNIST for the embedded default (the minicnn base is pretrained on it). Sources, in
+# order: $(DATA_DIR)/FashionMNIST/raw, Debian's dataset-fashion-mnist (installed here when
+# we are root with apt-get), torchvision's download. Never fails: a source may remain.
+DATA_DIR := $(or $(PIGGYBACK_DATA_DIR),data)
+FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FASHION_LOCAL := $(DATA_DIR)/FashionMNIST/raw/train-images-idx3-ubyte
+FASHION_FALLBACKS := Fashion-MNIST will come from $(DATA_DIR)/FashionMNIST/raw if its idx files \
+	are there, else from torchvision's download
+
+data-deps:
+	@if [ -e "$(FASHION_DEB)" ] || [ -e "$(FASHION_LOCAL)" ]; then :; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: not installing dataset-fashion-mnist (needs root and apt-get); $(FASHION_FALLBACKS)"; \
+	else \
+	  echo "installing dataset-fashion-mnist (apt-get) for the embedded default"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "warning: could not install dataset-fashion-mnist; $(FASHION_FALLBACKS)"; \
+	fi
+
 # The embedded mini benchmark: pretrains the base once, then trains one Piggyback task.
 # force=true: train even though the repository ships this run's record (results/runs/).
-train: $(STAMP)
+train: $(STAMP) data-deps
 	$(PY) -m src.train force=true $(ARGS)
 
-test: $(STAMP)  ## default suite (slow tests deselected)
+test: $(STAMP) data-deps  ## default suite (slow tests deselected)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) data-deps
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)

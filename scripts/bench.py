@@ -2,7 +2,9 @@
 
 python scripts/bench.py [--quick] [--only 1,3] [--device cpu|cuda] [--threads N] [--out DIR]
 Writes <out>/<device>.json and <device>.md (``-quick`` appended with --quick); with --only,
-the figures not re-measured are kept from the existing file of the same device.
+the figures not re-measured are kept from the existing file of the same device. Figure 1 is
+reported twice: at the device's shape and at the paper's (resnet50, batch 32, 224x224,
+median of 3 steps; on CPU each step takes seconds). The figures are in benchmarks.py.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from benchmarks import FIGURES, RUNNERS, Settings, device_slug, run_figures, write_results
 
-from src.benchmarks import FIGURES, RUNNERS, Settings, device_slug, run_figures, write_results
-from src.errors import UserError, exit_on_user_error
+from src.utils.errors import UserError, exit_on_user_error
 
 
 def parse_only(text: str | None) -> list[int]:
@@ -40,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         epilog="figures: " + "; ".join(f"{n}. {name}" for n, name in FIGURES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (minicnn), for tests")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny sizes (minicnn, figure 1 included), for tests"
+    )
     ap.add_argument("--only", help="comma-separated figure numbers (default: all)")
     ap.add_argument("--device", choices=("cpu", "cuda"),
                     default="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from src.data.prepare import EXPECTED, fetch, prepare_dataset
-from src.errors import UserError, exit_on_user_error
+from src.utils.errors import UserError, exit_on_user_error
 
 
 @exit_on_user_error

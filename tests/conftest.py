@@ -40,7 +40,7 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def minicnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from src.backbones import build_backbone
+    from src.models import build_backbone
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "minicnn_random.safetensors"
@@ -92,7 +92,7 @@ def train_in_process(*overrides: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from src.train import train
+    from src.runs import run
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -100,4 +100,25 @@ def train_in_process(*overrides: str) -> None:
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):  # as under @hydra.main: the job's config has no hydra node
         del cfg["hydra"]
-    assert train(cfg) is not None
+    assert run(cfg) is not None
+
+
+def method_for(model, method: str = "piggyback", num_classes: int = 4, *overrides: str):
+    """The method module conf/method/<method>.yaml builds around ``model`` (minicnn's
+    classifier), with ``overrides`` of that config (e.g. ``method.lr=5e-3``)."""
+    from src.runs.builders import build_method
+    from src.runs.config import compose
+
+    cfg = compose([f"method={method}", "backbone=minicnn", "trainer=cpu", *overrides])
+    return build_method(cfg, num_classes, model=model)
+
+
+def published_mask(**changes):
+    """The published mask settings (conf/method/piggyback.yaml), with ``changes``."""
+    from dataclasses import fields
+
+    from src.masking import MaskConfig
+    from src.runs.config import compose
+
+    method = compose(["method=piggyback"]).method
+    return MaskConfig(**{f.name: method[f.name] for f in fields(MaskConfig)} | changes)

@@ -1,4 +1,5 @@
-"""Smoke tests of `make bench` at tiny sizes: every figure runs and the reports are written.
+"""Smoke tests of `make bench` (scripts/bench.py, scripts/benchmarks.py) at tiny sizes: every
+figure runs and the reports are written.
 
 No timing assertions: speed targets are judged by the benchmark itself, not by tests.
 """
@@ -9,19 +10,26 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
-from src import benchmarks
-from src.benchmarks import FIGURES, Settings, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the bench's home
+
+import benchmarks
+from benchmarks import FIGURES, Settings, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def quick() -> Settings:
-    return Settings.for_device("cpu", quick=True)
+def quick() -> Iterator[Settings]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as scripts/bench.py runs by default (a shared CPU oversubscribes)
+    yield Settings.for_device("cpu", quick=True)
+    torch.set_num_threads(threads)
 
 
 def test_storage_counts_one_bit_per_masked_weight(quick: Settings) -> None:
@@ -124,3 +132,26 @@ def test_data_bench_refuses_fewer_images_than_two_batches() -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--images must be at least two batches (2 x --batch = 64)" in done.stderr
+
+
+def test_train_step_is_timed_at_both_shapes_and_tabled_twice(quick: Settings) -> None:
+    paper = Settings.for_device("cpu")
+    assert (paper.paper_backbone, paper.paper_batch, paper.paper_size, paper.paper_reps) == (
+        "resnet50", 32, 224, 3
+    )  # fmt: skip
+    # the quick settings time figure 1's second row at another tiny shape, never the paper's
+    assert (quick.paper_backbone, quick.paper_batch, quick.paper_size) == ("minicnn", 4, 48)
+    fig = benchmarks.fig_train_step(quick)
+    rows = {"toy": fig, "paper": fig["paper_shape"]}
+    assert rows["toy"]["shape"] == "minicnn, batch 2, 32x32"
+    assert rows["paper"]["shape"] == "minicnn, batch 4, 48x48"
+    for row in rows.values():
+        assert row["value"] > 0 and row["adam_fused_value"] > 0
+        assert set(row["ms"]) == {"piggyback", "finetune", "piggyback_adam_fused"}
+        assert row["met"] == (row["value"] <= 1.05)
+    result = {"device": "A", "device_kind": "cpu", "torch": "x", "threads": 1, "date": "d",
+              "figures": {"1": {"name": FIGURES[1], **fig}}}  # fmt: skip
+    table = [line for line in benchmarks.markdown(result).splitlines() if line.startswith("| 1 |")]
+    assert len(table) == 2
+    assert "(minicnn, batch 2, 32x32)" in table[0]
+    assert "paper's shape (minicnn, batch 4, 48x48)" in table[1]

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.bundle import export_bundle, main, verify_bundle
-from src.errors import UserError
+from src.bundle import main
 from src.masking.compress import (
     binary_entropy,
     decode_bits,
@@ -20,7 +19,9 @@ from src.masking.compress import (
     mask_report,
 )
 from src.masking.taskfile import pack_bits, read_task_file
-from src.records import write_record
+from src.runs.bundles import export_bundle, verify_bundle
+from src.runs.records import write_record
+from src.utils.errors import UserError
 from tests.test_multitask import make_task, other_weights
 
 

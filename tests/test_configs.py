@@ -35,8 +35,8 @@ def test_default_is_the_mini_benchmark() -> None:
 
 def test_published_recipes() -> None:
     pig = _compose("method=piggyback").method
-    assert (pig.optimizer, pig.lr, pig.classifier_lr, pig.epochs, pig.lr_decay_every) == (
-        "adam",
+    assert (pig.optimizer._target_, pig.lr, pig.classifier_lr, pig.epochs, pig.lr_decay_every) == (
+        "torch.optim.Adam",
         1e-4,
         1e-4,
         30,
@@ -50,8 +50,9 @@ def test_published_recipes() -> None:
     )
     assert pig.batch_size == 32 and pig.train_bn is False
     ft = _compose("method=finetune").method
-    assert (ft.optimizer, ft.lr, ft.momentum, ft.epochs, ft.lr_decay_every, ft.train_bn) == (
-        "sgd",
+    ft_opt = ft.optimizer
+    assert (ft_opt._target_, ft.lr, ft_opt.momentum, ft.epochs, ft.lr_decay_every, ft.train_bn) == (
+        "torch.optim.SGD",
         1e-3,
         0.9,
         30,

@@ -20,14 +20,14 @@ from src.data.decathlon import (
     read_split,
     read_stats,
 )
-from src.decathlon import BASELINE_ACCURACY, decathlon_score, domain_points, score_records
-from src.decathlon_submit import build_submission, select_records, submit
 from src.decathlon_submit import main as submit_main
-from src.errors import UserError
-from src.masking import MaskConfig, add_masks, masked_layers
+from src.masking import add_masks, masked_layers
 from src.models.resnet26 import ResNet26, convert_original_state_dict
-from src.records import read_records
-from tests.conftest import CONF, run_module
+from src.reporting.decathlon import BASELINE_ACCURACY, decathlon_score, domain_points, score_records
+from src.runs.records import read_records
+from src.runs.submission import build_submission, select_records, submit
+from src.utils.errors import UserError
+from tests.conftest import CONF, published_mask, run_module
 
 # Rebuffi et al. 2017 finetune baseline and Piggyback's Decathlon accuracies (%), as
 # tabulated in Liu et al. CVPR 2019 Table 4; Piggyback's leaderboard score is 2838.
@@ -43,6 +43,7 @@ PIGGYBACK = {
 }  # fmt: skip
 MINI = {"dtd": 4, "gtsrb": 5, "vgg-flowers": 10}  # real domain offsets d
 CLASSES = 3
+NORMALISE = {"mean": [0.5] * 3, "std": [0.5] * 3}
 
 
 # --- the score ----------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def test_resnet26_shape_and_masks_on_every_conv() -> None:
     assert model(x).shape == (2, 7) and model(torch.randn(1, 3, 72, 72)).shape == (1, 7)
     model.eval()
     plain = model(x)
-    names = add_masks(model, MaskConfig(), "classifier")
+    names = add_masks(model, published_mask(), "classifier")
     assert sorted(names) == sorted(convs) and set(masked_layers(model)) == set(convs)
     assert torch.allclose(model(x), plain, atol=1e-5)  # all-ones masks keep the function
 
@@ -226,8 +227,8 @@ def test_stats_script_and_published_pipelines(mini_stats: Path) -> None:
 
 def test_bad_input_messages(mini_root: Path, mini_stats: Path) -> None:
     (mini_root / "data" / "gtsrb" / "train" / "000002.png").unlink()
-    dm = DecathlonDataModule(mini_root, "gtsrb", CLASSES, decathlon_transforms(
-        {"resize": 8, "size": 8}, [0.5] * 3, [0.5] * 3))  # fmt: skip
+    dm = DecathlonDataModule(mini_root, "gtsrb", CLASSES, {"resize": 8, "size": 8},
+                             mini_stats, domain_stats=False, normalisation=NORMALISE)  # fmt: skip
     with pytest.raises(UserError, match=r"1 of 6 images listed in .*gtsrb_train.json are missing"
                        r".*data/gtsrb/train/000002.png"):  # fmt: skip
         dm.setup("fit")
@@ -243,7 +244,7 @@ def test_bad_input_messages(mini_root: Path, mini_stats: Path) -> None:
         check_tree(mini_root, ["svhn"])
     with pytest.raises(UserError, match="nothing for: aircraft, cifar100"):
         build_submission({}, {}, ["aircraft", "cifar100"])
-    from src.backbones import build_backbone
+    from src.models import build_backbone
 
     with pytest.raises(UserError, match=r"absent\.safetensors does not exist; .*convert_resnet26"):
         build_backbone("resnet26", str(mini_root / "absent.safetensors"), 10)
@@ -268,9 +269,8 @@ def resnet26_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(
     domain: str, root: Path, stats: Path, weights: Path, tmp_path: Path, *extra: str
 ) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from src.train import train
+    from src.runs import run
+    from src.runs.config import compose
 
     overrides = [
         f"dataset=decathlon/{domain}", f"dataset.root={root}", f"dataset.num_classes={CLASSES}",
@@ -281,9 +281,7 @@ def _train(
         f"paths.results_dir={tmp_path / 'results'}", f"paths.log_dir={tmp_path / 'outputs'}",
         f"paths.output_dir={tmp_path / 'outputs' / domain}", *extra,
     ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return train(cfg)
+    return run(compose(overrides))
 
 
 def test_mini_decathlon_trains_scores_and_submits(
@@ -298,7 +296,7 @@ def test_mini_decathlon_trains_scores_and_submits(
     score = decathlon_score(row["val_top1"], mini_baseline)
     assert 0.0 <= score <= 1000.0 * len(MINI)
 
-    from src.eval import evaluate
+    from src.runs.evaluate import evaluate
 
     [evaluated] = evaluate(
         [
@@ -306,9 +304,9 @@ def test_mini_decathlon_trains_scores_and_submits(
             f"out={tmp_path / 'evals'}",
             "device=cpu",
             f"dataset.root={mini_root}",
-            f"dataset.stats={mini_stats}",
+            f"++dataset.stats={mini_stats}",
             f"backbone.weights={resnet26_weights}",
-            "dataset.transforms.resize=16",
+            "++dataset.transforms.resize=16",
             "dataset.transforms.size=16",
             "num_workers=0",
         ]
@@ -336,8 +334,10 @@ def test_mini_decathlon_trains_scores_and_submits(
 def test_final_protocol_trains_on_train_and_val_for_the_submission(
     mini_root: Path, mini_stats: Path, resnet26_weights: Path, tmp_path: Path
 ) -> None:
-    tf = decathlon_transforms({"resize": 8, "size": 8}, [0.5] * 3, [0.5] * 3)
-    dm = DecathlonDataModule(mini_root, "gtsrb", CLASSES, tf, protocol="final")
+    dm = DecathlonDataModule(
+        mini_root, "gtsrb", CLASSES, {"resize": 8, "size": 8}, mini_stats, protocol="final",
+        domain_stats=False, normalisation=NORMALISE,
+    )  # fmt: skip
     dm.setup("fit")
     assert len(dm.train_set) == 6 + 3 and dm.val_set is None and dm.test_set is None
     assert dm.eval_split == "none"
@@ -371,10 +371,12 @@ def test_ten_domain_configs_compose() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for domain, k in classes.items():
             ds = compose("config", overrides=[f"dataset=decathlon/{domain}"]).dataset
-            assert (ds.domain, ds.num_classes, ds.decathlon) == (domain, k, True)
+            assert (ds.domain, ds.num_classes, ds._target_) == (
+                domain, k, "src.data.DecathlonDataModule")  # fmt: skip
             no_flip = domain in ("gtsrb", "omniglot", "svhn")
             assert (ds.transforms.size, ds.transforms.flip) == (72 if no_flip else 64, not no_flip)
             assert ds.transforms.mean is None  # from the stats file, never invented
+            assert ds.domain_stats is (domain != "imagenet12")  # imagenet12: the backbone's
 
 
 @pytest.mark.parametrize("protocol", ["clean", "final"])
@@ -429,7 +431,7 @@ def test_packnet_over_decathlon_domains_with_imagenet12_as_the_scored_base(
     assert row["method"] == "packnet" and len(row["domains"]) == 4
     assert len(row["val_top1"]) == (0 if protocol == "final" else 4)
     if protocol == "clean":  # src.eval hosts the state and scores every domain, base included
-        from src.eval import evaluate
+        from src.runs.evaluate import evaluate
 
         evaluated = evaluate([
             f"tasks={base['task_file']}", f"out={tmp_path / 'evals'}", "device=cpu",

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.data.transforms import build_transforms
-from src.errors import UserError
-from src.eval import compose_config, evaluate
 from src.masking.pruning import PackNetState
-from src.predict import image_paths, load_images
-from src.predict import main as predict_main
-from src.records import read_records
+from src.runs.builders import build_image_transforms
+from src.runs.evaluate import compose_config, evaluate
+from src.runs.predict import image_paths, load_images, predict
+from src.runs.records import read_records
+from src.utils.errors import UserError, exit_on_user_error
 from tests.conftest import TINY_BUDGET, make_image_folder, run_module, train_in_process
 from tests.test_multitask import make_packnet_state, other_weights
 
@@ -101,7 +100,7 @@ def test_predict_prints_class_names_and_skips_non_images(
         names = line.split("\t")[1].split()[::2]
         assert len(names) == 2 and set(names) <= classes
 
-    predict_main([*args, "format=jsonl"])
+    predict([*args, "format=jsonl"])
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == 3
     for row in rows:
@@ -113,7 +112,7 @@ def test_predict_with_only_non_images_fails_cleanly(trained: Path, tmp_path: Pat
     task = next((trained / "results" / "tasks").glob("mini_digits*.safetensors"))
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(SystemExit) as exit_info:
-        predict_main([f"task={task}", f"images={tmp_path / 'a.txt'}"])
+        exit_on_user_error(predict)([f"task={task}", f"images={tmp_path / 'a.txt'}"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "a.txt" in err and "error: none of the files" in err
@@ -130,7 +129,7 @@ def test_eval_takes_a_packnet_state(trained: Path, tmp_path: Path) -> None:
     for record in records:
         name = record["dataset"]
         assert record["method"] == "packnet" and record["n_test"] == 2 * TASKS[name]
-        _, transform = build_transforms(compose_config(name, None, []).dataset.transforms)
+        _, transform = build_image_transforms(compose_config(name, None, []))
         paths, x = load_images(
             image_paths(str(trained / "data" / "mini" / name / "test")), transform
         )

@@ -7,11 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from src.backbones import build_backbone
-from src.errors import UserError
 from src.masking import (
     Binarizer,
-    MaskConfig,
     MaskedConv2d,
     MaskedLinear,
     Ternarizer,
@@ -20,6 +17,9 @@ from src.masking import (
     mask_densities,
     masked_layers,
 )
+from src.models import build_backbone
+from src.utils.errors import UserError
+from tests.conftest import published_mask
 
 
 def test_binarizer_and_ternarizer_values_and_identity_gradient() -> None:
@@ -34,7 +34,7 @@ def test_binarizer_and_ternarizer_values_and_identity_gradient() -> None:
 @pytest.mark.parametrize("layer", [nn.Linear(7, 5), nn.Conv2d(3, 4, 3, padding=1)])
 def test_straight_through_gradient_is_dL_dWeff_times_W(layer: nn.Module) -> None:
     torch.manual_seed(0)
-    cfg = MaskConfig(mask_init="uniform", mask_scale=1e-2)
+    cfg = published_mask(mask_init="uniform", mask_scale=1e-2)
     masked = (MaskedLinear if isinstance(layer, nn.Linear) else MaskedConv2d).from_dense(layer, cfg)
     x = torch.randn(2, 7) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 6, 6)
     (masked(x) ** 2).sum().backward()
@@ -53,8 +53,8 @@ def test_straight_through_gradient_is_dL_dWeff_times_W(layer: nn.Module) -> None
 def test_average_gradient_scaling_divides_by_mean_abs_weight() -> None:
     torch.manual_seed(0)
     dense = nn.Linear(6, 4)
-    plain = MaskedLinear.from_dense(dense, MaskConfig())
-    scaled = MaskedLinear.from_dense(dense, MaskConfig(scale_gradients="average"))
+    plain = MaskedLinear.from_dense(dense, published_mask())
+    scaled = MaskedLinear.from_dense(dense, published_mask(scale_gradients="average"))
     x = torch.randn(3, 6)
     plain(x).sum().backward()
     scaled(x).sum().backward()
@@ -77,7 +77,7 @@ def test_ones_init_gives_exactly_the_backbone_logits(make) -> None:
     with torch.no_grad():
         expected = model(x)
     classifier = "classifier" if hasattr(model, "classifier") else "fc"
-    names = add_masks(model, MaskConfig(), classifier)
+    names = add_masks(model, published_mask(), classifier)
     assert classifier not in names and len(names) > 3
     with torch.no_grad():
         assert torch.equal(model(x), expected)
@@ -87,7 +87,7 @@ def test_ones_init_gives_exactly_the_backbone_logits(make) -> None:
 def test_add_masks_covers_every_conv_and_linear_but_the_classifier() -> None:
     model = torchvision.models.resnet18(num_classes=3)
     n_conv = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-    add_masks(model, MaskConfig(), "fc")
+    add_masks(model, published_mask(), "fc")
     layers = masked_layers(model)
     assert len(layers) == n_conv  # includes conv1 and the downsample convs
     assert type(model.fc) is nn.Linear
@@ -116,4 +116,4 @@ def test_freeze_batchnorm_keeps_statistics() -> None:
 )
 def test_bad_mask_config_is_a_clear_user_error(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        MaskConfig(**kwargs)
+        published_mask(**kwargs)

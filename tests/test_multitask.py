@@ -8,15 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.backbones import build_backbone
-from src.errors import UserError
 from src.masking import masked_layers
 from src.masking.model_surgery import batchnorm_layers
+from src.masking.multitask import STRATEGIES, MultiTaskModel, task_paths
 from src.masking.pruning import PackNetState, claim_free, init_owners, prune_owner
-from src.methods.classifier_only import ClassifierOnly
-from src.methods.finetune import Finetune
-from src.methods.piggyback import Piggyback
-from src.multitask import STRATEGIES, MultiTaskModel, task_paths
+from src.models import build_backbone
+from src.utils.errors import UserError
+from tests.conftest import method_for
 
 CLASSES = 3
 
@@ -33,9 +31,9 @@ def make_task(
     """Write a task file as if trained (random masks/BN/weights); returns its network in eval."""
     torch.manual_seed(seed)
     model = build_backbone("minicnn", str(weights), classes)
-    common = {"classifier": "classifier", "backbone": "minicnn", "num_classes": classes}
     if kind == "piggyback":
-        method = Piggyback(model, **common, **method_kwargs)
+        overrides = [f"method.{k}={v}" for k, v in method_kwargs.items()]
+        method = method_for(model, "piggyback", classes, *overrides)
         for layer in masked_layers(model).values():
             keep = torch.rand_like(layer.mask_real) < density
             layer.mask_real.data = torch.where(keep, 1e-2, -1e-2 if seed % 2 else 0.0)
@@ -44,9 +42,9 @@ def make_task(
                 bn.running_mean.add_(torch.randn_like(bn.running_mean))
                 bn.weight.data.mul_(2)
     elif kind == "classifier":
-        method = ClassifierOnly(model, **common)
+        method = method_for(model, "classifier_only", classes)
     else:
-        method = Finetune(model, **common)
+        method = method_for(model, "finetune", classes)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))

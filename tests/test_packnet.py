@@ -11,12 +11,10 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.backbones import build_backbone
-from src.errors import UserError
 from src.masking.pruning import (
     BASE,
     FREE,
@@ -30,7 +28,11 @@ from src.masking.pruning import (
     unpack_owners,
 )
 from src.masking.taskfile import read_task_file, state_digest
-from src.packnet_sequence import run_packnet_sequence, sequence_id, task_config, train_task
+from src.models import build_backbone
+from src.runs import config as run_config
+from src.runs.identity import run_identity
+from src.runs.sequence import run_sequence, sequence_id, train_task
+from src.utils.errors import UserError
 from tests.conftest import CONF, make_image_folder
 
 TASKS = ["mini_digits", "mini_fashion_rot", "mini_fashion_neg"]
@@ -60,13 +62,14 @@ def test_prune_frees_exact_share_of_smallest_weights() -> None:
     assert bool(model.fc[0].weight[own.eq(FREE)].eq(0).all())
 
 
-def _method_cfg(**overrides):
-    base = {
-        "epochs": 1, "retrain_epochs": 1, "lr": 0.05, "classifier_lr": None, "retrain_lr": 0.01,
-        "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr_decay_every": 10,
-        "lr_decay_factor": 0.1, "task_prune": 0.75, "train_bias_bn": False,
-    }  # fmt: skip
-    return OmegaConf.create({**base, **overrides})
+def _sequence_cfg(train_bias_bn: bool):
+    """The packnet config with a fast recipe: one epoch per phase, larger learning rates."""
+    return run_config.compose([
+        "method=packnet", "backbone=minicnn", "trainer=cpu", "method.epochs=1",
+        "method.retrain_epochs=1", "method.lr=0.05", "method.retrain_lr=0.01",
+        "method.optimizer.weight_decay=5e-4", "method.lr_decay_every=10",
+        f"method.train_bias_bn={train_bias_bn}",
+    ])  # fmt: skip
 
 
 class _Tensors(pl.LightningDataModule):
@@ -99,7 +102,7 @@ def test_task_one_logits_come_back_bit_for_bit(tmp_path: Path, train_bias_bn: bo
     owners = init_owners(model, "classifier")
     prune_owner(model, owners, "classifier", BASE, 0.5)
     state = PackNetState("minicnn", "classifier", model, owners, task_order=TASKS)
-    method = _method_cfg(train_bias_bn=train_bias_bn)
+    cfg = _sequence_cfg(train_bias_bn)
     extras = None
     if train_bias_bn:
         from src.masking.pruning import bias_bn_state
@@ -108,10 +111,10 @@ def test_task_one_logits_come_back_bit_for_bit(tmp_path: Path, train_bias_bn: bo
     base_weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n == "fc.0"}
     fixed = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 
-    train_task(state, TASKS[0], _Tensors(1), method, _trainer, extras)
+    train_task(cfg, state, TASKS[0], _Tensors(1), _trainer, extras)
     first = state.view(TASKS[0]).eval()(fixed)
     for seed, task in enumerate(TASKS[1:], start=2):
-        train_task(state, task, _Tensors(seed), method, _trainer, extras)
+        train_task(cfg, state, task, _Tensors(seed), _trainer, extras)
     # the base's weights were never changed, despite weight decay and later training
     base_mask = owners["fc.0"].eq(BASE)
     assert torch.equal(model.fc[0].weight[base_mask], base_weights["fc.0"][base_mask])
@@ -205,7 +208,7 @@ def mini_tree(tmp_path: Path) -> Path:
 
 def test_sequence_end_to_end_no_forgetting(mini_tree: Path, minicnn_weights: Path) -> None:
     cfg = _compose(mini_tree, minicnn_weights, "protocol=faithful")
-    records = run_packnet_sequence(cfg)
+    records = run_sequence(cfg)
     assert [r["dataset"] for r in records] == TASKS
     files = sorted((mini_tree / "results" / "runs").glob("*.json"))
     stored = {r["dataset"]: r for r in (json.loads(f.read_text()) for f in files)}
@@ -225,7 +228,7 @@ def test_sequence_end_to_end_no_forgetting(mini_tree: Path, minicnn_weights: Pat
     assert records[-1]["owner_share_overall"]["free"] == 0.0
     # first task kept 25% of the half the base freed
     assert math.isclose(records[0]["owner_share"]["fc.0"][TASKS[0]], 0.125, abs_tol=1e-3)
-    again = run_packnet_sequence(cfg)
+    again = run_sequence(cfg)
     assert again == []
 
 
@@ -234,7 +237,7 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
 ) -> None:
     """Interrupted during task 3, the same command resumes there and ends as an
     uninterrupted run does: the same state file, bit for bit, and the same numbers."""
-    import src.packnet_sequence as sequence
+    import src.runs.sequence as sequence
 
     runs = {}
     for name in ("whole", "killed"):
@@ -242,25 +245,25 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
         for task in TASKS:
             make_image_folder(root / "data" / "mini" / task, classes=10, per_class=2, size=8)
         runs[name] = _compose(root, minicnn_weights, "protocol=faithful")
-    whole = run_packnet_sequence(runs["whole"])
+    whole = run_sequence(runs["whole"])
 
     trained, kill_at = [], TASKS[2]
 
-    def train_task_unless_killed(state, task, *args, **kwargs):
+    def train_task_unless_killed(cfg, state, task, *args, **kwargs):
         if task == kill_at:
             raise KeyboardInterrupt  # as a kill mid-training: nothing of this task is saved
         trained.append(task)
-        return train_task(state, task, *args, **kwargs)
+        return train_task(cfg, state, task, *args, **kwargs)
 
     monkeypatch.setattr(sequence, "train_task", train_task_unless_killed)
     with pytest.raises(KeyboardInterrupt):
-        run_packnet_sequence(runs["killed"])
+        run_sequence(runs["killed"])
     assert trained == TASKS[:2] and not list((tmp_path / "killed" / "results").rglob("*.json"))
     [progress] = (tmp_path / "killed" / "outputs" / "checkpoints").rglob("progress.safetensors")
 
     trained.clear()
     kill_at = None  # the same command again, uninterrupted
-    resumed = run_packnet_sequence(runs["killed"])
+    resumed = run_sequence(runs["killed"])
     assert trained == [TASKS[2]] and not progress.exists()
     for a, b in zip(whole, resumed, strict=True):
         for key in ("top1", "top1_after_task", "val_top1", "top5", "owner_share", "epochs"):
@@ -273,28 +276,28 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
 def test_corrupt_or_foreign_progress_is_refused(
     mini_tree: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import src.packnet_sequence as sequence
+    import src.runs.sequence as sequence
 
-    def stop_at_second(state, task, *args, **kwargs):
+    def stop_at_second(cfg, state, task, *args, **kwargs):
         if task == TASKS[1]:
             raise KeyboardInterrupt
-        return train_task(state, task, *args, **kwargs)
+        return train_task(cfg, state, task, *args, **kwargs)
 
     monkeypatch.setattr(sequence, "train_task", stop_at_second)
     with pytest.raises(KeyboardInterrupt):
-        run_packnet_sequence(_compose(mini_tree, minicnn_weights))
+        run_sequence(_compose(mini_tree, minicnn_weights))
     monkeypatch.setattr(sequence, "train_task", train_task)
     [progress] = (mini_tree / "outputs" / "checkpoints").rglob("progress.safetensors")
     seed1 = _compose(mini_tree, minicnn_weights, "seed=1")
-    first = OmegaConf.to_container(task_config(seed1, TASKS[0]), resolve=True)
+    first = run_identity(run_config.with_dataset(seed1, TASKS[0]))[1]
     other = progress.parent.parent / sequence_id(first, TASKS) / progress.name
     other.parent.mkdir()
     other.write_bytes(progress.read_bytes())  # seed 0's progress where seed 1's would be
     with pytest.raises(UserError, match=r"is not this sequence's progress.*force=true"):
-        run_packnet_sequence(seed1)
+        run_sequence(seed1)
     progress.write_bytes(progress.read_bytes()[:-100])
     with pytest.raises(UserError, match=r"cannot resume from .*progress.safetensors.*force=true"):
-        run_packnet_sequence(_compose(mini_tree, minicnn_weights))
+        run_sequence(_compose(mini_tree, minicnn_weights))
 
 
 @pytest.mark.parametrize(
@@ -320,5 +323,5 @@ def test_bad_input_clear_message_nothing_written(
     ]
     cfg = _compose(tmp_path, minicnn_weights, *overrides)
     with pytest.raises(UserError, match=needle):
-        run_packnet_sequence(cfg)
+        run_sequence(cfg)
     assert not (tmp_path / "results").exists()

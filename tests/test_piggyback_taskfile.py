@@ -10,8 +10,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.backbones import build_backbone
-from src.errors import UserError
 from src.masking import (
     apply_task,
     backbone_fingerprint,
@@ -20,7 +18,9 @@ from src.masking import (
     read_task_file,
     unpack_bits,
 )
-from src.methods.piggyback import Piggyback
+from src.models import build_backbone
+from src.utils.errors import UserError
+from tests.conftest import method_for, published_mask
 
 
 def plain_backbone(seed: int = 0, classes: int = 4):
@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     """A Piggyback module trained a few steps on random data, its export, and the pre-state."""
     model = plain_backbone()
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
-    method = Piggyback(model, "classifier", backbone="minicnn", num_classes=4, lr=5e-3)
+    method = method_for(model, "piggyback", 4, "method.lr=5e-3", "method.classifier_lr=5e-3")
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(
         torch.randn(32, 3, 16, 16, generator=g), torch.randint(0, 4, (32,), generator=g)
@@ -120,7 +120,7 @@ def test_truncated_or_edited_task_file_is_refused(trained, tmp_path: Path) -> No
 
 
 def test_fused_adam_takes_the_same_steps_up_to_rounding() -> None:
-    """optimizer=adam_fused is the published Adam update, computed in one kernel per tensor."""
+    """method.optimizer.fused=true is the published Adam update, in one kernel per tensor."""
     x, y = (
         torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
         torch.arange(8) % 4,
@@ -129,9 +129,11 @@ def test_fused_adam_takes_the_same_steps_up_to_rounding() -> None:
     for optimizer in ("adam", "adam_fused"):
         torch.manual_seed(0)
         model = build_backbone("minicnn", None, 4)
-        method = Piggyback(
-            model, "classifier", backbone="minicnn", num_classes=4, optimizer=optimizer, lr=1e-2
-        )
+        fused = "true" if optimizer == "adam_fused" else "null"
+        method = method_for(
+            model, "piggyback", 4, f"method.optimizer.fused={fused}", "method.lr=1e-2",
+            "method.classifier_lr=1e-2",
+        )  # fmt: skip
         opt = method.configure_optimizers()["optimizer"]
         assert opt.defaults["fused"] is (True if optimizer == "adam_fused" else None)
         for _ in range(3):
@@ -149,11 +151,11 @@ def test_folding_the_stored_mask_gives_the_training_time_weights_bit_for_bit(
 ) -> None:
     """layer_mask hands back integer bits; W * bits must equal W * threshold(m) exactly,
     the sign of every zero included."""
-    from src.masking import MaskConfig, add_masks, masked_layers
+    from src.masking import add_masks, masked_layers
     from src.masking.taskfile import layer_mask, piggyback_tensors
 
     model = plain_backbone()
-    add_masks(model, MaskConfig(mask_init="uniform", threshold_fn=threshold_fn), "classifier")
+    add_masks(model, published_mask(mask_init="uniform", threshold_fn=threshold_fn), "classifier")
     tensors = piggyback_tensors(model, "classifier", train_bn=False)
     for name, layer in masked_layers(model).items():
         with torch.no_grad():

@@ -18,7 +18,7 @@ from PIL import Image
 
 from src.data import prepare as P
 from src.data.prepare import Checksum, Expected, prepare_dataset
-from src.errors import UserError
+from src.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CUB_CLASSES = ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross"]
@@ -376,7 +376,7 @@ def test_prepared_miniature_trains_through_src_train(tmp_path: Path) -> None:
     import torch  # noqa: F401  (the weights file needs torch)
     from safetensors.torch import save_file
 
-    from src.backbones import build_backbone
+    from src.models import build_backbone
 
     root = _prep("flowers", make_flowers(tmp_path), tmp_path / "data", Expected(3, 6, 6))
     weights = tmp_path / "minicnn.safetensors"

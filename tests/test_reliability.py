@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.backbones import build_backbone
-from src.errors import UserError
 from src.masking import read_task_file, state_digest
+from src.models import build_backbone
 from src.utils.atomic import atomic_dir, atomic_path, atomic_write_json
+from src.utils.errors import UserError
 from tests.conftest import ROOT, make_image_folder, run_module, tiny_overrides
 
 
@@ -92,7 +92,7 @@ def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
 def test_checkpoint_from_another_config_or_with_code_is_refused(
     tmp_path, tiny_folder, minicnn_weights
 ):
-    args = tiny_overrides(tmp_path, minicnn_weights, tiny_folder)
+    args = [*tiny_overrides(tmp_path, minicnn_weights, tiny_folder), "keep_checkpoints=true"]
     assert run_module("src.train", *args, "seed=1").returncode == 0
     (ckpt_dir,) = (tmp_path / "outputs" / "checkpoints").iterdir()
     target = tmp_path / "outputs" / "checkpoints" / ckpt_dir.name.replace("__s1__", "__s0__")
@@ -181,7 +181,7 @@ def test_wandb_online_failure_falls_back_to_offline(tmp_path, monkeypatch, caplo
     from hydra import compose, initialize_config_dir
     from pytorch_lightning.loggers import WandbLogger
 
-    from src.utils.wandb_logger import make_wandb_logger
+    from src.runs.builders import build_loggers
     from tests.conftest import CONF
 
     def no_network(self):
@@ -195,7 +195,7 @@ def test_wandb_online_failure_falls_back_to_offline(tmp_path, monkeypatch, caplo
             overrides=["logger=wandb", "logger.wandb.mode=online", f"paths.data_dir={tmp_path}"],
         )
     cfg.paths.output_dir = str(tmp_path)
-    logger = make_wandb_logger(cfg, tmp_path)
+    [logger] = [lg for lg in build_loggers(cfg) if isinstance(lg, WandbLogger)]
     assert isinstance(logger, WandbLogger) and logger._wandb_init["mode"] == "offline"
     assert "logging offline instead" in caplog.text
 

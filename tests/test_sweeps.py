@@ -77,7 +77,7 @@ def test_experiment_presets_compose(experiment: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     if cfg.method.name == "packnet":  # one job runs the whole sequence
-        from src.configs import dataset_config_names
+        from src.runs.config import dataset_config_names
 
         assert len(cfg.method.tasks) >= 4 and set(cfg.method.tasks) <= set(dataset_config_names())
     else:

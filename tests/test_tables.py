@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.decathlon import BASELINE_ACCURACY
-from src.records import read_records, run_id, write_record
+from src.reporting.decathlon import BASELINE_ACCURACY
 from src.reporting.tables import build_tables, load_published, to_markdown, write_tables
+from src.runs.records import read_records, run_id, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "results" / "paper" / "published.csv"
@@ -228,7 +228,7 @@ def test_bad_inputs_are_clear(tmp_path: Path, capsys) -> None:
 def test_wandb_summary(tmp_path: Path, monkeypatch, runs: Path) -> None:
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    from src.reporting.wandb_summary import log_run_summary
+    from src.runs.wandb_summary import log_run_summary
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -106,6 +106,7 @@ def test_final_protocol_trains_on_all_of_train_and_keeps_the_last_epoch(
     assert len(dm.train_set) == 12 and dm.val_set is None and dm.val_dataloader() == []
 
     args = [*tiny_overrides(tmp_path, minicnn_weights, tiny_folder), "protocol=final"]
+    args.append("keep_checkpoints=true")  # to compare best.ckpt with last.ckpt
     proc = run_module("src.train", *args, "method.epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     [path] = (tmp_path / "results" / "runs").glob("*.json")

@@ -16,7 +16,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from src.data.transforms import build_transforms
-from src.errors import UserError, check_choice
+from src.utils.errors import UserError, check_choice
 
 # clean: select the epoch on a split held out of train; faithful: on the test split (the
 # official code); final: train on every labelled non-test image and keep the last epoch.
@@ -73,6 +73,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, protocol: str, seed: int) -> None:
         super().__init__()
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise UserError(f"num_workers must be an integer >= 0 (got {num_workers!r})")
         check_choice("protocol", protocol, PROTOCOLS)
         if batch_size <= 0:
             raise UserError(f"batch_size must be > 0 (got {batch_size})")
@@ -126,12 +128,15 @@ class ImageFolderDataModule(SplitDataModule):
         name: str = "",
         verify_images: bool = True,
         skip_bad_images: bool = False,
+        normalisation: Mapping | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, protocol, seed)
+        if not 0.0 < val_fraction < 1.0:
+            raise UserError(f"val_fraction must be between 0 and 1, exclusive (got {val_fraction})")
         self.root = Path(root)
         self.name = name or self.root.name
         self.num_classes = num_classes
-        self.train_tf, self.test_tf = build_transforms(transforms)
+        self.train_tf, self.test_tf = build_transforms(transforms, normalisation)
         self.val_fraction = val_fraction
         self.prepare_hint = prepare_hint
         self.verify_images = verify_images
@@ -199,3 +204,17 @@ class ImageFolderDataModule(SplitDataModule):
         val_view.samples = val_view.imgs = train_full.samples
         val_view.targets = train_full.targets
         self.val_set = Subset(val_view, val_idx)
+
+
+class MiniTaskDataModule(ImageFolderDataModule):
+    """A mini benchmark task: its ImageFolder tree is written under ``data_dir`` on first use."""
+
+    def __init__(self, data_dir: str | Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = data_dir
+
+    def setup(self, stage: str | None = None) -> None:
+        from src.data.mini import prepare_mini_task
+
+        prepare_mini_task(self.name, self.data_dir)
+        super().setup(stage)

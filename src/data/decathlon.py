@@ -24,7 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from torchvision import transforms as T
 
 from src.data.datamodule import SplitDataModule
-from src.errors import UserError
+from src.utils.errors import UserError
 
 DOMAINS = (
     "aircraft",
@@ -229,11 +229,19 @@ def decathlon_transforms(cfg: Mapping, mean: Sequence[float], std: Sequence[floa
     return train, test
 
 
-def domain_transforms(ds: Mapping, root: str | Path):
-    """Transforms for a decathlon dataset config, mean/std from the config or the stats file."""
-    tf = dict(ds["transforms"])
+def domain_transforms(
+    transforms: Mapping,
+    stats: str | Path,
+    domain: str,
+    root: str | Path,
+    normalisation: Mapping | None = None,
+):
+    """A domain's transforms. mean/std: the config's; else ``normalisation`` when given (the
+    backbone's own, for the data it was pretrained on); else the domain's, from the stats
+    file."""
+    tf = dict(transforms)
     if tf.get("mean") is None or tf.get("std") is None:
-        tf.update(read_stats(ds["stats"], ds["domain"], root))
+        tf.update(normalisation or read_stats(stats, domain, root))
     return decathlon_transforms(tf, tf["mean"], tf["std"])
 
 
@@ -254,21 +262,27 @@ class DecathlonDataModule(SplitDataModule):
         root: str | Path,
         domain: str,
         num_classes: int,
-        transforms: tuple[T.Compose, T.Compose],
+        transforms: Mapping,
+        stats: str | Path,
         batch_size: int = 32,
         num_workers: int = 2,
         protocol: str = "clean",
         name: str = "",
         prepare_hint: str = "",
         seed: int = 0,
+        domain_stats: bool = True,
+        normalisation: Mapping | None = None,
     ) -> None:
+        """``domain_stats``: normalise with the domain's own mean/std (the stats file), as
+        published; false: with ``normalisation``, the backbone's (imagenet12, its own data)."""
         super().__init__(batch_size, num_workers, protocol, seed)
         domain_index(domain)
         self.root = Path(root)
         self.domain = domain
         self.name = name or f"decathlon_{domain}"
         self.num_classes = num_classes
-        self.train_tf, self.test_tf = transforms
+        own = None if domain_stats else normalisation
+        self.train_tf, self.test_tf = domain_transforms(transforms, stats, domain, root, own)
         self.prepare_hint = prepare_hint
         self.eval_split = ""
 
@@ -311,23 +325,6 @@ class DecathlonDataModule(SplitDataModule):
             self.train_set = ConcatDataset([self.train_set, train_val])
         else:
             self.val_set = self.test_set if self.protocol == "faithful" else val_set
-
-
-def decathlon_datamodule(cfg: Any) -> DecathlonDataModule:
-    """The datamodule of a ``conf/dataset/decathlon/<domain>.yaml`` run config."""
-    ds = cfg.dataset
-    return DecathlonDataModule(
-        root=ds.root,
-        domain=ds.domain,
-        num_classes=ds.num_classes,
-        transforms=domain_transforms(ds, ds.root),
-        batch_size=cfg.method.batch_size,
-        num_workers=cfg.num_workers,
-        protocol=cfg.protocol,
-        name=ds.name,
-        prepare_hint=ds.get("prepare", ""),
-        seed=cfg.seed,
-    )
 
 
 STATS_FORMAT = "piggyback-lab-decathlon-stats/1"

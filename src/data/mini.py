@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from src.errors import UserError, check_choice
+from src.utils.errors import UserError, check_choice
 from src.utils.atomic import atomic_dir
 
 FASHION_CLASSES = [
@@ -30,7 +30,6 @@ FASHION_FILES = [
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
 ]  # fmt: skip
 TRAIN_PER_TASK, TEST_PER_TASK = 1500, 500
-MINI_MEAN, MINI_STD = 0.5, 0.5  # also in conf/dataset/mini_*.yaml
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W), int labels (N,)
 
@@ -118,11 +117,15 @@ def prepare_mini_task(name: str, data_dir: str | Path) -> Path:
 
 
 def fashion_tensors(
-    data_dir: str | Path, train: bool, size: int = 32
+    data_dir: str | Path, train: bool, normalisation: Mapping, size: int = 32
 ) -> torch.utils.data.TensorDataset:
-    """Fashion-MNIST as normalised 3x32x32 tensors in memory, for pretraining the base."""
+    """Fashion-MNIST as 3x32x32 tensors in memory, for pretraining the base; normalised
+    with the mean/std its backbone registers (one value per channel, the same for all)."""
     images, labels = load_fashion_mnist(data_dir, train)
     x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
-    x = x.sub_(MINI_MEAN).div_(MINI_STD).expand(-1, 3, -1, -1).contiguous()
+    x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(normalisation["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation["std"]).view(1, 3, 1, 1)
+    x = ((x - mean) / std).contiguous()
     return torch.utils.data.TensorDataset(x, torch.from_numpy(labels).long())

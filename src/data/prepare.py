@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from src.errors import UserError
+from src.utils.errors import UserError
 from src.utils.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,6 +10,7 @@ from src.masking.model_surgery import (
     mask_densities,
     mask_parameters,
     masked_layers,
+    overall_density,
     prunable_layers,
     set_batchnorm_eval,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "mask_densities",
     "mask_parameters",
     "masked_layers",
+    "overall_density",
     "pack_bits",
     "prunable_layers",
     "read_task_file",

@@ -14,14 +14,16 @@ from __future__ import annotations
 import argparse
 import lzma
 import math
+import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from src.errors import exit_on_user_error
 from src.masking.taskfile import TaskFile, read_task_file
+from src.utils.errors import UserError, exit_on_user_error
 
 RICE = b"PBR1"
 RAW = b"PBB1"
@@ -134,22 +136,69 @@ def mask_report(task: TaskFile) -> dict:
     return {"layers": layers, "overall": overall}
 
 
+TASK_SUFFIX = ".safetensors"
+_HOW = f"pass task files (*{TASK_SUFFIX}) or a folder of them"
+_TRAIN = "make train writes one to results/tasks"
+
+
+def task_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """The task files named by files and folders (a folder: its *.safetensors, sorted)."""
+    files: list[Path] = []
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.glob(f"*{TASK_SUFFIX}") if p.is_file())
+            if not found:
+                raise UserError(
+                    f"folder {path} holds no task files (*{TASK_SUFFIX}); train a task first "
+                    f"({_TRAIN}), or {_HOW}"
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path} does not exist; {_HOW} ({_TRAIN})")
+    return files
+
+
+def _read(path: Path) -> TaskFile:
+    """``read_task_file`` whose refusal also says what the command takes."""
+    if path.suffix != TASK_SUFFIX:
+        raise UserError(f"{path} is not a task file (not *{TASK_SUFFIX}); {_HOW}")
+    try:
+        return read_task_file(path)
+    except UserError as err:
+        raise UserError(f"{err}; {_HOW}") from None
+
+
+def task_names(files: list[Path]) -> list[str]:
+    """Each file's task name (its stem); the paths themselves when two stems collide."""
+    stems = [f.stem for f in files]
+    return stems if len(set(stems)) == len(stems) else [str(f) for f in files]
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m src.masking.compress",
         description="Report the bits per weight the compressed mask coding reaches per task file.",
     )
-    parser.add_argument("tasks", nargs="+", help="Piggyback task files")
+    parser.add_argument(
+        "tasks", nargs="+", help="Piggyback task files, or folders of them (e.g. results/tasks)"
+    )
     args = parser.parse_args(argv)
-    print(f"{'task':40s} {'weights':>10s} {'H(p)':>7s} {'rice':>7s} {'zlib':>7s} {'lzma':>7s}")
-    for path in args.tasks:
-        o = mask_report(read_task_file(path))["overall"]
+    files = task_files(args.tasks)
+    tasks = [_read(f) for f in files]  # refuse a bad file before printing anything
+    names = task_names(files)
+    w = max(len("task"), *map(len, names))
+    print(f"{'task':{w}s} {'weights':>10s} {'H(p)':>7s} {'rice':>7s} {'zlib':>7s} {'lzma':>7s}")
+    for name, task in zip(names, tasks, strict=True):
+        o = mask_report(task)["overall"]
         if not o["n"]:
-            print(f"{path}: no masks (not a Piggyback task)")
+            print(f"{name:{w}s} no masks (a {task.kind} task, not a Piggyback task)")
             continue
         print(
-            f"{str(path)[-40:]:40s} {o['n']:>10d} {o['entropy_bpw']:7.4f} {o['rice_bpw']:7.4f} "
+            f"{name:{w}s} {o['n']:>10d} {o['entropy_bpw']:7.4f} {o['rice_bpw']:7.4f} "
             f"{o['zlib_bpw']:7.4f} {o['lzma_bpw']:7.4f}"
         )
 

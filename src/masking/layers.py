@@ -6,14 +6,14 @@ convolution arithmetic stay those of the plain layer; only ``mask_real`` is adde
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import UserError, check_choice
 from src.masking.threshold import THRESHOLD_FNS
+from src.utils.errors import UserError, check_choice
 
 MASK_INITS = ("1s", "uniform", "weight_based_1s")
 GRADIENT_SCALINGS = ("none", "average", "individual")
@@ -21,13 +21,14 @@ GRADIENT_SCALINGS = ("none", "average", "individual")
 
 @dataclass(frozen=True)
 class MaskConfig:
-    """How masks are initialised and thresholded (defaults: the published recipe)."""
+    """How masks are initialised and thresholded (the published recipe is in
+    conf/method/piggyback.yaml, ``mask``)."""
 
-    mask_init: str = "1s"
-    mask_scale: float = 1e-2
-    threshold_fn: str = "binarizer"
-    threshold: float = 5e-3
-    scale_gradients: str = "none"
+    mask_init: str
+    mask_scale: float
+    threshold_fn: str
+    threshold: float
+    scale_gradients: str
 
     def __post_init__(self) -> None:
         check_choice("mask_init", self.mask_init, MASK_INITS)
@@ -42,9 +43,6 @@ class MaskConfig:
                 f"threshold ({self.threshold}), or every mask starts at 0"
             )
         check_choice("scale_gradients", self.scale_gradients, GRADIENT_SCALINGS)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class MaskedLayerMixin:

@@ -70,3 +70,17 @@ def set_batchnorm_eval(model: nn.Module) -> None:
 def mask_densities(model: nn.Module) -> dict[str, float]:
     """Share of weights each layer's mask keeps (non-zero entries), per masked layer."""
     return {n: float(m.mask().ne(0).float().mean()) for n, m in masked_layers(model).items()}
+
+
+def overall_density(density: dict[str, float], sizes: dict[str, int]) -> float | None:
+    """Share of all ``sizes``' weights kept, from per-layer ``density`` (None: no layers)."""
+    total = sum(sizes.values())
+    return sum(density[n] * sizes[n] for n in sizes) / total if total else None
+
+
+def linear_from_state(state: dict[str, torch.Tensor]) -> nn.Linear:
+    """A Linear layer holding ``state`` (its weight, and its bias when stored)."""
+    weight = state["weight"]
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+    layer.load_state_dict(state)
+    return layer

@@ -21,8 +21,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from src.errors import UserError
-from src.masking.model_surgery import batchnorm_layers, prunable_layers, replace_module
+from src.masking.model_surgery import (
+    batchnorm_layers,
+    linear_from_state,
+    prunable_layers,
+    replace_module,
+)
 from src.masking.taskfile import (
     backbone_fingerprint,
     prefixed,
@@ -30,6 +34,7 @@ from src.masking.taskfile import (
     unprefixed,
     write_task_file,
 )
+from src.utils.errors import UserError
 
 FREE, BASE = 0, 1
 KIND = "packnet"
@@ -222,9 +227,7 @@ class PackNetState:
         """A plain copy of the network as task ``task`` sees it (later tasks' weights zeroed)."""
         model = copy.deepcopy(self.model)
         apply_view(model, self.owners, self.classifier, self.owner(task))
-        weight = self.heads[task]["weight"]
-        head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in self.heads[task])
-        head.load_state_dict(self.heads[task])
+        head = linear_from_state(self.heads[task])
         replace_module(model, self.classifier, head.to(next(model.parameters()).device))
         if task in self.task_extras:
             load_bias_bn(model, self.task_extras[task])
@@ -262,7 +265,7 @@ class PackNetState:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PackNetState:
         """Read and verify a state written by ``save`` (digest, kind, shapes)."""
-        from src.backbones import build_backbone
+        from src.models import build_backbone
 
         stored = read_task_file(path)
         meta = dict(stored.meta)
@@ -306,7 +309,7 @@ def load_pruned_base(path: str | os.PathLike, backbone: str) -> tuple[nn.Module,
 
     A safetensors file that names its backbone in its metadata must name ``backbone``.
     """
-    from src.backbones import build_backbone, classifier_name
+    from src.models import build_backbone, classifier_name
 
     path = Path(path)
     if not path.is_file():

@@ -23,10 +23,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from src.errors import UserError
 from src.masking.layers import MaskedLayerMixin
-from src.masking.model_surgery import batchnorm_layers, masked_layers, replace_module
+from src.masking.model_surgery import (
+    batchnorm_layers,
+    linear_from_state,
+    masked_layers,
+    replace_module,
+)
 from src.utils.atomic import atomic_write_bytes
+from src.utils.errors import UserError
 
 FORMAT = "piggyback-lab-task/1"
 KINDS = ("piggyback", "classifier", "full", "packnet")
@@ -187,7 +192,7 @@ def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
     if task.kind == "packnet":
         raise UserError(
             f"{task.path} is a PackNet state holding several tasks; load it with "
-            "src.masking.pruning.PackNetState.load(path).view(task) or src.multitask"
+            "src.masking.pruning.PackNetState.load(path).view(task) or src.masking.multitask"
         )
     if task.kind in ("piggyback", "full") and any(
         isinstance(m, MaskedLayerMixin) for m in model.modules()
@@ -195,9 +200,7 @@ def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
         raise ValueError("apply_task expects a plain backbone, not a masked model")
     head_prefix = f"model.{classifier}." if task.kind == "full" else "classifier."
     head_state = unprefixed(task.tensors, head_prefix)
-    weight = head_state["weight"]
-    head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
-    head.load_state_dict(head_state)
+    head = linear_from_state(head_state)
     replace_module(model, classifier, head.to(next(model.parameters()).device))
     if task.kind == "full":
         model.load_state_dict(unprefixed(task.tensors, "model."))

@@ -40,11 +40,3 @@ THRESHOLD_FNS: dict[str, type[torch.autograd.Function]] = {
     "binarizer": Binarizer,
     "ternarizer": Ternarizer,
 }
-
-
-def get_threshold_fn(name: str) -> type[torch.autograd.Function]:
-    """Look a threshold function up by name; unknown names list the choices."""
-    from src.errors import check_choice
-
-    check_choice("threshold function", name, THRESHOLD_FNS)
-    return THRESHOLD_FNS[name]

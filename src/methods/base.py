@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,19 +13,20 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.errors import UserError, check_choice
 from src.masking import backbone_fingerprint, freeze_batchnorm, set_batchnorm_eval
+from src.utils.errors import UserError
 
-# adam_fused: the same Adam update in one fused kernel per tensor (bit-level differences only);
-# about 8x faster than the per-tensor loop over ResNet-50's 23.5 M mask values on a CPU.
-OPTIMIZERS = ("sgd", "adam", "adam_fused")
+# Builds the optimizer from parameter groups and the base learning rate: a partial of a
+# torch.optim class, whose other settings (momentum, weight decay, fused) the config holds.
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 class TaskModule(pl.LightningModule):
     """A backbone with a task classifier, trained by a published recipe.
 
     Subclasses decide what is trainable (``param_groups``) and what a task stores
-    (``task_tensors``). The backbone fingerprint is taken before any training.
+    (``task_tensors``). The backbone fingerprint is taken before any training. The recipe
+    (optimizer, learning rates, step schedule) comes from conf/method/<name>.yaml.
     """
 
     kind: str = "full"  # the task-file kind this method exports
@@ -36,23 +38,25 @@ class TaskModule(pl.LightningModule):
         classifier: str,
         backbone: str,
         num_classes: int,
-        optimizer: str = "sgd",
-        lr: float = 1e-3,
+        optimizer: OptimizerFactory,
+        lr: float,
+        lr_decay_every: int,
+        lr_decay_factor: float,
+        train_bn: bool,
         classifier_lr: float | None = None,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        lr_decay_every: int = 15,
-        lr_decay_factor: float = 0.1,
-        train_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
-        check_choice("optimizer", optimizer, OPTIMIZERS)
+        self.save_hyperparameters(ignore=["model", "optimizer"])
         for key, value in (("lr", lr), ("classifier_lr", classifier_lr)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise UserError(f"method.{key} must be a positive number (got {value})")
-        if lr_decay_every <= 0:
-            raise UserError(f"method.lr_decay_every must be >= 1 epoch (got {lr_decay_every})")
+            if value is not None and not (
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+            ):
+                raise UserError(f"method.{key} must be a positive number (got {value!r})")
+        if not isinstance(lr_decay_every, int) or lr_decay_every <= 0:
+            raise UserError(
+                f"method.lr_decay_every must be an integer >= 1 epoch (got {lr_decay_every!r})"
+            )
+        self.optimizer_factory = optimizer
         self.model = model
         self.classifier = classifier
         self.backbone = backbone
@@ -134,14 +138,7 @@ class TaskModule(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = [g for g in self.param_groups() if g["params"]]
-        if hp.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "adam_fused":
-            opt = torch.optim.Adam(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
-        else:
-            opt = torch.optim.SGD(
-                groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-            )
+        opt = self.optimizer_factory(groups, lr=hp.lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, hp.lr_decay_every, gamma=hp.lr_decay_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 

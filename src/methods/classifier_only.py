@@ -12,11 +12,9 @@ from src.methods.base import TaskModule
 class ClassifierOnly(TaskModule):
     kind = "classifier"
 
-    def __init__(
-        self, model: nn.Module, classifier: str, lr_decay_factor: float = 1.0, **kwargs
-    ) -> None:
+    def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         kwargs["train_bn"] = False
-        super().__init__(model, classifier, lr_decay_factor=lr_decay_factor, **kwargs)
+        super().__init__(model, classifier, **kwargs)
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(classifier + "."))
 

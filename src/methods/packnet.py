@@ -3,7 +3,7 @@
 One module trains one task of a sequence on the shared network: only weights owned by
 this task (``owner``) get gradients; weights of the base and of earlier tasks stay
 bit-for-bit unchanged. Biases and BatchNorm are frozen unless ``train_bias_bn`` (then the
-sequence stores them per task). The sequence (src/packnet_sequence.py) claims the free
+sequence stores them per task). The sequence (src/runs/sequence.py) claims the free
 weights before training, prunes between the two phases and stores each task's classifier
 (and biases/BN) in the shared state; this module exports no task file of its own.
 """

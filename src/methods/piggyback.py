@@ -18,23 +18,19 @@ class Piggyback(TaskModule):
         self,
         model: nn.Module,
         classifier: str,
-        mask_init: str = "1s",
-        mask_scale: float = 1e-2,
-        threshold_fn: str = "binarizer",
-        threshold: float = 5e-3,
-        scale_gradients: str = "none",
-        train_bn: bool = False,
-        optimizer: str = "adam",
-        lr: float = 1e-4,
+        mask_init: str,
+        mask_scale: float,
+        threshold_fn: str,
+        threshold: float,
+        scale_gradients: str,
         **kwargs,
     ) -> None:
-        mask_config = MaskConfig(mask_init, mask_scale, threshold_fn, threshold, scale_gradients)
-        super().__init__(
-            model, classifier, train_bn=train_bn, optimizer=optimizer, lr=lr, **kwargs
-        )  # fingerprint the plain backbone first
+        """The mask settings are the config's flat keys (``method.threshold=...`` sweeps)."""
+        mask = MaskConfig(mask_init, mask_scale, threshold_fn, threshold, scale_gradients)
+        super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
         for p in model.parameters():
             p.requires_grad_(False)
-        add_masks(model, mask_config, classifier)
+        add_masks(model, mask, classifier)
         for p in self.head.parameters():
             p.requires_grad_(True)
         if self.hparams.train_bn:

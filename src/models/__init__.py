@@ -1,5 +1,29 @@
-"""Architectures the project builds itself (those torchvision does not provide)."""
+"""Backbones: the registry and the architectures the project builds itself.
 
+Importing the package registers every architecture (torchvision's in registry.py,
+ours by ``@register_backbone`` on their classes).
+"""
+
+from src.models.minicnn import MiniCNN
+from src.models.registry import (
+    BACKBONES,
+    backbone_facts,
+    backbone_names,
+    build_backbone,
+    classifier_name,
+    load_state_dict_file,
+    normalisation,
+)
 from src.models.resnet26 import ResNet26
 
-__all__ = ["ResNet26"]
+__all__ = [
+    "BACKBONES",
+    "MiniCNN",
+    "ResNet26",
+    "backbone_facts",
+    "backbone_names",
+    "build_backbone",
+    "classifier_name",
+    "load_state_dict_file",
+    "normalisation",
+]

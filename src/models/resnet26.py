@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.models.registry import register_backbone
+
 STAGE_WIDTHS = (64, 128, 256)
 BLOCKS_PER_STAGE = 4
 STEM_WIDTH = 32
@@ -48,6 +50,12 @@ class BasicBlock(nn.Module):
         return F.relu(y + shortcut)
 
 
+@register_backbone(
+    "resnet26",
+    classifier="classifier",
+    weights_help="convert the authors' released ImageNet model once with "
+    "scripts/convert_resnet26.py (docs/decathlon.md), or pass backbone.weights=<file>",
+)
 class ResNet26(nn.Module):
     """Stem conv 3->32 (stride 1) + BN (no ReLU); 3 stages of 4 blocks (64/128/256, each
     starting with stride 2); head BN, ReLU, global average pool, ``classifier``.

@@ -15,56 +15,15 @@ import pandas as pd
 from src.reporting.tables import (
     MB,
     SHARED_STATE_METHODS,
-    backbone_facts,
     choose_variants,
     differing_keys,
     flat_config,
     records_frame,
     summarize,
 )
-from src.utils.atomic import atomic_path
+from src.runs.wandb_summary import layer_order, mask_off_axes, save_figure
 
 SWEEP_PARAMS = ("threshold", "lr")  # config.method.<param>
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def layer_order(backbone: str, names: list[str]) -> list[str]:
-    """Layers in network order (records store them sorted by name)."""
-    facts = backbone_facts(backbone)
-    if facts is None:
-        return sorted(names)
-    rank = {n: i for i, n in enumerate(facts.layers)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
-
-
-def _mask_off_axes(ax: plt.Axes, layers: list[str], lines: dict[str, list[float]]) -> None:
-    for label, values in lines.items():
-        ax.plot(range(len(layers)), [100 * v for v in values], marker="o", ms=3, label=label)
-    step = max(1, len(layers) // 30)
-    ax.set_xticks(range(0, len(layers), step))
-    ax.set_xticklabels(layers[::step], rotation=90, fontsize=7)
-    ax.set_ylabel("weights switched off by the mask (%)")
-    ax.set_xlabel("layer (network order)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def plot_run_mask_density(record: dict[str, Any], path: str | Path) -> Path | None:
-    """One run's per-layer share of weights its mask switches off; None without masks."""
-    density = record.get("mask_density") or {}
-    if not density:
-        return None
-    layers = layer_order(record["backbone"], list(density))
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layers)), 4))
-    _mask_off_axes(ax, layers, {record["dataset"]: [1 - density[n] for n in layers]})
-    ax.set_title(f"{record['method']} on {record['dataset']} ({record['backbone']})")
-    return _save(fig, Path(path))
 
 
 def plot_mask_off(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -77,9 +36,9 @@ def plot_mask_off(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         layers = layer_order(bb, list(mean.columns))
         lines = {ds: list(1 - mean.loc[ds, layers]) for ds in mean.index}
         fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layers)), 4))
-        _mask_off_axes(ax, layers, lines)
+        mask_off_axes(ax, layers, lines)
         ax.set_title(f"{method} ({bb}): share of weights each task's mask switches off")
-        written.append(_save(fig, out_dir / f"mask_off_{bb}_{method}.png"))
+        written.append(save_figure(fig, out_dir / f"mask_off_{bb}_{method}.png"))
     return written
 
 
@@ -110,7 +69,7 @@ def plot_sweeps(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.set_title(f"{method} ({bb}): accuracy vs {param}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-            written.append(_save(fig, out_dir / f"sweep_{param}_{bb}_{method}.png"))
+            written.append(save_figure(fig, out_dir / f"sweep_{param}_{bb}_{method}.png"))
     return written
 
 
@@ -173,7 +132,7 @@ def plot_accuracy_vs_storage(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_title(f"{bb}: accuracy vs storage per task")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-        written.append(_save(fig, out_dir / f"accuracy_vs_storage_{bb}.png"))
+        written.append(save_figure(fig, out_dir / f"accuracy_vs_storage_{bb}.png"))
     return written
 
 

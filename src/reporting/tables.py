@@ -7,7 +7,6 @@ Storage for all tasks and bits per weight per task come from the records' task s
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import string
@@ -18,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from src.errors import UserError
-from src.records import NON_SEMANTIC_KEYS, run_id
+from src.models import backbone_facts
+from src.runs.records import NON_SEMANTIC_KEYS, run_id
 from src.utils.atomic import atomic_write_bytes
+from src.utils.errors import UserError
 
 CANONICAL_METHODS = ("classifier_only", "finetune", "packnet", "piggyback")
 # Methods whose stored state is one network shared by the whole task sequence (counted once;
@@ -42,37 +42,6 @@ CELL_COLUMNS = [
 PAPER_DATASETS = ("imagenet", "cub", "cars", "flowers", "wikiart", "sketch")  # column order
 MISSING = "—"
 MB = 1e6
-
-
-@dataclass(frozen=True)
-class BackboneFacts:
-    """What the registry says about a backbone: its on-disk size and its prunable trunk."""
-
-    total_bytes: int
-    trunk_weights: int
-    layers: tuple[str, ...]
-
-
-@functools.cache
-def backbone_facts(name: str) -> BackboneFacts | None:
-    """Sizes of a registered backbone, built on the meta device (no memory, no weights)."""
-    import torch
-
-    from src.backbones import BACKBONES
-    from src.masking.model_surgery import prunable_layers
-
-    spec = BACKBONES.get(name)
-    if spec is None:
-        return None
-    with torch.device("meta"):
-        model = spec.build()
-    tensors = [*model.parameters(), *model.buffers()]
-    layers = list(prunable_layers(model, spec.classifier))
-    return BackboneFacts(
-        total_bytes=sum(t.numel() * t.element_size() for t in tensors),
-        trunk_weights=sum(m.weight.numel() for _, m in layers),
-        layers=tuple(n for n, _ in layers),
-    )
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -221,7 +190,7 @@ def decathlon_scores(records: list[dict[str, Any]]) -> pd.DataFrame:
     "score" is S on the labelled test sets (comparable with the published S), "score_val" S
     on the validation splits; a seed counts only when all ten domains were run.
     """
-    from src.decathlon import score_records
+    from src.reporting.decathlon import score_records
 
     rows = [
         {"backbone": r["backbone"], "method": r["method"], "dataset": name, "score": r[key],

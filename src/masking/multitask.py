@@ -4,8 +4,8 @@ This is what a Piggyback user keeps after training: one backbone and a small fil
 ``MultiTaskModel.select(name)`` folds the task's packed mask bits into the shared weights
 and swaps in its classifier (and BN state, when it has one); ``select(None)`` gives the
 backbone back bit for bit. Two ways to undo a task are offered and were measured
-(``python -m src.multitask --backbone resnet50 --threads 1``, 2-core CPU, 2026-11-25, median
-ms per switch):
+(``python scripts/bench_switch.py --backbone resnet50 --threads 1``, 2-core CPU, 2026-11-25,
+median ms per switch):
 
 - ``copy`` (default, the faster): keep a copy of every maskable layer's weights and compute
   ``W = W0 * m`` from it on every switch, with no undo step. Extra memory: 4 bytes per
@@ -23,7 +23,6 @@ values are bit-exact.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.backbones import build_backbone, classifier_name
-from src.errors import UserError
-from src.masking.model_surgery import replace_module
+from src.masking.model_surgery import linear_from_state, replace_module
 from src.masking.pruning import FREE
 from src.masking.taskfile import (
     TaskFile,
@@ -43,6 +40,8 @@ from src.masking.taskfile import (
     read_task_file,
     unprefixed,
 )
+from src.models import build_backbone, classifier_name
+from src.utils.errors import UserError
 
 STRATEGIES = ("restore", "copy")
 TASK_SUFFIX = ".safetensors"
@@ -215,10 +214,7 @@ class MultiTaskModel:
     def _head(self, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
         if "weight" not in state:
             raise UserError(f"task file {path} has no classifier; re-export it")
-        weight = state["weight"]
-        head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
-        head.load_state_dict(state)
-        return head.to(self.device).eval().requires_grad_(False)
+        return linear_from_state(state).to(self.device).eval().requires_grad_(False)
 
     def _check_layers(self, task: LoadedTask) -> None:
         for name, shape in task.layers.items():
@@ -347,120 +343,3 @@ def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     current = model.state_dict()
     for key, value in state.items():
         current[key].copy_(value)
-
-
-def time_switches(model: MultiTaskModel, names: Sequence[str], rounds: int = 5) -> float:
-    """Median milliseconds of one ``select`` over the round-robin ``names`` (device-synced)."""
-    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    times = []
-    model.select(names[0])
-    for _ in range(rounds):
-        for name in [*names[1:], names[0]]:
-            sync()
-            start = time.perf_counter()
-            model.select(name)
-            sync()
-            times.append(1000 * (time.perf_counter() - start))
-    return sorted(times)[len(times) // 2]
-
-
-def benchmark(
-    backbone: str, n_tasks: int, density: float, device: str, rounds: int, folder: Path
-) -> dict[str, float]:
-    """Milliseconds per task switch (each strategy) vs loading a full finetuned network.
-
-    Random backbone weights and random masks of the given density: the cost of a switch
-    depends on sizes and density, not on what the masks learned.
-    """
-    from safetensors.torch import save_file
-
-    from src.masking.model_surgery import prunable_layers
-    from src.masking.taskfile import apply_task, pack_bits, prefixed, write_task_file
-
-    torch.manual_seed(0)
-    model = build_backbone(backbone, None, 10)
-    classifier = classifier_name(backbone)
-    weights = folder / "backbone.safetensors"
-    save_file(model.state_dict(), str(weights))
-    fingerprint = backbone_fingerprint(model, classifier)
-    head = prefixed(model.get_submodule(classifier).state_dict(), "classifier.")
-    meta = {
-        "backbone": backbone,
-        "fingerprint": fingerprint,
-        "classifier": classifier,
-        "dataset": "bench",
-        "num_classes": 10,
-        "class_names": [str(i) for i in range(10)],
-    }
-    layers = dict(prunable_layers(model, classifier))
-    names = []
-    for t in range(n_tasks):
-        bits = {
-            f"mask.{n}": pack_bits(torch.rand_like(m.weight) < density) for n, m in layers.items()
-        }
-        shapes = {n: {"shape": list(m.weight.shape), "density": density} for n, m in layers.items()}
-        path = folder / f"task{t}.safetensors"
-        write_task_file(path, {**bits, **head}, {**meta, "kind": "piggyback", "layers": shapes})
-        names.append(path)
-    full = folder / "full.safetensors"
-    write_task_file(full, prefixed(model.state_dict(), "model."), {**meta, "kind": "full"})
-    ckpt = folder / "full.ckpt"
-    torch.save({"state_dict": model.state_dict()}, ckpt)
-
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    result = {}
-    for strategy in STRATEGIES:
-        host = MultiTaskModel(backbone, str(weights), names, strategy=strategy, device=device)
-        result[f"select_{strategy}_ms"] = time_switches(host, list(host.tasks), rounds)
-        del host
-    target = build_backbone(backbone, str(weights), 10).to(device)
-
-    def timed(load) -> float:
-        times = []
-        for _ in range(rounds):
-            sync()
-            start = time.perf_counter()
-            load()
-            sync()
-            times.append(1000 * (time.perf_counter() - start))
-        return sorted(times)[len(times) // 2]
-
-    def load_full() -> None:
-        apply_task(target, read_task_file(full), classifier)
-
-    def load_ckpt() -> None:
-        target.load_state_dict(
-            torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        )
-
-    result["load_full_taskfile_ms"] = timed(load_full)
-    result["load_full_ckpt_ms"] = timed(load_ckpt)
-    result["task_file_bytes"] = names[0].stat().st_size
-    result["full_file_bytes"] = full.stat().st_size
-    return result
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m src.multitask --backbone resnet50``: print the switch-time benchmark."""
-    import argparse
-    import json
-    import tempfile
-
-    parser = argparse.ArgumentParser(prog="python -m src.multitask", description=benchmark.__doc__)
-    parser.add_argument("--backbone", default="minicnn")
-    parser.add_argument("--tasks", type=int, default=3)
-    parser.add_argument("--density", type=float, default=0.6)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = benchmark(args.backbone, args.tasks, args.density, args.device, args.rounds,
-                           Path(tmp))  # fmt: skip
-    print(json.dumps({**vars(args), "torch": torch.__version__, **result}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

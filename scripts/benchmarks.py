@@ -2,14 +2,17 @@
 
 Every timed figure alternates its two sides rep by rep (A, B, A, B, ...) and reports the
 median of the per-rep ratios, so a machine that is busy with other work slows both sides
-alike. CUDA timings are bracketed by ``torch.cuda.synchronize``; the GPU path trains in
-bf16 autocast with channels_last, as ``src.train`` does. ``scripts/bench.py`` is the CLI.
+alike. CUDA timings are bracketed by ``torch.cuda.synchronize``. Methods and trainers are
+built by the run layer from the composed root config (``conf/config.yaml`` with
+``method=``, ``backbone=`` and the device's trainer), so precision (bf16 autocast on GPU)
+and channels_last are what a training run uses. ``scripts/bench.py`` is the CLI; import
+this module with ``scripts/`` on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
+import functools
 import itertools
 import json
 import logging
@@ -29,14 +32,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import bench_data as bd
+import bench_switch
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
-from src.backbones import build_backbone, classifier_name
-from src.errors import UserError
+from src.models import build_backbone, classifier_name
+from src.runs.builders import build_method, build_trainer, channels_last, precision
+from src.runs.config import compose
+from src.utils.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
 PAPER_BACKBONES = ("vgg16", "vgg16_bn", "resnet50", "densenet121")
 FIGURES = {
     1: "train step: Piggyback / finetune",
@@ -48,11 +57,17 @@ FIGURES = {
     7: "peak memory of a training step: Piggyback / finetune",
 }
 NO_TARGET = "none (issue 10 sets none)"
+FUSED = "++method.optimizer.fused=true"  # Adam's update in one kernel per tensor (add or set)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes of one bench run; ``for_device`` gives the issue's sizes, ``quick`` tiny ones."""
+    """Sizes of one bench run; ``for_device`` gives the issue's sizes, ``quick`` tiny ones.
+
+    Figure 1 is timed twice: at the device's shape (``backbone``, ``batch``, ``size``,
+    ``reps``) and at the paper's (``paper_*``: ResNet-50, batch 32 at 224x224, median of
+    3 steps), where the per-weight cost of the masks weighs as in the published runs.
+    """
 
     device: str = "cpu"
     backbone: str = "resnet50"  # figures 1-4 and 7
@@ -66,14 +81,19 @@ class Settings:
     storage_backbones: tuple[str, ...] = PAPER_BACKBONES
     data_images: int = 64
     data_cases: int = 3  # how many of scripts/bench_data.py's cases
+    paper_backbone: str = "resnet50"  # figure 1 again at the paper's shape
+    paper_batch: int = 32
+    paper_size: int = 224
+    paper_reps: int = 3  # steps timed per side (after one warm-up step)
     quick: bool = False
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False) -> Settings:
-        if quick:
+        if quick:  # figure 1's second row at another tiny shape: never resnet50 at 224
             return cls(device, "minicnn", batch=2, size=32, reps=3, warmup=1, loop_steps=4,
                        loop_rounds=1, switch_rounds=1, storage_backbones=("minicnn",),
-                       data_images=8, data_cases=1, quick=True)  # fmt: skip
+                       data_images=8, data_cases=1, paper_backbone="minicnn", paper_batch=4,
+                       paper_size=48, paper_reps=3, quick=True)  # fmt: skip
         if device == "cuda":
             return cls(device, batch=32, size=224, reps=21, warmup=3, loop_steps=20)
         return cls(device)
@@ -81,6 +101,13 @@ class Settings:
     @property
     def cuda(self) -> bool:
         return self.device == "cuda"
+
+    @property
+    def paper_shape(self) -> Settings:
+        """These settings with figure 1's paper shape as the device shape (one warm-up)."""
+        return Settings(**self.__dict__ | {"backbone": self.paper_backbone,
+                                           "batch": self.paper_batch, "size": self.paper_size,
+                                           "reps": self.paper_reps, "warmup": 1})  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- timing
@@ -129,8 +156,10 @@ def profile_table(fn: Callable[[], Any], device: str, rows: int = 8) -> str:
 
 
 def autocast(s: Settings):
-    """bf16 autocast on CUDA (the trainer's bf16-mixed), nothing on CPU (32-true)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if s.cuda else nullcontext()
+    """bf16 autocast where the run's trainer would train in bf16-mixed (CUDA), else nothing."""
+    if precision(device_config(s.device)) == "bf16-mixed":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def device_name(device: str) -> str:
@@ -155,23 +184,34 @@ def device_slug(device: str) -> str:
 # ----------------------------------------------------------------------------- models
 
 
-def build_method(
-    method: str, backbone: str, num_classes: int = 10, seed: int = 0, **overrides: Any
-):
-    """The project's TaskModule for ``method`` with its conf/method recipe (plus
-    ``overrides``), random weights."""
-    import hydra
-    from omegaconf import OmegaConf
+def run_config(device: str, *overrides: str) -> DictConfig:
+    """The root config as a training run on ``device`` composes it (``trainer=cpu`` on CPU,
+    the GPU accelerator on CUDA), plus ``overrides``."""
+    trainer = "trainer=cpu" if device == "cpu" else "trainer.accelerator=gpu"
+    return compose([trainer, *overrides])
 
-    from src.train import RECIPE_KEYS
 
-    conf = OmegaConf.load(ROOT / "conf" / "method" / f"{method}.yaml")
-    kwargs = {k: v for k, v in {**conf, **overrides}.items() if k not in RECIPE_KEYS}
+@functools.cache
+def device_config(device: str) -> DictConfig:
+    """``run_config(device)``, composed once: what precision and channels_last are read from."""
+    return run_config(device)
+
+
+def task_module(
+    method: str,
+    backbone: str,
+    device: str,
+    *overrides: str,
+    num_classes: int = 10,
+    seed: int = 0,
+) -> pl.LightningModule:
+    """The project's TaskModule for ``method`` as a run builds it (the run layer's
+    ``build_method`` on ``method=<method> backbone=<backbone>`` plus ``overrides``), around
+    the backbone with random weights (seeded: the same seed gives the same trunk)."""
+    cfg = run_config(device, f"method={method}", f"backbone={backbone}", *overrides)
     torch.manual_seed(seed)
     model = build_backbone(backbone, None, num_classes)
-    return hydra.utils.instantiate(kwargs, model=model, classifier=classifier_name(backbone),
-                                   backbone=backbone, num_classes=num_classes,
-                                   _convert_="all")  # fmt: skip
+    return build_method(cfg, num_classes, model=model)
 
 
 def batch(s: Settings, num_classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,14 +219,15 @@ def batch(s: Settings, num_classes: int = 10, seed: int = 0) -> tuple[torch.Tens
     x = torch.randn(s.batch, 3, s.size, s.size, generator=g)
     y = torch.randint(0, num_classes, (s.batch,), generator=g)
     x, y = x.to(s.device), y.to(s.device)
-    return (x.contiguous(memory_format=torch.channels_last) if s.cuda else x), y
+    if channels_last(device_config(s.device)):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
 
 
 def train_step(method, s: Settings) -> Callable[[], None]:
     """One optimizer step of ``method`` on a fixed batch, with the method's own optimizer."""
     method.to(s.device)
-    if s.cuda:
-        method.channels_last = True
+    if method.channels_last:
         method.to(memory_format=torch.channels_last)
     method.train()
     opt = method.configure_optimizers()["optimizer"]
@@ -221,28 +262,53 @@ def verdict(value: float, target: float, higher_is_better: bool = False) -> bool
     return value >= target if higher_is_better else value <= target
 
 
-def fig_train_step(s: Settings) -> dict:
-    """1. One optimizer step, Piggyback vs finetuning, same backbone, batch and input.
+def numerics(s: Settings) -> str:
+    """How a training run on ``s.device`` computes: its precision and memory format."""
+    cfg = device_config(s.device)
+    return f"precision {precision(cfg)}" + (", channels_last" if channels_last(cfg) else "")
 
-    Judged on the published recipe (Adam); Piggyback with method.optimizer=adam_fused is
-    timed in the same interleaved reps and reported beside it.
-    """
-    steps = {m: train_step(build_method(m, s.backbone), s) for m in ("piggyback", "finetune")}
-    fused = build_method("piggyback", s.backbone, optimizer="adam_fused")
-    steps["piggyback_adam_fused"] = train_step(fused, s)
+
+def step_times(s: Settings) -> tuple[dict, dict[str, Callable[[], None]]]:
+    """Figure 1 at ``s``'s backbone, batch and input size: the row, and the timed steps."""
+    steps = {
+        name: train_step(task_module(method, s.backbone, s.device, *overrides), s)
+        for name, method, overrides in (("piggyback", "piggyback", ()),
+                                        ("finetune", "finetune", ()),
+                                        ("piggyback_adam_fused", "piggyback", (FUSED,)))
+    }  # fmt: skip
     times = interleaved(steps, s)
     ratio = paired_ratio(times, "piggyback", "finetune")
-    out = {
+    row = {
         "value": round(ratio, 3),
         "target": "<= 1.05",
         "met": verdict(ratio, 1.05),
         "adam_fused_value": round(paired_ratio(times, "piggyback_adam_fused", "finetune"), 3),
         "ms": {m: median_ms(t) for m, t in times.items()},
-        "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, "
-        + ("bf16 autocast, channels_last" if s.cuda else "fp32"),
+        "shape": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}",
+        "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, {numerics(s)}, random "
+        f"weights; median of {s.reps} per-step ratios after {s.warmup} warm-up step(s)",
     }
+    return row, steps
+
+
+def fig_train_step(s: Settings) -> dict:
+    """1. One optimizer step, Piggyback vs finetuning, same backbone, batch and input.
+
+    Judged on the published recipe (Adam); Piggyback with ``++method.optimizer.fused=true``
+    is timed in the same interleaved reps and reported beside it. Timed at the device's
+    shape, then again at the paper's (``paper_shape``: ResNet-50, batch 32 at 224x224,
+    median of 3 steps), where the convolutions weigh as in the published runs.
+    """
+    out, steps = step_times(s)
     if not out["met"]:
         out["profile"] = {m: profile_table(fn, s.device) for m, fn in steps.items()}
+    del steps  # free the three models before the (larger) paper shape
+    paper = s.paper_shape
+    if (paper.backbone, paper.batch, paper.size) == (s.backbone, s.batch, s.size):
+        row = {k: v for k, v in out.items() if k != "profile"}
+        out["paper_shape"] = row | {"setup": row["setup"] + " (the measurement above)"}
+    else:
+        out["paper_shape"], _ = step_times(paper)
     return out
 
 
@@ -262,21 +328,6 @@ class StepClock(pl.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def project_trainer_kwargs(device: str) -> tuple[dict, bool]:
-    """conf/trainer (default, plus cpu.yaml on CPU) resolved by src.train.trainer_kwargs."""
-    from omegaconf import OmegaConf
-
-    from src.train import trainer_kwargs
-
-    trainer = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml")
-    if device == "cpu":
-        cpu = OmegaConf.load(ROOT / "conf" / "trainer" / "cpu.yaml")
-        trainer = OmegaConf.merge(trainer, {k: v for k, v in cpu.items() if k != "defaults"})
-    else:
-        trainer.accelerator = "gpu"
-    return trainer_kwargs(OmegaConf.create({"trainer": trainer}))
-
-
 def fig_framework_overhead(s: Settings) -> dict:
     """2. Per-step period of the project's Lightning fit vs a bare loop (same module, data).
 
@@ -287,10 +338,9 @@ def fig_framework_overhead(s: Settings) -> dict:
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
 
-    method = build_method("piggyback", s.backbone)
-    kw, method.channels_last = project_trainer_kwargs(s.device)
-    kw.update(enable_progress_bar=False, enable_checkpointing=False, limit_val_batches=0,
-              max_steps=s.loop_steps, max_epochs=-1, num_sanity_val_steps=0)  # fmt: skip
+    method = task_module("piggyback", s.backbone, s.device)
+    phase = dict(enable_progress_bar=False, enable_checkpointing=False, limit_val_batches=0,
+                 max_steps=s.loop_steps, num_sanity_val_steps=0)  # fmt: skip
     g = torch.Generator().manual_seed(0)
     n = s.batch * s.loop_steps
     data = TensorDataset(torch.randn(n, 3, s.size, s.size, generator=g),
@@ -306,8 +356,9 @@ def fig_framework_overhead(s: Settings) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(s.loop_rounds):
             clock = StepClock(s.device)
-            trainer = pl.Trainer(**kw, callbacks=[clock], logger=CSVLogger(tmp, name="bench"),
-                                 default_root_dir=tmp)  # fmt: skip
+            cfg = run_config(s.device, f"paths.output_dir='{tmp}'")
+            trainer = build_trainer(cfg, -1, callbacks=[clock],
+                                    logger=CSVLogger(tmp, name="bench"), **phase)  # fmt: skip
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # no val loader, few steps: by design here
                 trainer.fit(method, train_dataloaders=loader)
@@ -325,8 +376,9 @@ def fig_framework_overhead(s: Settings) -> dict:
         "steps_timed": {"lightning": len(lightning), "bare": len(bare)},
         "round_ratios": [round(r, 3) for r in ratios],
         "setup": f"piggyback {s.backbone}, batch {s.batch}, {s.size}x{s.size}, in-memory "
-        f"tensors, 0 workers, precision {kw['precision']}; step period timed inside fit by a "
-        "callback (start-up excluded), progress bar off, CSV logger on",
+        f"tensors, 0 workers, {numerics(s)}; the run layer's build_trainer on the device's "
+        "trainer config; step period timed inside fit by a callback (start-up excluded), "
+        "progress bar off, CSV logger on",
     }
 
 
@@ -339,7 +391,7 @@ def _bare_loop(method, loader, s: Settings) -> list[float]:
         sync(s.device)
         stamps.append(time.perf_counter())
         x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        if s.cuda:
+        if method.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(s):
             loss = F.cross_entropy(method(x), y)
@@ -351,14 +403,16 @@ def _bare_loop(method, loader, s: Settings) -> list[float]:
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
-def export_piggyback(backbone: str, path: Path, density: float = 0.6, num_classes: int = 10):
+def export_piggyback(
+    backbone: str, path: Path, density: float = 0.6, num_classes: int = 10, device: str = "cpu"
+):
     """A real Piggyback task file (random backbone, seeded masks) via the method's export_task.
 
     Returns (method, plain backbone with the same weights, file size in bytes).
     """
     torch.manual_seed(0)
     plain = build_backbone(backbone, None, num_classes)
-    method = build_method("piggyback", backbone, num_classes)  # same seed: same trunk
+    method = task_module("piggyback", backbone, device, num_classes=num_classes)  # same trunk
     set_density(method, density)
     size = method.export_task(path, {"dataset": "bench", "num_classes": num_classes})
     return method, plain, size
@@ -370,7 +424,7 @@ def fig_inference(s: Settings) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "task.safetensors"
-        _, plain, _ = export_piggyback(s.backbone, path)
+        _, plain, _ = export_piggyback(s.backbone, path, device=s.device)
         task = read_task_file(path)
     classifier = classifier_name(s.backbone)
     folded = copy.deepcopy(plain)
@@ -380,7 +434,7 @@ def fig_inference(s: Settings) -> dict:
     fns = {}
     for name, model in (("folded", folded), ("plain", plain)):
         model = model.to(s.device).eval()
-        if s.cuda:
+        if channels_last(device_config(s.device)):
             model.to(memory_format=torch.channels_last)
         fns[name] = _forward(model, x, s)
     times = interleaved(fns, s)
@@ -415,14 +469,15 @@ def fig_task_switch(s: Settings) -> dict:
     """4. Switching tasks: (read + verify the mask file) + select with the copy strategy, vs
     loading the finetuned network's page-cached torch checkpoint, interleaved rep by rep.
 
-    src.multitask.benchmark writes the files and adds the per-strategy select times.
+    scripts/bench_switch.py's ``benchmark`` writes the files and adds the per-strategy
+    select times.
     """
+    from src.masking.multitask import MultiTaskModel
     from src.masking.taskfile import layer_mask, read_task_file
-    from src.multitask import MultiTaskModel, benchmark
 
     backbone = "resnet50" if not s.quick else s.backbone
     with tempfile.TemporaryDirectory() as tmp:
-        r = benchmark(backbone, 2, 0.6, s.device, s.switch_rounds, Path(tmp))
+        r = bench_switch.benchmark(backbone, 2, 0.6, s.device, s.switch_rounds, Path(tmp))
         paths = [Path(tmp) / f"task{t}.safetensors" for t in range(2)]
         weights = str(Path(tmp) / "backbone.safetensors")
         host = MultiTaskModel(backbone, weights, paths, strategy="copy", device=s.device)
@@ -483,7 +538,7 @@ def fig_task_switch(s: Settings) -> dict:
         "bytes": {"mask_file": r["task_file_bytes"], "finetuned_file": r["full_file_bytes"]},
         "setup": f"{backbone}, random weights, 2 tasks of mask density 0.6, alternated; "
         f"{s.reps} interleaved reps of checkpoint load vs mask-file read + select (strategy "
-        f"'copy'), median of per-rep ratios; select_*: src.multitask.benchmark, "
+        f"'copy'), median of per-rep ratios; select_*: scripts/bench_switch.py, "
         f"{s.switch_rounds} rounds; files page-cached",
     }
 
@@ -558,21 +613,12 @@ def fig_storage(s: Settings) -> dict:
     }
 
 
-def _bench_data_module():
-    """scripts/bench_data.py, imported by path (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "scripts" / "bench_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def fig_data_loading(s: Settings) -> dict:
     """6. Train pipeline images/s, raw files vs ``prepare --resize``, via scripts/bench_data.py.
 
     0 workers (the loader's cost in this process, stable on a busy machine), batch 16,
     raw and prepared passes alternated ``reps`` times; the figure is the median ratio.
     """
-    bd = _bench_data_module()
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, (name, size, fmt, style, resize) in list(bd.CASES.items())[: s.data_cases]:
@@ -606,7 +652,7 @@ def step_memory(method: str, s: Settings) -> dict:
     with the optimizer state already allocated.
     """
     torch.set_num_threads(1)
-    step = train_step(build_method(method, s.backbone), s)
+    step = train_step(task_module(method, s.backbone, s.device), s)
     step()  # allocates gradients and optimizer state
     if s.cuda:
         torch.cuda.synchronize()
@@ -638,12 +684,14 @@ def fig_memory(s: Settings) -> dict:
     peaks = {}
     for method in ("piggyback", "finetune"):
         code = (
-            "import json, sys; from src.benchmarks import Settings, step_memory; "
+            "import json, sys; sys.path[:0] = sys.argv[2:]; "
+            "from benchmarks import Settings, step_memory; "
             "a = json.loads(sys.argv[1]); a['storage_backbones'] = tuple(a['storage_backbones']);"
             f" print(json.dumps(step_memory({method!r}, Settings(**a))))"
         )
-        done = subprocess.run([sys.executable, "-c", code, args], cwd=ROOT, capture_output=True,
-                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", code, args, str(SCRIPTS), str(ROOT)],
+                              cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"memory child for {method} failed:\n{done.stderr[-2000:]}")
         peaks[method] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -696,13 +744,34 @@ def run_figures(s: Settings, only: list[int], log: Callable[[str], None] = print
     }
 
 
+def table_rows(figure: dict) -> list[tuple[str, dict]]:
+    """(label, row) per results-table row of a figure: the figure itself and, for figure 1,
+    the same ratio at the paper's shape."""
+    shape = figure.get("shape")
+    rows = [(figure["name"] + (f" ({shape})" if shape else ""), figure)]
+    if "paper_shape" in figure:
+        paper = figure["paper_shape"]
+        rows.append((f"{figure['name']}, paper's shape ({paper['shape']})", paper))
+    return rows
+
+
 def summary_line(number: int, figure: dict) -> str:
-    met = {True: "met", False: "NOT MET", None: "-"}[figure["met"]]
-    return f"{number}. {figure['name']}: {figure['value']}  target {figure['target']}  [{met}]"
+    lines = []
+    for label, row in table_rows(figure):
+        met = {True: "met", False: "NOT MET", None: "-"}[row["met"]]
+        lines.append(f"{number}. {label}: {cell(row)}  target {row['target']}  [{met}]")
+    return "\n".join(lines)
+
+
+def cell(row: dict) -> str:
+    """A row's value, with figure 1's fused-Adam ratio beside it."""
+    fused = row.get("adam_fused_value")
+    return f"{row['value']}" + ("" if fused is None else f" (fused Adam: {fused})")
 
 
 def markdown(result: dict) -> str:
-    """A short summary: one table row per figure, then each figure's details."""
+    """A short summary: one table row per figure (two for figure 1: the device's shape and
+    the paper's), then each figure's details."""
     lines = [
         f"# Benchmarks on {result['device']} ({result['device_kind']})",
         "",
@@ -712,14 +781,18 @@ def markdown(result: dict) -> str:
         "| # | figure | value | target | met |",
         "|---|---|---|---|---|",
     ]
-    for number, f in sorted(result["figures"].items(), key=lambda kv: int(kv[0])):
-        met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
-        lines.append(f"| {number} | {f['name']} | {f['value']} | {f['target']} | {met} |")
-    for number, f in sorted(result["figures"].items(), key=lambda kv: int(kv[0])):
-        lines += ["", f"## {number}. {f['name']}", "", f"Setup: {f['setup']}.", ""]
+    figures = sorted(result["figures"].items(), key=lambda kv: int(kv[0]))
+    for number, f in figures:
+        for label, row in table_rows(f):
+            met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+            lines.append(f"| {number} | {label} | {cell(row)} | {row['target']} | {met} |")
+    for number, f in figures:
+        lines += ["", f"## {number}. {f['name']}", "", f"Setup: {f['setup']}."]
+        if "paper_shape" in f:
+            lines += ["", f"Paper's shape: {f['paper_shape']['setup']}."]
         details = {k: v for k, v in f.items()
                    if k not in ("name", "value", "target", "met", "setup", "profile")}  # fmt: skip
-        lines += ["```json", json.dumps(details, indent=1), "```"]
+        lines += ["", "```json", json.dumps(details, indent=1), "```"]
         for side, table in f.get("profile", {}).items():
             lines += ["", f"Profile of one {side} step (top operators by self time):", "",
                       "```", table.rstrip(), "```"]  # fmt: skip

@@ -1,85 +1,65 @@
-"""Backbone registry: build a pretrained network and name its task classifier.
+"""Backbone registry: build a pretrained network, name its task classifier and its
+input normalisation.
 
 Adding a backbone is one config file (conf/backbone/<name>.yaml) and, for an
-architecture torchvision does not have, one ``@register_backbone`` entry here.
+architecture torchvision does not have, one ``@register_backbone`` on its class.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from src.errors import UserError, check_choice
-from src.masking.model_surgery import replace_module
-from src.models.resnet26 import ResNet26
+from src.masking.model_surgery import prunable_layers, replace_module
+from src.utils.errors import UserError, check_choice
+
+# The normalisation torchvision's ImageNet weights were trained with (and ResNet-26's).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one architecture and where its classifier sits (a dotted module path)."""
+    """How to build one architecture, where its classifier sits (a dotted module path) and
+    the input normalisation its pretrained weights expect."""
 
     build: Callable[[], nn.Module]
     classifier: str
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     weights_help: str = ""  # how to get a weights file, said when the configured one is missing
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, classifier: str) -> Callable:
+def register_backbone(name: str, classifier: str, **spec: Any) -> Callable:
+    """Class or factory decorator: ``@register_backbone("minicnn", classifier="classifier")``."""
+
     def decorator(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-        BACKBONES[name] = BackboneSpec(build=build, classifier=classifier)
+        BACKBONES[name] = BackboneSpec(build=build, classifier=classifier, **spec)
         return build
 
     return decorator
 
 
-def _torchvision(name: str, classifier: str) -> None:
-    BACKBONES[name] = BackboneSpec(
-        build=lambda: torchvision.models.get_model(name, weights=None), classifier=classifier
+for _name, _classifier in (
+    ("vgg16", "classifier.6"),
+    ("vgg16_bn", "classifier.6"),
+    ("resnet50", "fc"),
+    ("densenet121", "classifier"),
+):
+    register_backbone(_name, _classifier)(
+        functools.partial(torchvision.models.get_model, _name, weights=None)
     )
-
-
-_torchvision("vgg16", "classifier.6")
-_torchvision("vgg16_bn", "classifier.6")
-_torchvision("resnet50", "fc")
-_torchvision("densenet121", "classifier")
-BACKBONES["resnet26"] = BackboneSpec(  # Visual Decathlon
-    build=ResNet26,
-    classifier="classifier",
-    weights_help="convert the authors' released ImageNet model once with "
-    "scripts/convert_resnet26.py (docs/decathlon.md), or pass backbone.weights=<file>",
-)
-
-
-@register_backbone("minicnn", classifier="classifier")
-class MiniCNN(nn.Module):
-    """A small VGG-style CNN with BatchNorm for the embedded mini benchmark (32x32 inputs)."""
-
-    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-        w = width
-        self.features = nn.Sequential(
-            *block(3, w), nn.MaxPool2d(2),
-            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
-            *block(2 * w, 4 * w), *block(4 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )  # fmt: skip
-        self.fc = nn.Sequential(nn.Linear(4 * w, 4 * w), nn.ReLU())
-        self.classifier = nn.Linear(4 * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.fc(self.features(x)))
 
 
 def backbone_names() -> list[str]:
@@ -93,6 +73,12 @@ def _spec(name: str) -> BackboneSpec:
 
 def classifier_name(name: str) -> str:
     return _spec(name).classifier
+
+
+def normalisation(name: str) -> dict[str, list[float]]:
+    """The mean/std the backbone's pretrained weights expect."""
+    spec = _spec(name)
+    return {"mean": list(spec.mean), "std": list(spec.std)}
 
 
 def load_state_dict_file(
@@ -174,3 +160,29 @@ def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Modul
     old = model.get_submodule(spec.classifier)
     replace_module(model, spec.classifier, nn.Linear(old.in_features, num_classes))
     return model
+
+
+@dataclass(frozen=True)
+class BackboneFacts:
+    """What the registry says about a backbone: its on-disk size and its prunable trunk."""
+
+    total_bytes: int
+    trunk_weights: int
+    layers: tuple[str, ...]
+
+
+@functools.cache
+def backbone_facts(name: str) -> BackboneFacts | None:
+    """Sizes of a registered backbone, built on the meta device (no memory, no weights)."""
+    spec = BACKBONES.get(name)
+    if spec is None:
+        return None
+    with torch.device("meta"):
+        model = spec.build()
+    tensors = [*model.parameters(), *model.buffers()]
+    layers = list(prunable_layers(model, spec.classifier))
+    return BackboneFacts(
+        total_bytes=sum(t.numel() * t.element_size() for t in tensors),
+        trunk_weights=sum(m.weight.numel() for _, m in layers),
+        layers=tuple(n for n, _ in layers),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -16,6 +17,16 @@ class UserError(Exception):
     """Bad input the user can fix: the message says what is wrong and how to fix it."""
 
 
+def log_error(message: str) -> None:
+    """``error: <message>`` on stderr, and the same line in every log file the process
+    writes (Hydra's job log), which the terminal's handler would otherwise not reach."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    record = logging.LogRecord("error", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def exit_on_user_error(fn: F) -> F:
     """Turn a UserError raised by ``fn`` into ``error: <message>`` on stderr and exit code 2."""
 
@@ -24,7 +35,7 @@ def exit_on_user_error(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            log_error(str(err))
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""PackNet over a whole task sequence in one job: ``python -m src.train method=packnet``.
+"""A task sequence in one job (PackNet): ``python -m src.train method=packnet``.
 
 Base step: prune the pretrained backbone by magnitude (or load an already pruned base),
 optionally retrain it on its own data. Then for each task in order: claim the free
@@ -12,24 +12,19 @@ for ResNet-26), the retrained base is scored as a task too and gets a record.
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from src.backbones import build_backbone, classifier_name, load_state_dict_file
-from src.configs import DATASET_CONF, dataset_config_names
-from src.data.datamodule import ImageFolderDataModule, eval_split
-from src.errors import UserError
-from src.masking.model_surgery import replace_module
+from src.data import eval_split
+from src.masking.model_surgery import overall_density, replace_module
 from src.masking.pruning import (
     BASE,
     PackNetState,
@@ -43,11 +38,27 @@ from src.masking.pruning import (
 )
 from src.masking.taskfile import backbone_fingerprint
 from src.methods.packnet import PackNet
-from src.records import code_version, run_id, write_record
-from src.train import build_datamodule, ensure_backbone_weights, make_loggers, trainer_kwargs
+from src.models import build_backbone, classifier_name, load_state_dict_file, normalisation
+from src.runs.builders import (
+    build_datamodule,
+    build_loggers,
+    build_method,
+    build_trainer,
+    ensure_backbone_weights,
+)
+from src.runs.config import dataset_config_names, with_dataset
+from src.runs.identity import existing_record, run_identity
+from src.runs.records import run_id, write_record
+from src.runs.resume import run_lock
+from src.utils.errors import UserError
 from src.utils.random_state import rng_state, set_rng_state
 
 BASE_DATASETS = ("fashion_mnist",)  # base data that is not a dataset config (no record)
+# Method keys of the sequence itself; the rest configure each task's PackNet module.
+SEQUENCE_KEYS = (
+    "tasks", "task_prune", "retrain_epochs", "retrain_lr", "base_prune", "base_weights",
+    "base_retrain",
+)  # fmt: skip
 TrainerFactory = Callable[[int], pl.Trainer]
 
 
@@ -112,28 +123,6 @@ def validate(cfg: DictConfig) -> list[str]:
     return tasks
 
 
-def task_config(cfg: DictConfig, task: str) -> DictConfig:
-    """The root config with ``dataset`` replaced by conf/dataset/<task>.yaml."""
-    task_cfg = cfg.copy()
-    with open_dict(task_cfg):
-        task_cfg.dataset = OmegaConf.load(DATASET_CONF / f"{task}.yaml")
-    return task_cfg
-
-
-def packnet_kwargs(method: DictConfig) -> dict[str, Any]:
-    """PackNet module arguments for the training phase of a task."""
-    return {
-        "optimizer": method.optimizer,
-        "lr": method.lr,
-        "classifier_lr": method.classifier_lr,
-        "momentum": method.momentum,
-        "weight_decay": method.weight_decay,
-        "lr_decay_every": method.lr_decay_every,
-        "lr_decay_factor": method.lr_decay_factor,
-        "train_bias_bn": bool(method.train_bias_bn),
-    }
-
-
 Score = tuple[float | None, float | None]  # test top-1, top-5 (None: no labelled test split)
 
 
@@ -155,15 +144,15 @@ def _val(trainer: pl.Trainer) -> float | None:
 
 
 def train_task(
+    cfg: DictConfig,
     state: PackNetState,
     task: str,
     datamodule: pl.LightningDataModule,
-    method: DictConfig,
     make_trainer: TrainerFactory,
     base_extras: dict[str, torch.Tensor] | None,
-    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Train, prune, retrain and freeze one task on the shared network; test it right after."""
+    method = cfg.method
     model, head_name = state.model, state.classifier
     owner = state.owner(task)
     claimed = claim_free(state.owners, owner)
@@ -174,16 +163,9 @@ def train_task(
     replace_module(model, head_name, nn.Linear(in_features, datamodule.num_classes).to(device))
     if base_extras is not None:
         load_bias_bn(model, base_extras)
-    module = PackNet(
-        model,
-        head_name,
-        owners=state.owners,
-        owner=owner,
-        backbone=state.backbone,
-        num_classes=datamodule.num_classes,
-        **packnet_kwargs(method),
+    module = build_method(
+        cfg, datamodule.num_classes, model, SEQUENCE_KEYS, owners=state.owners, owner=owner
     )
-    module.channels_last = channels_last
     trainable = module.trainable_parameter_count()
     trainer = make_trainer(method.epochs)
     trainer.fit(module, datamodule=datamodule)
@@ -214,24 +196,23 @@ def train_task(
 
 
 def evaluate_from_file(
+    cfg: DictConfig,
     path: Path,
     datamodules: dict[str, pl.LightningDataModule],
     make_trainer: TrainerFactory,
-    channels_last: bool = False,
 ) -> dict[str, Score]:
     """Read the stored state back and test every task on its own view: (top1, top5)."""
     stored = PackNetState.load(path)
     scores = {}
     for task in stored.tasks:
-        module = PackNet(
+        module = build_method(
+            cfg,
+            datamodules[task].num_classes,
             stored.view(task),
-            stored.classifier,
+            SEQUENCE_KEYS,
             owners=stored.owners,
             owner=stored.owner(task),
-            backbone=stored.backbone,
-            num_classes=datamodules[task].num_classes,
         )
-        module.channels_last = channels_last
         scores[task] = _test(make_trainer(1), module, datamodules[task])
     return scores
 
@@ -278,10 +259,10 @@ def retrain_base(
     if datamodule is None:
         from src.data.mini import fashion_tensors
 
-        batch = cfg.method.batch_size
-        train = fashion_tensors(cfg.paths.data_dir, train=True)
+        batch, norm = cfg.method.batch_size, normalisation(cfg.backbone.name)
+        train = fashion_tensors(cfg.paths.data_dir, True, norm)
         fit = {"train_dataloaders": DataLoader(train, batch_size=batch, shuffle=True)}
-        test = {"dataloaders": DataLoader(fashion_tensors(cfg.paths.data_dir, False), 512)}
+        test = {"dataloaders": DataLoader(fashion_tensors(cfg.paths.data_dir, False, norm), 512)}
         num_classes = 10
     else:
         fit = test = {"datamodule": datamodule}
@@ -294,21 +275,26 @@ def retrain_base(
         if own and own["weight"].shape == head.weight.shape:
             head.load_state_dict(own)
     replace_module(state.model, state.classifier, head)
-    module = PackNet(
+    module = build_method(
+        cfg,
+        num_classes,
         state.model,
-        state.classifier,
+        SEQUENCE_KEYS,
         owners=state.owners,
         owner=BASE,
         train_bias_bn=True,
-        backbone=state.backbone,
-        num_classes=num_classes,
         lr=rc.lr,
+        classifier_lr=None,
         lr_decay_every=rc.lr_decay_every,
-        lr_decay_factor=0.1,
+        lr_decay_factor=rc.lr_decay_factor,
     )
-    tkw, module.channels_last = trainer_kwargs(cfg)
-    tkw["limit_train_batches"] = rc.limit_train_batches
-    trainer = pl.Trainer(**tkw, max_epochs=rc.epochs, logger=False, enable_checkpointing=False)
+    trainer = build_trainer(
+        cfg,
+        rc.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        limit_train_batches=rc.limit_train_batches,
+    )
     trainer.fit(module, **fit)
     val = _val(trainer)  # before testing, which replaces the trainer's metrics
     top1, top5 = _test(trainer, module, **test)
@@ -354,25 +340,50 @@ def load_progress(
     return state, progress["results"], progress["base_info"], progress["rng"]
 
 
-def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
+def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run the whole PackNet sequence; returns one record per task ([] when all exist)."""
     tasks = validate(cfg)
     base_task = scored_base_task(cfg)
     scored = [base_task, *tasks] if base_task else tasks  # every task that gets a record
-    task_cfgs = {t: task_config(cfg, t) for t in scored}
-    configs = {t: OmegaConf.to_container(c, resolve=True) for t, c in task_cfgs.items()}
-    rids = {t: run_id(configs[t]) for t in scored}
+    # before seeding: a first-time pretraining draws random numbers
+    pretrain_s = 0.0 if cfg.method.base_weights else ensure_backbone_weights(cfg)
+    task_cfgs = {t: with_dataset(cfg, t) for t in scored}
+    identities = {t: run_identity(c) for t, c in task_cfgs.items()}
+    rids = {t: rid for t, (rid, _) in identities.items()}
     runs_dir = Path(cfg.paths.runs_dir)
-    if all((runs_dir / f"{r}.json").exists() for r in rids.values()) and not cfg.force:
+    if not cfg.force and all(
+        existing_record(runs_dir / f"{r}.json") is not None for r in rids.values()
+    ):
         print(f"skip: records for all {len(scored)} tasks exist in {runs_dir} (force=true re-runs)")
         return []
-    start = time.time()
-    seq_id = sequence_id(configs[tasks[0]], tasks)
-    progress_path = Path(cfg.paths.checkpoint_dir) / seq_id / "progress.safetensors"
+    seq_id = sequence_id(identities[tasks[0]][1], tasks)
+    progress_dir = Path(cfg.paths.checkpoint_dir) / seq_id
+    with run_lock(progress_dir):
+        records = _run(cfg, tasks, scored, task_cfgs, identities, seq_id, progress_dir)
+    for record in records:
+        record["pretrain_time_s"] = round(pretrain_s, 2)
+        write_record(runs_dir / f"{record['run_id']}.json", record)
+        print(
+            f"packnet {record['dataset']}: top-1 {_pct(record['top1_after_task'])} after its "
+            f"training, {_pct(record['top1'])} after the sequence"
+        )
+    return records
+
+
+def _run(
+    cfg: DictConfig,
+    tasks: list[str],
+    scored: list[str],
+    task_cfgs: dict[str, DictConfig],
+    identities: dict[str, tuple[str, dict[str, Any]]],
+    seq_id: str,
+    progress_dir: Path,
+) -> list[dict[str, Any]]:
+    """The sequence itself, under its lock; returns the records, not yet written."""
+    base_task = scored_base_task(cfg)
+    progress_path = progress_dir / "progress.safetensors"
     resumed = None if cfg.force else load_progress(progress_path, seq_id)
     if resumed is None:
-        if not cfg.method.base_weights:
-            ensure_backbone_weights(cfg)  # before seeding: pretraining draws random numbers
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         state, base_info = build_base(cfg, tasks)
         state.meta.update({"seed": cfg.seed, "sequence_id": seq_id})
@@ -381,7 +392,7 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
         state, results, base_info, rng = resumed
         print(f"resuming the PackNet sequence after {len(state.tasks)} finished task(s): "
               f"{', '.join(state.tasks)} ({progress_path})")  # fmt: skip
-    datamodules: dict[str, ImageFolderDataModule] = {}
+    datamodules: dict[str, pl.LightningDataModule] = {}
     for task in scored:  # every dataset is checked before any training
         datamodules[task] = build_datamodule(task_cfgs[task])
         datamodules[task].setup("fit")
@@ -401,18 +412,15 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
                 "wall_time_s": round(time.time() - base_start, 2),
             }
         save_progress(progress_path, state, results, base_info)
-    tkw, channels_last = trainer_kwargs(cfg)
-    if cfg.protocol == "final":  # nothing held out to validate on
-        tkw["limit_val_batches"] = 0
-    out_dir = Path(cfg.paths.output_dir)
+    no_val = {"limit_val_batches": 0} if cfg.protocol == "final" else {}  # nothing held out
 
-    def make_trainer(epochs: int, logger_dir: Path | None = None) -> pl.Trainer:
-        return pl.Trainer(
-            **tkw,
-            max_epochs=epochs,
+    def make_trainer(epochs: int, log_name: str | None = None) -> pl.Trainer:
+        return build_trainer(
+            cfg,
+            epochs,
             enable_checkpointing=False,
-            logger=make_loggers(cfg, logger_dir) if logger_dir else False,
-            default_root_dir=str(out_dir),
+            logger=build_loggers(cfg, log_name) if log_name else False,
+            **no_val,
         )
 
     base_extras = bias_bn_state(state.model, state.classifier) if cfg.method.train_bias_bn else None
@@ -421,13 +429,12 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
             continue
         task_start = time.time()
         results[task] = train_task(
+            task_cfgs[task],
             state,
             task,
             datamodules[task],
-            cfg.method,
-            lambda epochs, t=task: make_trainer(epochs, out_dir / "packnet" / t),
+            lambda epochs, t=task: make_trainer(epochs, f"packnet/{t}"),
             base_extras,
-            channels_last,
         )
         results[task]["wall_time_s"] = round(time.time() - task_start, 2)
         print(
@@ -439,24 +446,19 @@ def run_packnet_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
 
     state_path = Path(cfg.paths.tasks_dir) / f"{seq_id}.safetensors"
     state_bytes = state.save(state_path)
-    final = evaluate_from_file(state_path, datamodules, make_trainer, channels_last)
+    final = evaluate_from_file(cfg, state_path, datamodules, make_trainer)
     shares = state.shares()
     records = [
         task_record(
-            cfg, state, task, position, results[task], final[task], shares, configs[task],
-            rids[task], state_path, state_bytes, base_info,
+            cfg, state, task, position, results[task], final[task], shares,
+            identities[task], state_path, state_bytes, base_info,
         )
         for position, task in enumerate(scored, start=-1 if base_task else 0)
     ]  # fmt: skip
-    total = round(time.time() - start, 2)
+    sequence_s = round(sum(r["wall_time_s"] for r in results.values()), 2)
     for record in records:
-        record["sequence_wall_time_s"] = total  # since the resume, for a resumed sequence
+        record["sequence_wall_time_s"] = sequence_s  # training time, across resumes
         record["sequence_resumed"] = resumed is not None
-        write_record(runs_dir / f"{record['run_id']}.json", record)
-        print(
-            f"packnet {record['dataset']}: top-1 {_pct(record['top1_after_task'])} after its "
-            f"training, {_pct(record['top1'])} after the sequence"
-        )
     print(f"packnet state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
     progress_path.unlink(missing_ok=True)
     return records
@@ -470,8 +472,7 @@ def task_record(
     result: dict[str, Any],
     final: Score,
     shares: dict[str, dict[str, float]],
-    config: dict[str, Any],
-    rid: str,
+    identity: tuple[str, dict[str, Any]],
     state_path: Path,
     state_bytes: int,
     base_info: dict[str, Any],
@@ -480,6 +481,7 @@ def task_record(
 
     ``position`` is the task's 0-based place in the sequence; -1 is the scored base task.
     """
+    rid, config = identity
     owner = state.owner(task)
     sizes = {n: o.numel() for n, o in state.owners.items()}
     n_weights = sum(sizes.values())
@@ -512,20 +514,15 @@ def task_record(
         },
         "masked_weights": n_weights,
         "mask_density": visible,
-        "mask_density_overall": sum(visible[n] * sizes[n] for n in sizes) / n_weights,
+        "mask_density_overall": overall_density(visible, sizes),
         "task_state_bytes": state_bytes,
         "owner_bits": state.bits,
         "owner_index_bytes": owner_bytes,
         "classifier_bytes": head_bytes,
         **base_info,
+        "weights_fingerprint": config["weights_fingerprint"],
         "task_prune": float(cfg.method.task_prune),
         "train_bias_bn": bool(cfg.method.train_bias_bn),
         "task_file": str(state_path),
         "config": config,
-        "code_version": code_version(),
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,0 +1,23 @@
+"""The run layer: the one package that reads the root config. It builds a run's parts from
+config (builders), names and records runs (identity, records), resumes them (resume), and
+runs a single task (single) or a task sequence (sequence); evaluate and predict serve the
+stored tasks. Entry points (src/*.py) call it; the library (masking, models, data,
+methods, reporting) never imports it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """Run the configured job: a method that names ``tasks`` runs them as one sequence
+    (PackNet); any other trains ``dataset``. Returns the record(s); None when skipped."""
+    if cfg.method.get("tasks") is not None:
+        from src.runs.sequence import run_sequence
+
+        return run_sequence(cfg)
+    from src.runs.single import run_single
+
+    return run_single(cfg)

@@ -1,0 +1,108 @@
+"""Classify images with a stored task: the top-k class names (stored in the task file) per
+image, as a table or as JSON lines. Images get the test transform of the task's dataset
+config; a file that is not a readable image is named in a warning and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image, UnidentifiedImageError
+
+from src.masking.multitask import TASK_SUFFIX, MultiTaskModel
+from src.masking.taskfile import read_task_file
+from src.runs.builders import build_image_transforms
+from src.runs.config import compose
+from src.runs.evaluate import compose_config, pick_device, positive_int, training_overrides
+from src.utils.errors import UserError, check_choice
+
+FORMATS = ("table", "jsonl")
+
+
+def image_paths(spec: str) -> list[Path]:
+    """Files named by a comma-separated list or a folder (recursively, hidden files skipped)."""
+    paths: list[Path] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        path = Path(part)
+        if path.is_dir():
+            paths.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)
+            )
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise UserError(f"image file or folder {path} does not exist")
+    if not paths:
+        raise UserError(f"no files found in images={spec}")
+    return paths
+
+
+def load_images(paths: Sequence[Path], transform) -> tuple[list[Path], torch.Tensor | None]:
+    """Transformed images; files that are not images are named in a warning and skipped."""
+    kept, tensors = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                tensors.append(transform(image.convert("RGB")))
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            print(f"warning: skipping {path}: not a readable image ({err})", file=sys.stderr)
+            continue
+        kept.append(path)
+    return kept, torch.stack(tensors) if tensors else None
+
+
+def resolve_task(spec: str, tasks_dir: str) -> Path:
+    path = Path(spec)
+    if path.is_file():
+        return path
+    named = Path(tasks_dir) / (spec if spec.endswith(TASK_SUFFIX) else spec + TASK_SUFFIX)
+    if named.is_file():
+        return named
+    raise UserError(f"task {spec!r} is neither a file nor a task under {tasks_dir}")
+
+
+def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
+    """Top-k predictions for every readable image (conf/predict.yaml); prints and returns
+    them. ``overrides`` (of the training config) apply to the task's config."""
+    if not cfg.task or not cfg.images:
+        raise UserError("usage: python -m src.predict task=<file> images=<files or folder>")
+    check_choice("format", cfg.format, FORMATS)
+    k = positive_int("topk", cfg.topk)
+    batch_size = positive_int("batch_size", cfg.batch_size)
+    tf = read_task_file(resolve_task(str(cfg.task), cfg.paths.tasks_dir))
+    if tf.kind == "packnet":
+        raise UserError(f"{tf.path} is a PackNet state; predict takes a single-task file")
+    task_cfg = compose_config(tf.meta["dataset"], tf.meta["backbone"], overrides)
+    _, transform = build_image_transforms(task_cfg)
+    paths, images = load_images(image_paths(str(cfg.images)), transform)
+    if images is None:
+        raise UserError(f"none of the files in images={cfg.images} is a readable image")
+    weights = task_cfg.backbone.weights
+    model = MultiTaskModel(
+        tf.meta["backbone"], str(weights) if weights else None, [tf],
+        device=pick_device(str(cfg.device)),
+    )  # fmt: skip
+    top = model.topk(images, tf.path.stem, k=k, batch_size=batch_size)
+    results = [
+        {"image": str(p), "topk": [{"class": c, "prob": round(q, 6)} for c, q in row]}
+        for p, row in zip(paths, top, strict=True)
+    ]
+    for result in results:
+        if cfg.format == "jsonl":
+            print(json.dumps(result))
+        else:
+            guesses = "  ".join(f"{t['class']} {t['prob']:.3f}" for t in result["topk"])
+            print(f"{result['image']}\t{guesses}")
+    return results
+
+
+def predict(overrides: Sequence[str]) -> list[dict]:
+    """``python -m src.predict`` in-process: conf/predict.yaml composed with ``overrides``."""
+    return predict_images(compose(overrides, "predict"), training_overrides(overrides, "predict"))

@@ -1,0 +1,115 @@
+"""Run records: one self-describing JSON file per run under results/runs/.
+
+The one place that names a run (``run_id``), stamps a record with where and with what it
+ran (``write_record``) and reads records back (``read_record``, ``read_records``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.utils.atomic import atomic_write_json
+from src.utils.errors import UserError
+
+RECORD_FORMAT = "piggyback-lab-record/1"
+# Config keys that do not change what a run computes (where files go, how it is logged and
+# shown). num_workers is not among them: each worker draws its own random augmentations.
+NON_SEMANTIC_KEYS = ("paths", "logger", "force", "hydra", "keep_checkpoints")
+NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar",)
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """Stable name of a run: dataset, backbone, method, seed and a hash of the effective config."""
+    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+    trainer = dict(semantic.get("trainer", {}))
+    for key in NON_SEMANTIC_TRAINER_KEYS:
+        trainer.pop(key, None)
+    semantic["trainer"] = trainer
+    digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
+    return (
+        f"{config['dataset']['name']}__{config['backbone']['name']}__"
+        f"{config['method']['name']}__s{config['seed']}__{digest[:10]}"
+    )
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit of the code that ran, and whether the tree had local changes."""
+    root = Path(__file__).resolve().parent.parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"git": None, "dirty": None}
+    return {"git": sha, "dirty": dirty}
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """The accelerator a run used: the CUDA device's name, else the CPU's."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or "cpu"
+
+
+def write_record(
+    path: str | Path, record: dict[str, Any], device: torch.device | None = None
+) -> Path:
+    """Write ``record`` atomically, stamped with the code, device, torch and finish time."""
+    path = Path(path)
+    atomic_write_json(
+        path,
+        {
+            "format": RECORD_FORMAT,
+            **record,
+            "code_version": code_version(),
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return path
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """One record; a truncated, corrupt or foreign file is a UserError naming it and why."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"record {path} cannot be read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"record {path} is truncated or corrupt (not JSON: {err})") from None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"record {path} is not a {RECORD_FORMAT} record (format: {found!r})")
+    return {**data, "record_path": str(path)}
+
+
+def read_records(folder: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+    """Every record under ``folder`` (recursively). A JSON file that is not a whole record
+    is left out, and named on stderr with the reason (``warn``)."""
+    records = []
+    for path in sorted(Path(folder).rglob("*.json")):
+        try:
+            records.append(read_record(path))
+        except UserError as err:
+            if warn:
+                print(f"warning: skipping {err}", file=sys.stderr)
+    return records

@@ -1,0 +1,64 @@
+"""What a run leaves to be resumed, and the lock that keeps two runs of one id apart."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from src.utils.errors import UserError
+
+
+def resumable_checkpoint(path: Path, rid: str) -> str | None:
+    """The checkpoint to resume from, after checking it is safe, whole and of this run."""
+    if not path.exists():
+        return None
+    fix = f"delete {path.parent} to start over, or pass force=true"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"checkpoint {path} cannot be loaded safely ({type(err).__name__}): it is truncated, "
+            f"corrupt or holds code; {fix}"
+        ) from None
+    if state.get("run_id") != rid:
+        raise UserError(
+            f"checkpoint {path} belongs to another config ({state.get('run_id')}); {fix}"
+        )
+    return str(path)
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold ``<folder>.lock`` while the run works in ``folder``; a second run of the same id
+    is refused with the process that holds it (the lock dies with its process, so a killed
+    run never blocks the next). Only rank 0 locks: DDP's other ranks are its children."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    path = folder.parent / f"{folder.name}.lock"
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise UserError(
+                f"this run is already running (process {holder} holds {path}); wait for it "
+                "to finish, or stop it"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,161 @@
+"""One task, one method: fit, select the epoch, test, write the task file and the record."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from src.data import eval_split
+from src.masking import mask_densities, masked_layers, overall_density, state_digest
+from src.runs.builders import (
+    build_callbacks,
+    build_checkpoint,
+    build_datamodule,
+    build_loggers,
+    build_method,
+    build_trainer,
+    ensure_backbone_weights,
+)
+from src.runs.identity import existing_record, run_identity
+from src.runs.records import write_record
+from src.runs.resume import resumable_checkpoint, run_lock
+from src.runs.wandb_summary import log_run_summary
+from src.utils.distributed import all_ranks_agree
+
+
+class TrainingClock(pl.Callback):
+    """Seconds spent training, kept in the checkpoint so a resumed run counts them all."""
+
+    def __init__(self) -> None:
+        self.before = 0.0  # seconds of earlier, interrupted attempts
+        self.started = time.time()
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.started
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.before, self.started = float(state["seconds"]), time.time()
+
+
+def run_single(cfg: DictConfig) -> dict[str, Any] | None:
+    """Train one task; returns its record (None when skipped, or on ranks other than 0)."""
+    pretrain_s = ensure_backbone_weights(cfg)  # before seeding: pretraining draws numbers
+    rid, config = run_identity(cfg)
+    record_path = Path(cfg.paths.runs_dir) / f"{rid}.json"
+    if not cfg.force and existing_record(record_path) is not None:
+        return None
+    ckpt_dir = Path(cfg.paths.checkpoint_dir) / rid
+    with run_lock(ckpt_dir):
+        record = _train(cfg, rid, config, record_path, ckpt_dir, pretrain_s)
+    if record is not None and not cfg.get("keep_checkpoints", False):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return record
+
+
+def _train(
+    cfg: DictConfig,
+    rid: str,
+    config: dict[str, Any],
+    record_path: Path,
+    ckpt_dir: Path,
+    pretrain_s: float,
+) -> dict[str, Any] | None:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    method = build_method(cfg, datamodule.num_classes)
+    method.run_id = rid
+    selects = datamodule.val_set is not None  # protocol=final: keep the last epoch
+    checkpoint = build_checkpoint(cfg, ckpt_dir, selects)
+    clock = TrainingClock()
+    trainer = build_trainer(
+        cfg,
+        cfg.method.epochs,
+        callbacks=[checkpoint, clock, *build_callbacks(cfg)],
+        logger=build_loggers(cfg),
+        **({} if selects else {"limit_val_batches": 0}),
+    )
+    for logger in trainer.loggers:
+        logger.log_hyperparams(config)  # the whole run config, not only the module's
+    resume = resumable_checkpoint(ckpt_dir / "last.ckpt", rid) if not cfg.force else None
+    if resume:
+        print(f"resuming from {resume}")
+    trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    train_s = clock.seconds()
+    score = checkpoint.best_model_score
+    best_val = 100.0 * float(score) if selects and score is not None else None
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    method.load_state_dict(best["state_dict"])
+    tested = eval_split(datamodule) != "none"  # protocol=final without a labelled test split
+    test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
+    ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
+    if not trainer.is_global_zero:  # only rank 0 writes task files and records
+        return None
+
+    task_path = Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"
+    task_meta = {
+        "dataset": cfg.dataset.name,
+        "method": cfg.method.name,
+        "class_names": datamodule.class_names,
+        "num_classes": datamodule.num_classes,
+        "run_id": rid,
+    }
+    task_bytes = method.export_task(task_path, task_meta)
+    record = {
+        "run_id": rid,
+        "dataset": cfg.dataset.name,
+        "backbone": cfg.backbone.name,
+        "method": cfg.method.name,
+        "seed": cfg.seed,
+        "protocol": cfg.protocol,
+        "top1": 100.0 * float(test["test/top1"]) if tested else None,
+        "top5": 100.0 * float(test["test/top5"]) if tested else None,
+        "val_top1": best_val,
+        "eval_split": eval_split(datamodule),
+        "world_size": trainer.world_size,
+        "ranks_agree": ranks_agree,
+        "epochs": trainer.current_epoch,
+        "skipped_images": getattr(datamodule, "skipped_images", []),
+        "best_checkpoint": Path(checkpoint.best_model_path).name,
+        "weights_fingerprint": config["weights_fingerprint"],
+        **state_report(method, task_bytes),
+        "task_file": str(task_path),
+        "config": config,
+        "wall_time_s": round(train_s, 2),
+        "pretrain_time_s": round(pretrain_s, 2),
+    }
+    write_record(record_path, record, device=method.device)
+    log_run_summary(trainer.loggers, record, Path(cfg.paths.output_dir) / "mask_density.png")
+    score_text = (
+        f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%"
+        if tested
+        else "not tested (no labelled test split)"
+    )
+    print(
+        f"{cfg.method.name} on {cfg.dataset.name} ({cfg.backbone.name}, seed {cfg.seed}): "
+        f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {record_path}"
+    )
+    return record
+
+
+def state_report(method: pl.LightningModule, task_bytes: int) -> dict[str, Any]:
+    """Storage and mask statistics for the record."""
+    layers = masked_layers(method.model)
+    density = mask_densities(method.model) if layers else {}
+    sizes = {n: m.weight.numel() for n, m in layers.items()}
+    return {
+        "task_state_bytes": task_bytes,
+        "trainable_params": method.trainable_parameter_count(),
+        "masked_weights": sum(sizes.values()),
+        "mask_density": density,
+        "mask_density_overall": overall_density(density, sizes),
+    }
