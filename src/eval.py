@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from src.runs.config import check_command_line
 from src.runs.evaluate import evaluate_tasks, training_overrides
 from src.utils.errors import exit_on_user_error
 
@@ -21,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line("eval")
     main()

@@ -2,7 +2,8 @@
 
 With no arguments it runs the embedded mini benchmark (pretraining its base once).
 Writes a task file under results/tasks/ and a run record under results/runs/; a PackNet
-sequence (method=packnet) writes one state file and a record per task.
+sequence (method=packnet) writes one state file and a record per task. Under ``-m`` a
+failing job is reported and the sweep goes on (src/runs/sweep.py).
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from src.runs import run
+from src.runs.config import check_command_line
+from src.runs.sweep import run_job
 from src.utils.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> dict:
+    return run_job(cfg)
 
 
 if __name__ == "__main__":
+    check_command_line("config")
     main()

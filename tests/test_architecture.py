@@ -66,7 +66,7 @@ def layer(name: str) -> str:
 def test_the_graph_was_read() -> None:
     assert {"src.train", "src.eval", "src.predict"} <= set(ENTRY_POINTS)
     assert "src.runs.builders" in GRAPH["src.runs.single"]
-    assert "src.runs" in GRAPH["src.train"]
+    assert "src.runs.sweep" in GRAPH["src.train"] and "src.runs" in GRAPH["src.runs.sweep"]
 
 
 def test_no_import_cycle() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,13 +46,36 @@ class EpochSeededSampler(RandomSampler):
         self.generator.manual_seed(self.seed * 100_003 + epoch)
 
 
+def files_key(paths: list[str]) -> str:
+    """Digest of every file's path, size and modification time (a dangling link: none), so
+    a file replaced by one of the same size still changes it."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def undecodable_message(name: str, bad: list[str]) -> str:
+    """What verification and a failed decode during training both say."""
+    listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return (
+        f"dataset {name!r}: {len(bad)} image(s) cannot be decoded: {listed}. "
+        "Re-prepare the dataset, or pass skip_bad_images=true to train without them"
+    )
+
+
 def find_undecodable(paths: list[str], stamp: Path) -> list[str]:
     """Paths among ``paths`` that PIL cannot decode; a stamp file caches a clean result."""
-    key = f"{len(paths)}:{sum(os.path.getsize(p) for p in paths)}"
+    key = files_key(paths)
     if stamp.exists() and stamp.read_text() == key:
         return []
     bad = []
-    for path in tqdm(paths, desc=f"checking images of {stamp.parent.name}", mininterval=2):
+    checking = f"checking images of {stamp.parent.name}"
+    for path in tqdm(paths, desc=checking, mininterval=2, disable=None):  # bars on a terminal
         try:
             with Image.open(path) as image:
                 image.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads it all
@@ -95,6 +119,10 @@ class SplitDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
         )
+
+    def check(self) -> None:
+        """Fail early, with the command that fixes it, when the data is not usable (cheap:
+        no image is decoded; ``setup`` verifies the images)."""
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -159,9 +187,17 @@ class ImageFolderDataModule(SplitDataModule):
                     f"expected {self.num_classes}{fix}"
                 )
 
+    def _load(self, path: str) -> Image.Image:
+        """ImageFolder's loader, naming an image that fails to decode as verification does."""
+        try:
+            with open(path, "rb") as fh:
+                return Image.open(fh).convert("RGB")
+        except Exception:
+            raise UserError(undecodable_message(self.name, [path])) from None
+
     def _folder(self, split: str, transform) -> ImageFolder:
         try:
-            return ImageFolder(str(self.root / split), transform=transform)
+            return ImageFolder(str(self.root / split), transform=transform, loader=self._load)
         except (FileNotFoundError, OSError) as err:
             raise UserError(f"dataset {self.name!r}: {err}") from None
 
@@ -173,11 +209,7 @@ class ImageFolderDataModule(SplitDataModule):
         paths = [path for path, _ in folder.samples]
         bad = find_undecodable(paths, self.root / f".verified_{split}")
         if bad and not self.skip_bad_images:
-            listed = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise UserError(
-                f"dataset {self.name!r}: {len(bad)} image(s) cannot be decoded: {listed}. "
-                "Re-prepare the dataset, or pass skip_bad_images=true to train without them"
-            )
+            raise UserError(undecodable_message(self.name, bad))
         if bad:
             keep = [s for s in folder.samples if s[0] not in set(bad)]
             folder.samples = folder.imgs = keep
@@ -213,8 +245,12 @@ class MiniTaskDataModule(ImageFolderDataModule):
         super().__init__(**kwargs)
         self.data_dir = data_dir
 
-    def setup(self, stage: str | None = None) -> None:
+    def check(self) -> None:
         from src.data.mini import prepare_mini_task
 
         prepare_mini_task(self.name, self.data_dir)
+        super().check()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check()
         super().setup(stage)

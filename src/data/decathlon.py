@@ -296,12 +296,16 @@ class DecathlonDataModule(SplitDataModule):
         check_files(self.root, s)
         return s
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.class_names:
-            return
+    def check(self) -> None:
         if not self.root.is_dir():
             fix = f"; prepare it with: {self.prepare_hint}" if self.prepare_hint else ""
             raise UserError(f"dataset {self.name!r}: folder {self.root} not found{fix}")
+        self._split("train"), self._split("val")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.class_names:
+            return
+        self.check()
         train, val = self._split("train"), self._split("val")
         has_test = labelled_test_available(self.root, self.domain)
         if self.protocol == "faithful" and not has_test:

@@ -13,11 +13,14 @@ from omegaconf import DictConfig
 
 def run(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Run the configured job: a method that names ``tasks`` runs them as one sequence
-    (PackNet); any other trains ``dataset``. Returns the record(s); None when skipped."""
+    (PackNet); any other trains ``dataset``. Returns the record(s); None when skipped.
+    Every check that needs no data runs first (src/runs/preflight.py)."""
     if cfg.method.get("tasks") is not None:
         from src.runs.sequence import run_sequence
 
         return run_sequence(cfg)
+    from src.runs.preflight import preflight
     from src.runs.single import run_single
 
+    preflight(cfg)
     return run_single(cfg)

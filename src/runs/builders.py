@@ -17,6 +17,8 @@ from torch import nn
 
 from src.data.transforms import build_transforms
 from src.models import build_backbone, classifier_name, normalisation
+from src.runs.config import one_line
+from src.runs.console import EpochLine, progress_bars, quiet_lightning
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def instantiate_checked(node: Any, what: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from None
-        raise UserError(f"cannot build the {what} from its config: {err}") from None
+        raise UserError(f"cannot build the {what} from its config: {one_line(err)}") from None
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
@@ -120,13 +122,20 @@ def precision(cfg: DictConfig) -> str:
 
 def build_trainer(cfg: DictConfig, max_epochs: int, **kwargs: Any) -> pl.Trainer:
     """A Lightning Trainer from ``cfg.trainer``; ``kwargs`` override it (callbacks, logger,
-    limits of one phase)."""
+    limits of one phase). Without progress bars it prints one line per epoch."""
+    quiet_lightning()
+    bars = progress_bars(kwargs.pop("enable_progress_bar", cfg.trainer.enable_progress_bar))
+    callbacks = list(kwargs.pop("callbacks", []))
+    if not bars:
+        callbacks.append(EpochLine())
     return instantiate_checked(
         cfg.trainer,
         "trainer",
         precision=precision(cfg),
         max_epochs=max_epochs,
         default_root_dir=str(cfg.paths.output_dir),
+        enable_progress_bar=bars,
+        callbacks=callbacks,
         **kwargs,
     )
 

@@ -3,12 +3,14 @@ stored dataset name maps back to its config."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.utils.errors import UserError
+from src.utils.errors import UserError, exit_on_user_error
 
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 DATASET_CONF = CONF_DIR / "dataset"
@@ -20,7 +22,6 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
 
     try:
         if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path
@@ -28,7 +29,40 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name, overrides=list(overrides))
     except HydraException as err:
-        raise UserError(f"bad config override: {err}") from None
+        raise UserError(f"bad config override: {one_line(err)}") from None
+
+
+HYDRA_DETAIL = ("full_key:", "object_type", "reference_type", "Set the environment variable")
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's multi-line message as one line, without its debugging details."""
+    lines = [line.strip() for line in str(err).split("Config search path")[0].splitlines()]
+    kept = [line for line in lines if line and not line.startswith(HYDRA_DETAIL)]
+    return " ".join(kept)
+
+
+@exit_on_user_error
+def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> None:
+    """Compose the command line's overrides once before Hydra runs the app, so a bad one is
+    one ``error:`` line and exit 2 (Hydra itself prints several lines and exits 1). Sweep
+    values are checked one by one; Hydra's own flags and ``hydra.*`` keys are left to it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-i") for a in args):
+        return
+    plain = [a for a in args if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except HydraException as err:
+        raise UserError(f"bad command line: {one_line(err)}") from None
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    for override in (o for o in parsed if o.is_sweep_override()):
+        key = override.get_key_element()
+        for value in override.sweep_string_iterator():
+            compose([*fixed, f"{key}={value}"], config_name)
+    compose(fixed, config_name)
 
 
 def with_dataset(cfg: DictConfig, dataset: str) -> DictConfig:

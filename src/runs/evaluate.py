@@ -41,6 +41,14 @@ def compose_config(
 ) -> DictConfig:
     """conf/config.yaml composed for ``dataset`` and ``backbone`` (None: the default) plus
     the user's overrides."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key == "backbone" and backbone and value != backbone:
+            raise UserError(
+                f"the task was trained on backbone {backbone}; drop {override} (a task file "
+                "works only with the backbone it was trained on; backbone.weights=<file> "
+                "points at its weights)"
+            )
     if dataset:
         dataset = dataset_config_for(dataset) or dataset
     chosen = [(g, n) for g, n in (("dataset", dataset), ("backbone", backbone)) if n]

@@ -11,6 +11,7 @@ from src.masking import state_digest
 from src.models import load_state_dict_file
 from src.runs.records import read_record, run_id
 from src.utils.errors import UserError
+from src.utils.output import say
 
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -30,10 +31,13 @@ def weights_fingerprint(weights: str | None) -> str | None:
 
 
 def run_identity(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
-    """(run id, the resolved config as recorded, with the base weights' fingerprint)."""
+    """(run id, the resolved config as recorded, with the base weights' fingerprint). A
+    weights file counts by its tensors, not by where it lies."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["weights_fingerprint"] = weights_fingerprint(cfg.backbone.weights)
-    return run_id(config), config
+    fingerprint = weights_fingerprint(cfg.backbone.weights)
+    config["weights_fingerprint"] = fingerprint
+    hashed = {**config, "backbone": {**config["backbone"], "weights": fingerprint}}
+    return run_id(hashed), config
 
 
 def existing_record(path: Path) -> dict[str, Any] | None:
@@ -46,8 +50,8 @@ def existing_record(path: Path) -> dict[str, Any] | None:
         top1 = record["top1"]
     except (UserError, KeyError) as err:
         why = err if isinstance(err, UserError) else f"record {path} has no top1"
-        print(f"re-running: {why}")
+        say(f"re-running: {why}")
         return None
     shown = "untested" if top1 is None else f"recorded top-1 {float(top1):.2f}%"
-    print(f"skip: record {path} exists ({shown}); force=true re-runs")
+    say(f"skip: record {path} exists ({shown}); force=true re-runs")
     return record

@@ -17,8 +17,10 @@ from src.data.mini import fashion_tensors
 from src.methods.finetune import Finetune
 from src.models import build_backbone, classifier_name, normalisation
 from src.runs.config import CONF_DIR
+from src.runs.console import EpochLine, quiet_lightning
 from src.utils.atomic import atomic_write_bytes, atomic_write_json
 from src.utils.errors import UserError
+from src.utils.output import say
 
 # The base's own recipe (not a paper's): SGD with momentum, step decay before the last epoch.
 EPOCHS, BATCH, LR, MOMENTUM, WEIGHT_DECAY = 2, 256, 0.1, 0.9, 5e-4
@@ -61,8 +63,9 @@ def pretrain(
         lr_decay_factor=0.1,
         train_bn=True,
     )
+    quiet_lightning()
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="auto", devices=1, logger=False,
+        max_epochs=epochs, accelerator="auto", devices=1, logger=False, callbacks=[EpochLine()],
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
     )  # fmt: skip
     trainer.fit(module, DataLoader(train_set, batch_size=BATCH, shuffle=True))
@@ -80,7 +83,5 @@ def pretrain(
         "weights": str(out),
     }
     atomic_write_json(out.with_suffix(".json"), summary)
-    print(
-        f"pretrained {backbone} on Fashion-MNIST: test top-1 {summary['test_top1']:.2f}% -> {out}"
-    )
+    say(f"pretrained {backbone} on Fashion-MNIST: test top-1 {summary['test_top1']:.2f}% -> {out}")
     return summary

@@ -24,7 +24,7 @@ RECORD_FORMAT = "piggyback-lab-record/1"
 # Config keys that do not change what a run computes (where files go, how it is logged and
 # shown). num_workers is not among them: each worker draws its own random augmentations.
 NON_SEMANTIC_KEYS = ("paths", "logger", "force", "hydra", "keep_checkpoints")
-NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar",)
+NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary")
 
 
 def run_id(config: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from src.runs.records import write_record
 from src.runs.resume import resumable_checkpoint, run_lock
 from src.runs.wandb_summary import log_run_summary
 from src.utils.distributed import all_ranks_agree
+from src.utils.output import say
 
 
 class TrainingClock(pl.Callback):
@@ -88,7 +89,7 @@ def _train(
         logger.log_hyperparams(config)  # the whole run config, not only the module's
     resume = resumable_checkpoint(ckpt_dir / "last.ckpt", rid) if not cfg.force else None
     if resume:
-        print(f"resuming from {resume}")
+        say(f"resuming from {resume}")
     trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     train_s = clock.seconds()
     score = checkpoint.best_model_score
@@ -140,7 +141,7 @@ def _train(
         if tested
         else "not tested (no labelled test split)"
     )
-    print(
+    say(
         f"{cfg.method.name} on {cfg.dataset.name} ({cfg.backbone.name}, seed {cfg.seed}): "
         f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {record_path}"
     )

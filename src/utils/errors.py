@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from src.utils.output import say
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
@@ -17,14 +19,20 @@ class UserError(Exception):
     """Bad input the user can fix: the message says what is wrong and how to fix it."""
 
 
+def user_message(err: UserError) -> str:
+    """The error's message; one raised in a DataLoader worker comes back wrapped in the
+    worker's traceback, whose last line is the message."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    prefix = f"{type(err).__module__}.{type(err).__name__}: "
+    return last.removeprefix(prefix).removeprefix(f"{type(err).__name__}: ")
+
+
 def log_error(message: str) -> None:
-    """``error: <message>`` on stderr, and the same line in every log file the process
-    writes (Hydra's job log), which the terminal's handler would otherwise not reach."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    record = logging.LogRecord("error", logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    """``error: <message>`` on stderr, and the same line in the run's log file."""
+    say(f"error: {message}", logging.ERROR)
 
 
 def exit_on_user_error(fn: F) -> F:
@@ -35,7 +43,7 @@ def exit_on_user_error(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            log_error(str(err))
+            log_error(user_message(err))
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,130 @@
+"""One validation pass before any work: config values with their keys and ranges, output
+folders writable, backbone weights resolvable. A problem is a UserError naming the key."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torchvision
+from omegaconf import DictConfig
+
+from src.data.datamodule import PROTOCOLS
+from src.runs.identity import WEIGHT_FILE_SUFFIXES
+from src.utils.errors import UserError, check_choice
+
+
+def _integer(key: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{key} must be an integer >= {low} (got {value!r})")
+
+
+def _positive(key: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{key} must be a positive number (got {value!r})")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Types and ranges of the keys every run reads."""
+    _integer("seed", cfg.seed, 0)
+    _integer("num_workers", cfg.num_workers, 0)
+    check_choice("protocol", cfg.protocol, PROTOCOLS)
+    fraction = cfg.val_fraction
+    if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise UserError(f"val_fraction must be between 0 and 1, exclusive (got {fraction!r})")
+    method = cfg.method
+    _integer("method.epochs", method.epochs, 1)
+    _integer("method.batch_size", method.batch_size, 1)
+    for key in ("lr", "retrain_lr"):
+        if key in method:
+            _positive(f"method.{key}", method[key])
+    if method.get("classifier_lr") is not None:
+        _positive("method.classifier_lr", method.classifier_lr)
+    if "lr_decay_every" in method:
+        _integer("method.lr_decay_every", method.lr_decay_every, 1)
+
+
+def _try_writing(folder: Path) -> None:
+    """Create ``folder`` and a file in it, then remove what was created."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    finally:
+        for path in missing:  # deepest first: leave the tree as it was
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def check_writable(cfg: DictConfig) -> None:
+    """Every folder the run writes to can be written, found now rather than after training;
+    nothing is left behind."""
+    for key in ("runs_dir", "tasks_dir", "checkpoint_dir"):
+        folder = Path(cfg.paths[key])
+        try:
+            _try_writing(folder)
+        except OSError as err:
+            raise UserError(
+                f"paths.{key}: cannot write to {folder} ({err.strerror or err}); pass "
+                f"paths.{key}=<a writable folder> (or paths.results_dir / paths.log_dir)"
+            ) from None
+
+
+def check_weights(cfg: DictConfig) -> None:
+    """backbone.weights names a file that exists (or is pretrained here) or torchvision
+    weights the architecture has; nothing is downloaded here."""
+    bb = cfg.backbone
+    weights = bb.weights
+    if not weights:
+        return
+    if Path(str(weights)).suffix in WEIGHT_FILE_SUFFIXES:
+        if not Path(weights).is_file() and not bb.get("pretrain"):
+            from src.models import BACKBONES
+
+            spec = BACKBONES.get(bb.name)
+            hint = spec.weights_help if spec and spec.weights_help else "check the path"
+            raise UserError(f"backbone.weights: file {weights} does not exist; {hint}")
+        return
+    try:
+        available = torchvision.models.get_model_weights(bb.name)
+    except (ValueError, KeyError):
+        raise UserError(
+            f"backbone.weights={weights!r} is neither a weights file (.safetensors, .pth, .pt, "
+            f".bin) nor torchvision weights: {bb.name} is not a torchvision model"
+        ) from None
+    if weights not in available.__members__:
+        names = ", ".join(available.__members__)
+        raise UserError(f"backbone.weights: {bb.name} has no weights {weights!r}; choose: {names}")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The trainer config builds (precision, devices, strategy...)."""
+    from src.runs.builders import build_trainer
+
+    build_trainer(cfg, 1, logger=False, enable_checkpointing=False)
+
+
+def check_datasets(cfg: DictConfig, datasets: list[str] | None = None) -> None:
+    """Each dataset is where its config says, with the right classes (no image decoded)."""
+    from src.runs.builders import build_datamodule
+    from src.runs.config import with_dataset
+
+    configs = [cfg] if datasets is None else [with_dataset(cfg, d) for d in datasets]
+    for config in configs:
+        build_datamodule(config).check()
+
+
+def preflight(cfg: DictConfig, datasets: list[str] | None = None) -> None:
+    """Every check that needs no model and decodes no image, before any work starts (a
+    first-time pretraining included): values, folders, weights, trainer, ``datasets``
+    (None: ``cfg.dataset``)."""
+    check_values(cfg)
+    check_writable(cfg)
+    check_weights(cfg)
+    check_trainer(cfg)
+    check_datasets(cfg, datasets)

@@ -1,0 +1,128 @@
+"""Results you can trust: run identity, corrupt records, sweeps that survive a bad job,
+image checks that see a same-size change, one run per id at a time, quiet logs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from src.runs.config import compose
+from src.runs.identity import run_identity
+from src.runs.resume import run_lock
+from src.utils.errors import UserError
+from tests.conftest import run_module, tiny_overrides
+
+
+def _records(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "results" / "runs").glob("*.json"))
+
+
+def test_num_workers_and_the_base_weights_change_the_run_id(
+    tmp_path: Path, minicnn_weights: Path
+) -> None:
+    base = [f"backbone.weights={minicnn_weights}", "paths.output_dir=x"]
+    rid, config = run_identity(compose([*base, "num_workers=2"]))
+    assert run_identity(compose([*base, "num_workers=0"]))[0] != rid
+    assert config["weights_fingerprint"] and len(config["weights_fingerprint"]) == 16
+    other = tmp_path / "copy.safetensors"
+    other.write_bytes(minicnn_weights.read_bytes())  # the same tensors: the same run
+    assert run_identity(compose([f"backbone.weights={other}", "paths.output_dir=x"]))[0] == rid
+    # where things go and how they are shown do not change what a run computes
+    shown = compose(
+        [*base, "num_workers=2", "paths.results_dir=elsewhere", "keep_checkpoints=true"]
+    )
+    assert run_identity(shown)[0] == rid
+
+
+def test_truncated_record_is_named_by_tables_and_run_again_by_train(
+    tmp_path: Path, minicnn_weights: Path, tiny_folder: Path
+) -> None:
+    args = tiny_overrides(tmp_path, minicnn_weights, tiny_folder)
+    assert run_module("src.train", *args).returncode == 0
+    [record] = _records(tmp_path)
+    whole = json.loads(record.read_text())
+    record.write_text(record.read_text()[:200])  # as a killed copy or a full disk leaves it
+
+    tables = run_module(
+        "scripts.make_tables", "--runs", str(tmp_path / "results" / "runs"),
+        "--out", str(tmp_path / "tables"),
+    )  # fmt: skip
+    assert tables.returncode == 0, tables.stderr[-2000:]
+    assert f"warning: skipping record {record} is truncated or corrupt" in tables.stderr
+
+    again = run_module("src.train", *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"re-running: record {record} is truncated or corrupt" in again.stdout
+    assert json.loads(record.read_text())["top1"] == whole["top1"]  # whole again, same result
+
+
+def test_a_sweep_with_a_bad_value_runs_the_others_and_names_the_failed_job(
+    tmp_path: Path, minicnn_weights: Path, tiny_folder: Path
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = run_module(
+        "src.train", "-m", *tiny_overrides(tmp_path, minicnn_weights, tiny_folder),
+        "method.threshold=4e-3,1e-2,6e-3", f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(_records(tmp_path)) == 2  # the job after the failed one ran too
+    assert "sweep: 3 jobs: 2 ran, 0 skipped, 1 failed" in proc.stdout
+    assert "failed: job 1 (method.threshold=0.01): with mask_init='1s' the mask_scale" in (
+        proc.stdout
+    )
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert (summary["ran"], summary["skipped"], summary["failed"]) == (2, 0, 1)
+    [failed] = [job for job in summary["jobs"] if job["status"] == "failed"]
+    assert "method.threshold=0.01" in failed["overrides"] and "threshold" in failed["reason"]
+    assert "must exceed the threshold" in (sweep_dir / "1" / "train.log").read_text()
+
+
+def test_image_check_sees_a_same_size_change(tmp_path: Path, tiny_folder: Path) -> None:
+    from src.data.datamodule import ImageFolderDataModule
+
+    tf = {"style": "resize_exact", "size": 12, "flip": False, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+    def setup() -> None:
+        ImageFolderDataModule(tiny_folder, 3, tf, protocol="faithful").setup("fit")
+
+    setup()  # verified: the stamp caches the clean result
+    image = tiny_folder / "train" / "c1" / "2.png"
+    size, stat = image.stat().st_size, image.stat()
+    image.write_bytes(b"\0" * size)  # corrupt, same size
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with pytest.raises(UserError, match=r"1 image\(s\) cannot be decoded: .*c1/2.png"):
+        setup()
+
+
+def test_a_second_run_of_the_same_id_is_refused_while_the_first_holds_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "checkpoints" / "run"
+    holder = rf"already running \(process {os.getpid()} holds"
+    with run_lock(folder), pytest.raises(UserError, match=holder), run_lock(folder):
+        pass
+    with run_lock(folder):  # released: free again
+        pass
+    assert not (tmp_path / "checkpoints" / "run.lock").exists()
+
+
+def test_a_finished_run_is_quiet_in_a_log_file_and_leaves_no_checkpoints(
+    tmp_path: Path, minicnn_weights: Path, tiny_folder: Path
+) -> None:
+    args = [
+        a for a in tiny_overrides(tmp_path, minicnn_weights, tiny_folder) if "progress" not in a
+    ]
+    proc = run_module("src.train", *args, "method.epochs=2")  # stdout is a pipe, not a TTY
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "\r" not in out and "Tip" not in out and "GPU available" not in out
+    assert "limit_train_batches" not in out and "UserWarning" not in out, out
+    lines = proc.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines[:2]] == ["epoch 1/2", "epoch 2/2"]
+    assert "test top-1" in lines[-1] and len(lines) == 3
+    [record] = _records(tmp_path)
+    assert json.loads(record.read_text())["wall_time_s"] > 0
+    assert not list((tmp_path / "outputs" / "checkpoints").iterdir())  # removed when done
