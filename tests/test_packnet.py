@@ -88,10 +88,11 @@ class _Tensors(pl.LightningDataModule):
         return DataLoader(self.data, batch_size=8)
 
 
-def _trainer(epochs: int) -> pl.Trainer:
+def _trainer(epochs: int, callbacks: list | tuple = ()) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=list(callbacks),
     )  # fmt: skip
 
 
@@ -325,3 +326,57 @@ def test_bad_input_clear_message_nothing_written(
     with pytest.raises(UserError, match=needle):
         run_sequence(cfg)
     assert not (tmp_path / "results").exists()
+
+
+class _WithVal(_Tensors):
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=8)
+
+
+class _Scores(pl.Callback):
+    def __init__(self) -> None:
+        self.scores: list[float] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.scores.append(float(trainer.callback_metrics["val/top1"]))
+
+
+def _packnet_module(cfg):
+    from src.runs.builders import build_method
+    from src.runs.sequence import SEQUENCE_KEYS
+
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 4)
+    owners = init_owners(model, "classifier")
+    prune_owner(model, owners, "classifier", BASE, 0.5)
+    from src.masking.pruning import claim_free
+
+    claim_free(owners, 1)
+    return build_method(cfg, 4, model, SEQUENCE_KEYS, owners=owners, owner=1)
+
+
+def test_each_phase_ends_at_its_best_validation_epoch_and_never_below_the_floor() -> None:
+    from src.runs.sequence import KeepBestEpoch
+
+    cfg = run_config.compose(["method=packnet", "backbone=minicnn", "trainer=cpu", "method.lr=0.5"])
+    module, data = _packnet_module(cfg), _WithVal(1)
+    best, scores = KeepBestEpoch(), _Scores()
+    trainer = pl.Trainer(
+        max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[best, scores],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert len(scores.scores) == 6 and best.best == max(scores.scores)
+    [after] = trainer.validate(module, datamodule=data, verbose=False)
+    assert after["val/top1"] == pytest.approx(best.best)  # the best epoch's state is back
+
+    floor = KeepBestEpoch()
+    floor.snapshot(module, 1.01)  # nothing can beat it: the snapshot must come back
+    kept = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = pl.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[floor],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert all(torch.equal(v, kept[k]) for k, v in module.state_dict().items())

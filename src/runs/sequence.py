@@ -48,9 +48,11 @@ from src.runs.builders import (
 )
 from src.runs.config import dataset_config_names, with_dataset
 from src.runs.identity import existing_record, run_identity
+from src.runs.preflight import preflight
 from src.runs.records import run_id, write_record
 from src.runs.resume import run_lock
 from src.utils.errors import UserError
+from src.utils.output import say
 from src.utils.random_state import rng_state, set_rng_state
 
 BASE_DATASETS = ("fashion_mnist",)  # base data that is not a dataset config (no record)
@@ -59,7 +61,34 @@ SEQUENCE_KEYS = (
     "tasks", "task_prune", "retrain_epochs", "retrain_lr", "base_prune", "base_weights",
     "base_retrain",
 )  # fmt: skip
-TrainerFactory = Callable[[int], pl.Trainer]
+TrainerFactory = Callable[..., pl.Trainer]  # (epochs, callbacks=()) -> Trainer
+
+
+class KeepBestEpoch(pl.Callback):
+    """Keeps the module's state at its best validation top-1 (in memory) and puts it back
+    when the fit ends, as the official code kept each phase's best epoch. ``floor`` and
+    ``state``: the score to beat and the state it belongs to (after pruning: the pruned
+    network, so the retrain can only improve on it)."""
+
+    def __init__(self, floor: float | None = None, state: dict | None = None) -> None:
+        self.best, self.state = floor, state
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        score = trainer.callback_metrics.get("val/top1")
+        if trainer.sanity_checking or score is None:
+            return
+        if self.best is None or float(score) > self.best:
+            self.best = float(score)
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)
+
+    def snapshot(self, pl_module: pl.LightningModule, score: float) -> None:
+        """Make the module as it is now, scoring ``score``, the one to beat."""
+        self.best = score
+        self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
 def _fraction(cfg: DictConfig, key: str) -> float:
@@ -167,18 +196,23 @@ def train_task(
         cfg, datamodule.num_classes, model, SEQUENCE_KEYS, owners=state.owners, owner=owner
     )
     trainable = module.trainable_parameter_count()
-    trainer = make_trainer(method.epochs)
-    trainer.fit(module, datamodule=datamodule)
+    selects = getattr(datamodule, "val_set", None) is not None  # else: the last epoch
+    best = KeepBestEpoch()
+    trainer = make_trainer(method.epochs, callbacks=[best] if selects else [])
+    trainer.fit(module, datamodule=datamodule)  # ends at its best epoch
     epochs = method.epochs
     last = task == state.task_order[-1]
     if not last:
         prune_owner(model, state.owners, head_name, owner, float(method.task_prune))
         if method.retrain_epochs > 0:
             module.set_schedule(method.retrain_lr, method.retrain_epochs, 1.0)
-            trainer = make_trainer(method.retrain_epochs)
+            trainer = make_trainer(method.retrain_epochs, callbacks=[best] if selects else [])
+            if selects:  # the pruned network's accuracy is the floor of the retrain
+                pruned = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+                best.snapshot(module, float(pruned["val/top1"]))
             trainer.fit(module, datamodule=datamodule)
             epochs += method.retrain_epochs
-    val = _val(trainer)
+    val = 100.0 * best.best if selects and best.best is not None else _val(trainer)
     top1, top5 = _test(trainer, module, datamodule)
     extras = bias_bn_state(model, head_name) if base_extras is not None else None
     state.add_task(task, module.head, datamodule.class_names, extras)
@@ -300,7 +334,7 @@ def retrain_base(
     top1, top5 = _test(trainer, module, **test)
     if state.base_task is not None:
         state.add_task(state.base_task, module.head, datamodule.class_names)
-    print(f"packnet base retrained on {rc.dataset}: test top-1 {_pct(top1)}")
+    say(f"packnet base retrained on {rc.dataset}: test top-1 {_pct(top1)}")
     return {"dataset": rc.dataset, "epochs": rc.epochs, "top1": top1, "top5": top5,
             "val_top1": val, "trainable_params": module.trainable_parameter_count(),
             "eval_split": eval_split(datamodule)}  # fmt: skip
@@ -345,6 +379,7 @@ def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     tasks = validate(cfg)
     base_task = scored_base_task(cfg)
     scored = [base_task, *tasks] if base_task else tasks  # every task that gets a record
+    preflight(cfg, scored)
     # before seeding: a first-time pretraining draws random numbers
     pretrain_s = 0.0 if cfg.method.base_weights else ensure_backbone_weights(cfg)
     task_cfgs = {t: with_dataset(cfg, t) for t in scored}
@@ -354,7 +389,7 @@ def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     if not cfg.force and all(
         existing_record(runs_dir / f"{r}.json") is not None for r in rids.values()
     ):
-        print(f"skip: records for all {len(scored)} tasks exist in {runs_dir} (force=true re-runs)")
+        say(f"skip: records for all {len(scored)} tasks exist in {runs_dir} (force=true re-runs)")
         return []
     seq_id = sequence_id(identities[tasks[0]][1], tasks)
     progress_dir = Path(cfg.paths.checkpoint_dir) / seq_id
@@ -363,7 +398,7 @@ def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     for record in records:
         record["pretrain_time_s"] = round(pretrain_s, 2)
         write_record(runs_dir / f"{record['run_id']}.json", record)
-        print(
+        say(
             f"packnet {record['dataset']}: top-1 {_pct(record['top1_after_task'])} after its "
             f"training, {_pct(record['top1'])} after the sequence"
         )
@@ -390,7 +425,7 @@ def _run(
         results: dict[str, dict[str, Any]] = {}
     else:
         state, results, base_info, rng = resumed
-        print(f"resuming the PackNet sequence after {len(state.tasks)} finished task(s): "
+        say(f"resuming the PackNet sequence after {len(state.tasks)} finished task(s): "
               f"{', '.join(state.tasks)} ({progress_path})")  # fmt: skip
     datamodules: dict[str, pl.LightningDataModule] = {}
     for task in scored:  # every dataset is checked before any training
@@ -414,12 +449,15 @@ def _run(
         save_progress(progress_path, state, results, base_info)
     no_val = {"limit_val_batches": 0} if cfg.protocol == "final" else {}  # nothing held out
 
-    def make_trainer(epochs: int, log_name: str | None = None) -> pl.Trainer:
+    def make_trainer(
+        epochs: int, log_name: str | None = None, callbacks: list | tuple = ()
+    ) -> pl.Trainer:
         return build_trainer(
             cfg,
             epochs,
             enable_checkpointing=False,
             logger=build_loggers(cfg, log_name) if log_name else False,
+            callbacks=list(callbacks),
             **no_val,
         )
 
@@ -433,11 +471,11 @@ def _run(
             state,
             task,
             datamodules[task],
-            lambda epochs, t=task: make_trainer(epochs, f"packnet/{t}"),
+            lambda epochs, callbacks=(), t=task: make_trainer(epochs, f"packnet/{t}", callbacks),
             base_extras,
         )
         results[task]["wall_time_s"] = round(time.time() - task_start, 2)
-        print(
+        say(
             f"packnet task {position + 1}/{len(tasks)} {task}: top-1 "
             f"{_pct(results[task]['top1_after_task'])} right after its training"
         )
@@ -459,7 +497,7 @@ def _run(
     for record in records:
         record["sequence_wall_time_s"] = sequence_s  # training time, across resumes
         record["sequence_resumed"] = resumed is not None
-    print(f"packnet state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
+    say(f"packnet state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
     progress_path.unlink(missing_ok=True)
     return records
 
