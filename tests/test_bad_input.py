@@ -45,8 +45,8 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> tuple[Path, Path]:
-    """One tiny task trained once, and its dataset, shared by the eval/predict cases."""
+def trained(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> Path:
+    """One tiny task trained once, shared by the eval/predict cases."""
     root = tmp_path_factory.mktemp("trained")
     data = make_image_folder(root / "tiny", size=32)
     train_in_process(
@@ -54,15 +54,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> 
         f"paths.output_dir={root / 'outputs' / 'job'}",
     )
     [task] = (root / "results" / "tasks").glob("*.safetensors")
-    return task, data
+    return task
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, minicnn_weights: Path, trained: tuple[Path, Path]) -> Ctx:
-    task, data = trained
-    local = make_image_folder(tmp_path / "tiny", size=32)
-    del data
-    return Ctx(tmp_path, local, minicnn_weights, task)
+def ctx(tmp_path: Path, minicnn_weights: Path, trained: Path) -> Ctx:
+    """A fresh copy of the tiny dataset per case (some cases break it)."""
+    return Ctx(tmp_path, make_image_folder(tmp_path / "tiny", size=32), minicnn_weights, trained)
 
 
 def _undecodable(c: Ctx) -> list[str]:

@@ -67,11 +67,21 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> N
 
 def with_dataset(cfg: DictConfig, dataset: str) -> DictConfig:
     """A copy of the run config with ``dataset`` composed from conf/dataset/<dataset>.yaml
-    (a PackNet sequence runs one such config per task)."""
+    (a PackNet sequence runs one such config per task); the command line's ``dataset.*``
+    overrides apply to it too (e.g. ``dataset.transforms.size=64`` for every task)."""
     task_cfg = cfg.copy()
     with open_dict(task_cfg):
-        task_cfg.dataset = compose([f"dataset={dataset}"]).dataset
+        task_cfg.dataset = compose([f"dataset={dataset}", *dataset_overrides()]).dataset
     return task_cfg
+
+
+def dataset_overrides() -> list[str]:
+    """The running app's ``dataset.*`` overrides (none outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("dataset.")]
 
 
 def dataset_config_names() -> list[str]:

@@ -40,8 +40,8 @@ class EpochLine(pl.Callback):
     """One line per finished epoch, where no progress bar is drawn."""
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero or not trainer.max_epochs or trainer.max_epochs < 1:
+            return  # a fit bounded by steps (the benchmarks) has no epochs to count
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
         metrics = trainer.callback_metrics
         if "train/loss" in metrics:

@@ -26,7 +26,7 @@ from src.data.decathlon import (
     read_split,
 )
 from src.masking import apply_task, backbone_fingerprint, check_compatible, read_task_file
-from src.models import build_backbone, classifier_name
+from src.models import build_backbone, classifier_name, normalisation
 from src.utils.atomic import atomic_write_bytes
 from src.utils.errors import UserError
 
@@ -103,7 +103,8 @@ def predict_test(
     ds = record["config"]["dataset"]
     split = read_split(ds["root"], ds["domain"], "test_stripped")
     check_files(ds["root"], split)
-    _, test_tf = domain_transforms(ds["transforms"], ds["stats"], ds["domain"], ds["root"])
+    own = None if ds.get("domain_stats", True) else normalisation(record["backbone"])
+    _, test_tf = domain_transforms(ds["transforms"], ds["stats"], ds["domain"], ds["root"], own)
     loader = DataLoader(
         DecathlonDataset(ds["root"], split, test_tf), batch_size=batch_size, num_workers=num_workers
     )
