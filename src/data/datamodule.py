@@ -17,7 +17,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from src.data.transforms import build_transforms
-from src.utils.errors import UserError, check_choice
+from src.utils.errors import UserError, check_choice, check_integer
 
 # clean: select the epoch on a split held out of train; faithful: on the test split (the
 # official code); final: train on every labelled non-test image and keep the last epoch.
@@ -97,12 +97,9 @@ class SplitDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, protocol: str, seed: int) -> None:
         super().__init__()
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise UserError(f"num_workers must be an integer >= 0 (got {num_workers!r})")
+        check_integer("num_workers", num_workers, 0)
         check_choice("protocol", protocol, PROTOCOLS)
-        if batch_size <= 0:
-            raise UserError(f"batch_size must be > 0 (got {batch_size})")
-        self.batch_size = batch_size
+        self.batch_size = check_integer("batch_size", batch_size)
         self.num_workers = num_workers
         self.protocol = protocol
         self.seed = seed

@@ -234,14 +234,15 @@ def domain_transforms(
     stats: str | Path,
     domain: str,
     root: str | Path,
+    domain_stats: bool = True,
     normalisation: Mapping | None = None,
 ):
-    """A domain's transforms. mean/std: the config's; else ``normalisation`` when given (the
-    backbone's own, for the data it was pretrained on); else the domain's, from the stats
-    file."""
+    """A domain's transforms. mean/std: the config's; else the domain's own from the stats
+    file (``domain_stats``, as published); else ``normalisation``, the backbone's (imagenet12,
+    the data the network was pretrained on)."""
     tf = dict(transforms)
     if tf.get("mean") is None or tf.get("std") is None:
-        tf.update(normalisation or read_stats(stats, domain, root))
+        tf.update(read_stats(stats, domain, root) if domain_stats else normalisation)
     return decathlon_transforms(tf, tf["mean"], tf["std"])
 
 
@@ -281,8 +282,9 @@ class DecathlonDataModule(SplitDataModule):
         self.domain = domain
         self.name = name or f"decathlon_{domain}"
         self.num_classes = num_classes
-        own = None if domain_stats else normalisation
-        self.train_tf, self.test_tf = domain_transforms(transforms, stats, domain, root, own)
+        self.train_tf, self.test_tf = domain_transforms(
+            transforms, stats, domain, root, domain_stats, normalisation
+        )
         self.prepare_hint = prepare_hint
         self.eval_split = ""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from src.masking import backbone_fingerprint, freeze_batchnorm, set_batchnorm_eval
-from src.utils.errors import UserError
+from src.utils.errors import check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
 # torch.optim class, whose other settings (momentum, weight decay, fused) the config holds.
@@ -47,15 +46,10 @@ class TaskModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer"])
-        for key, value in (("lr", lr), ("classifier_lr", classifier_lr)):
-            if value is not None and not (
-                isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-            ):
-                raise UserError(f"method.{key} must be a positive number (got {value!r})")
-        if not isinstance(lr_decay_every, int) or lr_decay_every <= 0:
-            raise UserError(
-                f"method.lr_decay_every must be an integer >= 1 epoch (got {lr_decay_every!r})"
-            )
+        check_positive("method.lr", lr)
+        if classifier_lr is not None:
+            check_positive("method.classifier_lr", classifier_lr)
+        check_integer("method.lr_decay_every", lr_decay_every)
         self.optimizer_factory = optimizer
         self.model = model
         self.classifier = classifier

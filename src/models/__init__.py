@@ -7,6 +7,7 @@ ours by ``@register_backbone`` on their classes).
 from src.models.minicnn import MiniCNN
 from src.models.registry import (
     BACKBONES,
+    WEIGHT_FILE_SUFFIXES,
     backbone_facts,
     backbone_names,
     build_backbone,
@@ -18,6 +19,7 @@ from src.models.resnet26 import ResNet26
 
 __all__ = [
     "BACKBONES",
+    "WEIGHT_FILE_SUFFIXES",
     "MiniCNN",
     "ResNet26",
     "backbone_facts",

@@ -22,6 +22,8 @@ from torch import nn
 from src.masking.model_surgery import prunable_layers, replace_module
 from src.utils.errors import UserError, check_choice
 
+# What backbone.weights names as a file; any other value is a torchvision weights name.
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 # The normalisation torchvision's ImageNet weights were trained with (and ResNet-26's).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -139,7 +141,7 @@ def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Modul
     spec = _spec(name)
     model = spec.build()
     if weights:
-        is_file = Path(weights).suffix in {".safetensors", ".pth", ".pt", ".bin"}
+        is_file = Path(weights).suffix in WEIGHT_FILE_SUFFIXES
         state = (
             load_state_dict_file(weights, spec.weights_help)
             if is_file

@@ -26,7 +26,7 @@ from src.masking.taskfile import TaskFile, read_task_file
 from src.runs.builders import build_datamodule
 from src.runs.config import CONF_DIR, compose, dataset_config_for
 from src.runs.records import read_record, read_records, write_record
-from src.utils.errors import UserError
+from src.utils.errors import UserError, check_integer
 
 METHOD_OF_KIND = {
     "piggyback": "piggyback",
@@ -74,12 +74,6 @@ def pick_device(name: str) -> torch.device:
 
 def task_method(meta: dict) -> str:
     return meta.get("method") or METHOD_OF_KIND.get(meta["kind"], meta["kind"])
-
-
-def positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(f"{key} must be a positive integer (got {value!r})")
-    return value
 
 
 class Evaluator:
@@ -210,7 +204,7 @@ def evaluate_tasks(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str, 
     if not cfg.tasks:
         raise UserError("name the task files: tasks=<file>[,<file>...] or tasks=<folder>")
     paths = task_paths(str(cfg.tasks))
-    batch_size = positive_int("batch_size", cfg.batch_size)
+    batch_size = check_integer("batch_size", cfg.batch_size)
     evaluator = Evaluator(overrides, pick_device(str(cfg.device)), str(cfg.strategy))
     out = Path(cfg.out or Path(cfg.paths.results_dir) / "evals")
     records = []

@@ -1,4 +1,4 @@
-"""What makes two runs the same run: the effective config plus the base weights' bytes."""
+"""What makes two runs the same run: the effective config plus the base weights' tensors."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.masking import state_digest
-from src.models import load_state_dict_file
+from src.models import WEIGHT_FILE_SUFFIXES, load_state_dict_file
 from src.runs.records import read_record, run_id
 from src.utils.errors import UserError
 from src.utils.output import say
-
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
 def weights_fingerprint(weights: str | None) -> str | None:

@@ -18,8 +18,8 @@ from src.masking.multitask import TASK_SUFFIX, MultiTaskModel
 from src.masking.taskfile import read_task_file
 from src.runs.builders import build_image_transforms
 from src.runs.config import compose
-from src.runs.evaluate import compose_config, pick_device, positive_int, training_overrides
-from src.utils.errors import UserError, check_choice
+from src.runs.evaluate import compose_config, pick_device, training_overrides
+from src.utils.errors import UserError, check_choice, check_integer
 
 FORMATS = ("table", "jsonl")
 
@@ -74,8 +74,8 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
     if not cfg.task or not cfg.images:
         raise UserError("usage: python -m src.predict task=<file> images=<files or folder>")
     check_choice("format", cfg.format, FORMATS)
-    k = positive_int("topk", cfg.topk)
-    batch_size = positive_int("batch_size", cfg.batch_size)
+    k = check_integer("topk", cfg.topk)
+    batch_size = check_integer("batch_size", cfg.batch_size)
     tf = read_task_file(resolve_task(str(cfg.task), cfg.paths.tasks_dir))
     if tf.kind == "packnet":
         raise UserError(f"{tf.path} is a PackNet state; predict takes a single-task file")

@@ -4,48 +4,36 @@ folders writable, backbone weights resolvable. A problem is a UserError naming t
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torchvision
 from omegaconf import DictConfig
 
 from src.data.datamodule import PROTOCOLS
-from src.runs.identity import WEIGHT_FILE_SUFFIXES
-from src.utils.errors import UserError, check_choice
-
-
-def _integer(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{key} must be an integer >= {low} (got {value!r})")
-
-
-def _positive(key: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{key} must be a positive number (got {value!r})")
+from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES
+from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
 
 def check_values(cfg: DictConfig) -> None:
     """Types and ranges of the keys every run reads."""
-    _integer("seed", cfg.seed, 0)
-    _integer("num_workers", cfg.num_workers, 0)
+    check_integer("seed", cfg.seed, 0)
+    check_integer("num_workers", cfg.num_workers, 0)
     check_choice("protocol", cfg.protocol, PROTOCOLS)
     fraction = cfg.val_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
         raise UserError(f"val_fraction must be between 0 and 1, exclusive (got {fraction!r})")
     method = cfg.method
-    _integer("method.epochs", method.epochs, 1)
-    _integer("method.batch_size", method.batch_size, 1)
+    check_integer("method.epochs", method.epochs, 1)
+    check_integer("method.batch_size", method.batch_size, 1)
     for key in ("lr", "retrain_lr"):
         if key in method:
-            _positive(f"method.{key}", method[key])
+            check_positive(f"method.{key}", method[key])
     if method.get("classifier_lr") is not None:
-        _positive("method.classifier_lr", method.classifier_lr)
+        check_positive("method.classifier_lr", method.classifier_lr)
     if "lr_decay_every" in method:
-        _integer("method.lr_decay_every", method.lr_decay_every, 1)
+        check_integer("method.lr_decay_every", method.lr_decay_every, 1)
 
 
 def _try_writing(folder: Path) -> None:
@@ -84,8 +72,6 @@ def check_weights(cfg: DictConfig) -> None:
         return
     if Path(str(weights)).suffix in WEIGHT_FILE_SUFFIXES:
         if not Path(weights).is_file() and not bb.get("pretrain"):
-            from src.models import BACKBONES
-
             spec = BACKBONES.get(bb.name)
             hint = spec.weights_help if spec and spec.weights_help else "check the path"
             raise UserError(f"backbone.weights: file {weights} does not exist; {hint}")
@@ -109,22 +95,20 @@ def check_trainer(cfg: DictConfig) -> None:
     build_trainer(cfg, 1, logger=False, enable_checkpointing=False)
 
 
-def check_datasets(cfg: DictConfig, datasets: list[str] | None = None) -> None:
+def check_datasets(configs: Iterable[DictConfig]) -> None:
     """Each dataset is where its config says, with the right classes (no image decoded)."""
     from src.runs.builders import build_datamodule
-    from src.runs.config import with_dataset
 
-    configs = [cfg] if datasets is None else [with_dataset(cfg, d) for d in datasets]
     for config in configs:
         build_datamodule(config).check()
 
 
-def preflight(cfg: DictConfig, datasets: list[str] | None = None) -> None:
+def preflight(cfg: DictConfig, task_cfgs: Iterable[DictConfig] | None = None) -> None:
     """Every check that needs no model and decodes no image, before any work starts (a
-    first-time pretraining included): values, folders, weights, trainer, ``datasets``
-    (None: ``cfg.dataset``)."""
+    first-time pretraining included): values, folders, weights, trainer, and the datasets
+    of ``task_cfgs`` (a sequence's tasks; None: ``cfg.dataset``)."""
     check_values(cfg)
     check_writable(cfg)
     check_weights(cfg)
     check_trainer(cfg)
-    check_datasets(cfg, datasets)
+    check_datasets([cfg] if task_cfgs is None else task_cfgs)

@@ -78,8 +78,7 @@ class KeepBestEpoch(pl.Callback):
         if trainer.sanity_checking or score is None:
             return
         if self.best is None or float(score) > self.best:
-            self.best = float(score)
-            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self.snapshot(pl_module, float(score))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is not None:
@@ -379,10 +378,10 @@ def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     tasks = validate(cfg)
     base_task = scored_base_task(cfg)
     scored = [base_task, *tasks] if base_task else tasks  # every task that gets a record
-    preflight(cfg, scored)
+    task_cfgs = {t: with_dataset(cfg, t) for t in scored}
+    preflight(cfg, task_cfgs.values())
     # before seeding: a first-time pretraining draws random numbers
     pretrain_s = 0.0 if cfg.method.base_weights else ensure_backbone_weights(cfg)
-    task_cfgs = {t: with_dataset(cfg, t) for t in scored}
     identities = {t: run_identity(c) for t, c in task_cfgs.items()}
     rids = {t: rid for t, (rid, _) in identities.items()}
     runs_dir = Path(cfg.paths.runs_dir)

@@ -103,8 +103,10 @@ def predict_test(
     ds = record["config"]["dataset"]
     split = read_split(ds["root"], ds["domain"], "test_stripped")
     check_files(ds["root"], split)
-    own = None if ds.get("domain_stats", True) else normalisation(record["backbone"])
-    _, test_tf = domain_transforms(ds["transforms"], ds["stats"], ds["domain"], ds["root"], own)
+    _, test_tf = domain_transforms(
+        ds["transforms"], ds["stats"], ds["domain"], ds["root"],
+        ds.get("domain_stats", True), normalisation(record["backbone"]),
+    )  # fmt: skip
     loader = DataLoader(
         DecathlonDataset(ds["root"], split, test_tf), batch_size=batch_size, num_workers=num_workers
     )

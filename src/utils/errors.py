@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -47,6 +48,21 @@ def exit_on_user_error(fn: F) -> F:
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_integer(key: str, value: Any, low: int = 1) -> int:
+    """``value`` when it is an integer >= ``low``, else a UserError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{key} must be an integer >= {low} (got {value!r})")
+    return value
+
+
+def check_positive(key: str, value: Any) -> float:
+    """``value`` when it is a finite number > 0, else a UserError naming ``key``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{key} must be a positive number (got {value!r})")
+    return value
 
 
 def check_choice(what: str, value: object, choices: Iterable[object]) -> None:
