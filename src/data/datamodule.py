@@ -215,10 +215,12 @@ class ImageFolderDataModule(SplitDataModule):
         return folder
 
     def setup(self, stage: str | None = None) -> None:
+        """Builds every split once; ``stage="test"`` (scoring only) never decodes train."""
         if self.class_names:
             return
         self.check()
-        train_full = self._checked_folder("train", self.train_tf)
+        folder = self._folder if stage == "test" else self._checked_folder
+        train_full = folder("train", self.train_tf)
         self.test_set = self._checked_folder("test", self.test_tf)
         self.class_names = list(train_full.classes)
         if self.protocol != "clean":

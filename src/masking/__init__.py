@@ -7,6 +7,7 @@ from src.masking.layers import MaskConfig, MaskedConv2d, MaskedLinear
 from src.masking.model_surgery import (
     add_masks,
     freeze_batchnorm,
+    keep_all_weights,
     mask_densities,
     mask_parameters,
     masked_layers,
@@ -39,6 +40,7 @@ __all__ = [
     "backbone_fingerprint",
     "check_compatible",
     "freeze_batchnorm",
+    "keep_all_weights",
     "mask_densities",
     "mask_parameters",
     "masked_layers",

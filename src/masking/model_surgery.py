@@ -48,6 +48,13 @@ def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [m.mask_real for m in masked_layers(model).values()]
 
 
+@torch.no_grad()
+def keep_all_weights(model: nn.Module) -> None:
+    """Set every mask to keep every weight: the masked network computes the plain one."""
+    for layer in masked_layers(model).values():
+        layer.mask_real.fill_(2 * layer.mask_config.threshold)
+
+
 def batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORM_TYPES)}
 

@@ -132,14 +132,19 @@ def _torchvision_weights(name: str, weights: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Module:
+def build_backbone(
+    name: str, weights: str | None, num_classes: int, keep_classifier: bool = False
+) -> nn.Module:
     """The named network with its pretrained weights and a fresh ``num_classes`` classifier.
 
     ``weights`` is a torchvision weights name (e.g. IMAGENET1K_V1), a file path
     (.safetensors or a weights-only torch file), or None for random initialisation.
+    ``keep_classifier``: keep the pretrained classifier instead (scoring the network on the
+    data it was trained on); it must have ``num_classes`` outputs.
     """
     spec = _spec(name)
     model = spec.build()
+    own_head: dict[str, torch.Tensor] = {}  # the pretrained classifier's tensors
     if weights:
         is_file = Path(weights).suffix in WEIGHT_FILE_SUFFIXES
         state = (
@@ -148,6 +153,7 @@ def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Modul
             else _torchvision_weights(name, str(weights))
         )
         head = spec.classifier + "."
+        own_head = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
         state = {k: v for k, v in state.items() if not k.startswith(head)}
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
@@ -160,7 +166,17 @@ def build_backbone(name: str, weights: str | None, num_classes: int) -> nn.Modul
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
     old = model.get_submodule(spec.classifier)
-    replace_module(model, spec.classifier, nn.Linear(old.in_features, num_classes))
+    new = nn.Linear(old.in_features, num_classes)
+    if keep_classifier:
+        stored = own_head.get("weight")
+        if stored is None or stored.shape != new.weight.shape:
+            shape = "none" if stored is None else tuple(stored.shape)
+            raise UserError(
+                f"{name}'s weights {weights} hold no {num_classes}-class classifier to score "
+                f"as it is (found: {shape}); set pretrained_as_is=false to train one"
+            )
+        new.load_state_dict(own_head)
+    replace_module(model, spec.classifier, new)
     return model
 
 

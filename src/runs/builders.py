@@ -17,7 +17,7 @@ from torch import nn
 
 from src.data.transforms import build_transforms
 from src.models import build_backbone, classifier_name, normalisation
-from src.runs.config import one_line
+from src.runs.config import dataset_config_for, one_line
 from src.runs.console import EpochLine, progress_bars, quiet_lightning
 from src.utils.errors import UserError
 
@@ -66,9 +66,23 @@ def ensure_backbone_weights(cfg: DictConfig) -> float:
     return pretrain(bb.name, cfg.paths.data_dir, Path(bb.weights))["wall_time_s"]
 
 
+def scores_pretrained(cfg: DictConfig) -> bool:
+    """Whether this run scores the pretrained network as it is: its dataset is the one the
+    backbone was trained on (``backbone.base_dataset``) and ``pretrained_as_is`` is on, as
+    the paper's ImageNet column and the Decathlon's imagenet12 entry were made."""
+    base = cfg.backbone.get("base_dataset")
+    if not cfg.get("pretrained_as_is", False) or not base:
+        return False
+    own = dataset_config_for(str(base))
+    return own is not None and own == dataset_config_for(cfg.dataset.name)
+
+
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The configured backbone with its pretrained weights and a fresh classifier."""
-    return build_backbone(cfg.backbone.name, cfg.backbone.weights, num_classes)
+    """The configured backbone with its pretrained weights and a fresh classifier (its own,
+    when the run scores the pretrained network as it is)."""
+    return build_backbone(
+        cfg.backbone.name, cfg.backbone.weights, num_classes, scores_pretrained(cfg)
+    )
 
 
 def method_settings(cfg: DictConfig, exclude: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -12,7 +12,13 @@ import torch
 from omegaconf import DictConfig
 
 from src.data import eval_split
-from src.masking import mask_densities, masked_layers, overall_density, state_digest
+from src.masking import (
+    keep_all_weights,
+    mask_densities,
+    masked_layers,
+    overall_density,
+    state_digest,
+)
 from src.runs.builders import (
     build_callbacks,
     build_checkpoint,
@@ -21,6 +27,7 @@ from src.runs.builders import (
     build_method,
     build_trainer,
     ensure_backbone_weights,
+    scores_pretrained,
 )
 from src.runs.identity import existing_record, run_identity
 from src.runs.records import write_record
@@ -71,11 +78,12 @@ def _train(
     pretrain_s: float,
 ) -> dict[str, Any] | None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    as_is = scores_pretrained(cfg)
     datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
+    datamodule.setup("test" if as_is else "fit")
     method = build_method(cfg, datamodule.num_classes)
     method.run_id = rid
-    selects = datamodule.val_set is not None  # protocol=final: keep the last epoch
+    selects = datamodule.val_set is not None and not as_is  # else: the last epoch
     checkpoint = build_checkpoint(cfg, ckpt_dir, selects)
     clock = TrainingClock()
     trainer = build_trainer(
@@ -87,15 +95,16 @@ def _train(
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(config)  # the whole run config, not only the module's
-    resume = resumable_checkpoint(ckpt_dir / "last.ckpt", rid) if not cfg.force else None
-    if resume:
-        say(f"resuming from {resume}")
-    trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    if as_is:
+        say(
+            f"{cfg.dataset.name} is the data {cfg.backbone.name} was trained on: scoring the "
+            "pretrained network as it is (pretrained_as_is=false trains on it instead)"
+        )
+        keep_all_weights(method.model)
+        best_val, best_name = None, None
+    else:
+        best_val, best_name = _fit(cfg, rid, method, datamodule, trainer, checkpoint, ckpt_dir)
     train_s = clock.seconds()
-    score = checkpoint.best_model_score
-    best_val = 100.0 * float(score) if selects and score is not None else None
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    method.load_state_dict(best["state_dict"])
     tested = eval_split(datamodule) != "none"  # protocol=final without a labelled test split
     test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
@@ -125,8 +134,9 @@ def _train(
         "world_size": trainer.world_size,
         "ranks_agree": ranks_agree,
         "epochs": trainer.current_epoch,
+        "pretrained_as_is": as_is,
         "skipped_images": getattr(datamodule, "skipped_images", []),
-        "best_checkpoint": Path(checkpoint.best_model_path).name,
+        "best_checkpoint": best_name,
         "weights_fingerprint": config["weights_fingerprint"],
         **state_report(method, task_bytes),
         "task_file": str(task_path),
@@ -146,6 +156,29 @@ def _train(
         f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {record_path}"
     )
     return record
+
+
+def _fit(
+    cfg: DictConfig,
+    rid: str,
+    method: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    trainer: pl.Trainer,
+    checkpoint: Any,
+    ckpt_dir: Path,
+) -> tuple[float | None, str]:
+    """Train (resuming this run's last checkpoint) and load the selected epoch; returns its
+    validation top-1 (None without selection) and its checkpoint's name."""
+    resume = resumable_checkpoint(ckpt_dir / "last.ckpt", rid) if not cfg.force else None
+    if resume:
+        say(f"resuming from {resume}")
+    trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    score = checkpoint.best_model_score
+    selects = datamodule.val_set is not None
+    best_val = 100.0 * float(score) if selects and score is not None else None
+    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    method.load_state_dict(best["state_dict"])
+    return best_val, Path(checkpoint.best_model_path).name
 
 
 def state_report(method: pl.LightningModule, task_bytes: int) -> dict[str, Any]:
