@@ -31,9 +31,9 @@ def test_every_row_cites_a_source_and_every_preset_is_covered() -> None:
     assert len(ROWS) >= 40
     assert all(len(row) == 4 and row[3] for row in ROWS)
     presets = {row[0].split()[0] for row in ROWS}
-    assert presets == {"experiment=paper_table", "experiment=paper_packnet"}
+    assert presets == {"experiment=paper_table", "experiment=paper_packnet", "experiment=decathlon"}
     methods = {m for row in ROWS for m in re.findall(r"method=(\w+)", row[0])}
-    assert methods == {"piggyback", "finetune", "classifier_only"}
+    assert methods >= {"piggyback", "finetune", "classifier_only"}
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,31 @@ def test_preset_composes_to_the_published_value(preset: str, key: str, value: st
         assert list(actual) == list(expected), key
     else:
         assert actual == expected, key
+
+
+def test_rebuffi_finetune_schedule_steps_at_epochs_80_and_100() -> None:
+    from src.models import build_backbone
+    from tests.conftest import method_for
+
+    module = method_for(build_backbone("minicnn", None, 4), "decathlon/finetune", 4)
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(120):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[79] == pytest.approx(0.1) and lrs[80] == pytest.approx(0.01)
+    assert lrs[99] == pytest.approx(0.01) and lrs[100] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize(
+    "every, milestones, message",
+    [(15, [80, 100], "both set"), (None, [100, 80], "must increase"), (None, None, "integer")],
+)
+def test_a_schedule_is_either_periodic_or_milestones(every, milestones, message) -> None:
+    from src.methods.base import check_schedule
+    from src.utils.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        check_schedule(every, milestones)

@@ -13,11 +13,26 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from src.masking import backbone_fingerprint, freeze_batchnorm, set_batchnorm_eval
-from src.utils.errors import check_integer, check_positive
+from src.utils.errors import UserError, check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
 # torch.optim class, whose other settings (momentum, weight decay, fused) the config holds.
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def check_schedule(lr_decay_every: int | None, lr_milestones: list[int] | None) -> None:
+    """The lr steps either every ``lr_decay_every`` epochs or at the ``lr_milestones``."""
+    if lr_milestones is None:
+        check_integer("method.lr_decay_every", lr_decay_every)
+        return
+    if lr_decay_every is not None:
+        raise UserError(
+            "method.lr_decay_every and method.lr_milestones both set; keep one (set the "
+            "other to null)"
+        )
+    steps = [check_integer("method.lr_milestones[]", m) for m in lr_milestones]
+    if steps != sorted(set(steps)):
+        raise UserError(f"method.lr_milestones must increase (got {list(lr_milestones)})")
 
 
 class TaskModule(pl.LightningModule):
@@ -39,17 +54,18 @@ class TaskModule(pl.LightningModule):
         num_classes: int,
         optimizer: OptimizerFactory,
         lr: float,
-        lr_decay_every: int,
+        lr_decay_every: int | None,
         lr_decay_factor: float,
         train_bn: bool,
         classifier_lr: float | None = None,
+        lr_milestones: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer"])
         check_positive("method.lr", lr)
         if classifier_lr is not None:
             check_positive("method.classifier_lr", classifier_lr)
-        check_integer("method.lr_decay_every", lr_decay_every)
+        check_schedule(lr_decay_every, lr_milestones)
         self.optimizer_factory = optimizer
         self.model = model
         self.classifier = classifier
@@ -133,7 +149,14 @@ class TaskModule(pl.LightningModule):
         hp = self.hparams
         groups = [g for g in self.param_groups() if g["params"]]
         opt = self.optimizer_factory(groups, lr=hp.lr)
-        sched = torch.optim.lr_scheduler.StepLR(opt, hp.lr_decay_every, gamma=hp.lr_decay_factor)
+        if hp.get("lr_milestones") is not None:
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, list(hp.lr_milestones), gamma=hp.lr_decay_factor
+            )
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, hp.lr_decay_every, gamma=hp.lr_decay_factor
+            )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def export_task(self, path: str | Path, meta: dict) -> int:

@@ -26,6 +26,16 @@ BASELINE_ACCURACY: dict[str, float] = {
     "svhn": 96.55,
     "ucf101": 51.20,
 }
+# Where each method's Decathlon recipe comes from (docs/decathlon.md, conf/method/decathlon/);
+# printed under the scores, so a score is never read without its recipe's provenance.
+RECIPE_SOURCES: dict[str, str] = {
+    "finetune": "Rebuffi et al. 2017's finetuning recipe, the baseline that defines E_max "
+    "(srebuffi/residual_adapters, train_new_task_finetuning.py and README)",
+    "piggyback": "no published Decathlon recipe (no Piggyback Decathlon script is public); "
+    "the paper's fine-grained recipe",
+    "classifier_only": "no published Decathlon recipe; this project's classifier-only recipe",
+    "packnet": "no published Decathlon recipe; PackNet's published fine-grained recipe",
+}
 GAMMA = 2
 MAX_POINTS = 1000.0
 

@@ -438,9 +438,17 @@ def footnotes(table: BackboneTable) -> list[str]:
             "withheld); they are not comparable with published test numbers."
         )
     if {"score", "score_val"} & set(table.datasets):
+        from src.reporting.decathlon import RECIPE_SOURCES
+
         lines.append(
             "score / score_val: Visual Decathlon score S on the test / validation splits, "
-            "mean over seeds that ran all ten domains."
+            "mean over seeds that ran all ten domains. Recipes: "
+            + "; ".join(
+                f"{m}: {RECIPE_SOURCES[m]}"
+                for m in sorted(set(table.cells.method))
+                if m in RECIPE_SOURCES
+            )
+            + "."
         )
     used = set(table.cells.source_id.dropna())
     lines += [f"[{sid}] {src}" for sid, src in table.sources.items() if sid in used]

@@ -12,6 +12,7 @@ import torchvision
 from omegaconf import DictConfig
 
 from src.data.datamodule import PROTOCOLS
+from src.methods.base import check_schedule
 from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES
 from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
@@ -33,7 +34,7 @@ def check_values(cfg: DictConfig) -> None:
     if method.get("classifier_lr") is not None:
         check_positive("method.classifier_lr", method.classifier_lr)
     if "lr_decay_every" in method:
-        check_integer("method.lr_decay_every", method.lr_decay_every, 1)
+        check_schedule(method.lr_decay_every, method.get("lr_milestones"))
 
 
 def _try_writing(folder: Path) -> None:
