@@ -274,6 +274,52 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
     assert state_digest(files[0].tensors) == state_digest(files[1].tensors)
 
 
+def test_killed_base_retraining_resumes_at_its_last_finished_epoch(
+    tmp_path: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base's retraining (10 ImageNet epochs, the grid's longest phase) is checkpointed
+    every epoch: killed in its second epoch, the same command runs only that epoch again."""
+    import src.runs.sequence as sequence
+
+    base_task = "mini_fashion_flip"
+    for task in (*TASKS[:1], base_task):
+        make_image_folder(tmp_path / "data" / "mini" / task, classes=10, per_class=2, size=8)
+    cfg = _compose(
+        tmp_path, minicnn_weights, "protocol=faithful", f"method.tasks=[{TASKS[0]}]",
+        f"method.base_retrain.dataset={base_task}", "method.base_retrain.epochs=2",
+    )  # fmt: skip
+    started: list[int] = []
+
+    class KillInSecondEpoch(pl.Callback):
+        kill = True
+
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
+            started.append(trainer.current_epoch)
+            if self.kill and trainer.current_epoch == 1:
+                raise RuntimeError("killed")
+
+    real_build_trainer, killer = sequence.build_trainer, KillInSecondEpoch()
+
+    def build_trainer(cfg, epochs, **kwargs):
+        if kwargs.get("limit_train_batches") is not None:  # only the base's retraining
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), killer]
+        return real_build_trainer(cfg, epochs, **kwargs)
+
+    monkeypatch.setattr(sequence, "build_trainer", build_trainer)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_sequence(cfg)
+    [last] = (tmp_path / "outputs" / "checkpoints").rglob("base/last.ckpt")
+    assert started == [0, 1]
+
+    started.clear()
+    killer.kill = False
+    records = run_sequence(cfg)
+    assert started == [1]  # epoch 0 was not trained again
+    assert not last.parent.exists()  # the finished base lives in the progress file
+    base = next(r for r in records if r["dataset"] == base_task)
+    assert base["task_position"] == 0 and base["top1"] is not None
+
+
 def test_corrupt_or_foreign_progress_is_refused(
     mini_tree: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

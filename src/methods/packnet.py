@@ -30,7 +30,7 @@ class PackNet(TaskModule):
         **kwargs,
     ) -> None:
         super().__init__(model, classifier, train_bn=train_bias_bn, **kwargs)
-        self.save_hyperparameters(ignore=["model", "owners"])  # owner tensors are not hparams
+        self.save_hyperparameters(ignore=["model", "owners", "optimizer"])  # not hparams
         self.owners = owners
         self.owner = owner
         self._masks: dict[str, torch.Tensor] = {}

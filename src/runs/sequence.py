@@ -12,6 +12,7 @@ for ResNet-26), the retrained base is scored as a task too and gets a record.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -50,7 +52,7 @@ from src.runs.config import dataset_config_names, with_dataset
 from src.runs.identity import existing_record, run_identity
 from src.runs.preflight import preflight
 from src.runs.records import run_id, write_record
-from src.runs.resume import run_lock
+from src.runs.resume import resumable_checkpoint, run_lock
 from src.utils.errors import UserError
 from src.utils.output import say
 from src.utils.random_state import rng_state, set_rng_state
@@ -88,6 +90,12 @@ class KeepBestEpoch(pl.Callback):
         """Make the module as it is now, scoring ``score``, the one to beat."""
         self.best = score
         self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:  # kept in checkpoints: a resumed phase remembers
+        return {"best": self.best, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.state = state["best"], state["state"]
 
 
 def _fraction(cfg: DictConfig, key: str) -> float:
@@ -281,10 +289,17 @@ def build_base(cfg: DictConfig, tasks: list[str]) -> tuple[PackNetState, dict[st
 
 
 def retrain_base(
-    cfg: DictConfig, state: PackNetState, datamodule: pl.LightningDataModule | None = None
+    cfg: DictConfig,
+    state: PackNetState,
+    ckpt_dir: Path,
+    datamodule: pl.LightningDataModule | None = None,
 ) -> dict[str, Any]:
     """Retrain the pruned base's own weights (+ biases/BN) on its dataset, as published.
 
+    The longest phase of a paper grid (10 ImageNet epochs): every epoch is checkpointed in
+    ``ckpt_dir``, and an interrupted sequence resumes it there. With a validation split the
+    best epoch is kept, the pruned base's own accuracy being the floor, as the official code
+    kept the best of its post-pruning epochs.
     ``datamodule``: the base's dataset config when it is scored as a task (its head is then
     stored as that task's); None: the mini base's Fashion-MNIST tensors.
     """
@@ -321,15 +336,28 @@ def retrain_base(
         lr_decay_every=rc.lr_decay_every,
         lr_decay_factor=rc.lr_decay_factor,
     )
+    module.run_id = f"{state.meta['sequence_id']}/base"  # checkpoints of this sequence only
+    selects = getattr(datamodule, "val_set", None) is not None
+    best = KeepBestEpoch()
+    last = ModelCheckpoint(  # last.ckpt, rewritten every epoch
+        dirpath=str(ckpt_dir), filename="last", monitor=None, enable_version_counter=False
+    )
     trainer = build_trainer(
         cfg,
         rc.epochs,
         logger=False,
-        enable_checkpointing=False,
+        callbacks=[last, *([best] if selects else [])],
         limit_train_batches=rc.limit_train_batches,
+        **({} if selects else {"limit_val_batches": 0}),
     )
-    trainer.fit(module, **fit)
-    val = _val(trainer)  # before testing, which replaces the trainer's metrics
+    resume = None if cfg.force else resumable_checkpoint(ckpt_dir / "last.ckpt", module.run_id)
+    if resume:
+        say(f"resuming the base's retraining from {resume}")
+    elif selects:  # the pruned base's accuracy is the floor
+        pruned = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        best.snapshot(module, float(pruned["val/top1"]))
+    trainer.fit(module, **fit, ckpt_path=resume, weights_only=True)
+    val = 100.0 * best.best if selects and best.best is not None else _val(trainer)
     top1, top5 = _test(trainer, module, **test)
     if state.base_task is not None:
         state.add_task(state.base_task, module.head, datamodule.class_names)
@@ -434,7 +462,8 @@ def _run(
         set_rng_state(rng)  # as it was when the last finished task ended
     elif cfg.method.base_retrain.dataset is not None:
         base_start = time.time()
-        retrained = retrain_base(cfg, state, datamodules.get(base_task))
+        base_ckpt_dir = progress_dir / "base"
+        retrained = retrain_base(cfg, state, base_ckpt_dir, datamodules.get(base_task))
         base_info["base_retrain"] = state.meta["base_retrain"] = retrained
         if base_task is not None:
             results[base_task] = {
@@ -446,6 +475,7 @@ def _run(
                 "wall_time_s": round(time.time() - base_start, 2),
             }
         save_progress(progress_path, state, results, base_info)
+        shutil.rmtree(base_ckpt_dir, ignore_errors=True)  # the progress file holds it now
     no_val = {"limit_val_batches": 0} if cfg.protocol == "final" else {}  # nothing held out
 
     def make_trainer(
