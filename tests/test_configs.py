@@ -65,7 +65,14 @@ def test_published_recipes() -> None:
 
 @pytest.mark.parametrize(
     "name, classes",
-    [("cub", 200), ("cars", 196), ("flowers", 102), ("wikiart", 195), ("sketch", 250)],
+    [
+        ("cub", 200),
+        ("cars", 196),
+        ("flowers", 102),
+        ("wikiart", 195),
+        ("sketch", 250),
+        ("imagenet", 1000),
+    ],
 )
 def test_paper_datasets(name: str, classes: int) -> None:
     ds = _compose(f"dataset={name}").dataset

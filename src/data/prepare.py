@@ -1,11 +1,12 @@
-"""Build the paper's five datasets as ImageFolder trees from what users actually download.
+"""Build the paper's five datasets and ImageNet as ImageFolder trees from what users download.
 
 Every builder reads the official archives (or their extracted folders, or the authors'
 pre-split ``train/``+``test/`` folders) and yields a list of jobs; one common writer checks
 the counts, decodes every image (cropping/resizing where asked) and publishes
 ``<out>/<name>/{train,test}/<class>/<file>`` atomically, so a failed or killed run leaves no
 dataset a later training run could pick up. Class folders are named so that their sorted
-order equals the official class ids (ImageFolder labels follow sorted folder order).
+order equals the official class ids (ImageFolder labels follow sorted folder order; for
+ImageNet, the order of torchvision's pretrained classifiers).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
+from torchvision.datasets.imagenet import ARCHIVE_META
 
-from src.utils.errors import UserError
 from src.utils.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json
+from src.utils.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SKETCH_SPLIT_FILE = REPO_ROOT / "data" / "splits" / "sketch_64_16.json"
@@ -54,13 +56,15 @@ class Checksum:
     size: int | None = None
 
 
-# Counts: docs/datasets.md (the reference table of the Piggyback/PackNet/CPG splits).
+# Counts: docs/datasets.md (the reference table of the Piggyback/PackNet/CPG splits; ImageNet:
+# the ILSVRC-2012 devkit readme, its validation set serving as test).
 EXPECTED = {
     "cub": Expected(200, 5994, 5794),
     "cars": Expected(196, 8144, 8041),
     "flowers": Expected(102, 2040, 6149),
     "wikiart": Expected(195, 42129, 10628),
     "sketch": Expected(250, 16000, 4000),
+    "imagenet": Expected(1000, 1281167, 50000),
 }
 # Folder names of the authors' pre-split archive (arunmallya/piggyback README).
 OFFICIAL_NAMES = {
@@ -70,8 +74,15 @@ OFFICIAL_NAMES = {
     "wikiart": "wikiart",
     "sketch": "sketches",
 }
+# ILSVRC-2012: part (train/val/devkit) -> official file name, from torchvision's ARCHIVE_META.
+IMAGENET_FILES = {part: file for part, (file, _) in ARCHIVE_META.items()}
+IMAGENET_SIZES = {"ILSVRC2012_img_train.tar": 147897477120, "ILSVRC2012_img_val.tar": 6744924160}
+IMAGENET_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 # The one checksum table. Sources: CUB md5/size from its data.caltech.edu record; Flowers
-# md5s as in torchvision.datasets.Flowers102; Cars sizes from TFDS url_checksums/cars196.txt.
+# md5s as in torchvision.datasets.Flowers102; Cars sizes from TFDS url_checksums/cars196.txt;
+# ImageNet md5s from torchvision's ARCHIVE_META, train/val sizes as `ls -l` of the official
+# files shows them in public setup guides (checked first: a truncated 147 GB download fails
+# at once instead of after its md5).
 CHECKSUMS = {
     "CUB_200_2011.tgz": Checksum("97eceeb196236b17998738112f37df78", 1150585339),
     "102flowers.tgz": Checksum("52808999861908f626f3c1f4e79d11fa"),
@@ -81,6 +92,7 @@ CHECKSUMS = {
     "cars_test.tgz": Checksum(size=977350468),
     "car_devkit.tgz": Checksum(size=330960),
     "cars_test_annos_withlabels.mat": Checksum(size=185758),
+    **{f: Checksum(md5, IMAGENET_SIZES.get(f)) for f, md5 in ARCHIVE_META.values()},
 }
 FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 DOWNLOADS = {  # dataset -> [(url, file name)]; --source then names the download folder
@@ -101,6 +113,13 @@ WHERE = {
         "Piggyback's WikiArt split exists only in the authors' archive: download it from the "
         "Box link in the README of github.com/arunmallya/piggyback (mirror linked from "
         "github.com/ivclab/CPG), unzip it and pass the folder (or the zip) as --source"
+    ),
+    "imagenet": (
+        "ImageNet is downloadable only after a (free, non-commercial) registration: sign in at "
+        "image-net.org, download ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and "
+        "ILSVRC2012_devkit_t12.tar.gz from the ILSVRC 2012 page "
+        "(image-net.org/challenges/LSVRC/2012/2012-downloads.php), put them in one folder "
+        "and pass it as --source"
     ),
 }
 OFFICIAL_FILES = {*CHECKSUMS, "sketches_png.zip"}
@@ -294,13 +313,7 @@ def extract(archive: Path, dest: Path) -> Path:
     try:
         if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tar:
-                if hasattr(tarfile, "data_filter"):
-                    tar.extractall(dest, filter="data")
-                else:  # Python < 3.10.12: reject unsafe member paths ourselves
-                    for m in tar.getmembers():
-                        if m.name.startswith("/") or ".." in Path(m.name).parts:
-                            raise UserError(f"{archive}: unsafe member path {m.name!r}")
-                    tar.extractall(dest)
+                _extract_tar(tar, dest, archive)
         elif zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 zf.extractall(dest)
@@ -311,6 +324,17 @@ def extract(archive: Path, dest: Path) -> Path:
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
         raise UserError(f"{archive}: cannot extract it ({err}); download it again") from None
     return dest
+
+
+def _extract_tar(tar: tarfile.TarFile, dest: Path, archive: Path) -> None:
+    """Extract an open tar, random-access or stream (``r|``), refusing unsafe member paths."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for m in tar:  # Python < 3.10.12: check each member ourselves (works on streams too)
+        if m.name.startswith("/") or ".." in Path(m.name).parts:
+            raise UserError(f"{archive}: unsafe member path {m.name!r}")
+        tar.extract(m, dest)
 
 
 def find_file(roots: Iterable[Path], name: str) -> Path | None:
@@ -426,13 +450,13 @@ def _mat_field(path: Path, mat: dict, key: str):
     return np.atleast_1d(mat[key])
 
 
-def _annotations(path: Path, fields: tuple[str, ...]) -> list[dict]:
-    """Rows of the struct array ``annotations`` in a Cars devkit .mat file."""
-    ann = _mat_field(path, _loadmat(path), "annotations")
-    missing = [f for f in fields if f not in (ann.dtype.names or ())]
+def _struct_rows(path: Path, key: str, fields: tuple[str, ...]) -> list[dict]:
+    """Rows of the struct array ``key`` of a .mat file (Cars annotations, ImageNet synsets)."""
+    rows = _mat_field(path, _loadmat(path), key)
+    missing = [f for f in fields if f not in (rows.dtype.names or ())]
     if missing:
-        raise UserError(f"{path}: 'annotations' lacks the fields {missing}")
-    return [{f: row[f] for f in fields} for row in ann]
+        raise UserError(f"{path}: {key!r} lacks the fields {missing}")
+    return [{f: row[f] for f in fields} for row in rows]
 
 
 def _class_folder(class_id: int, name: str) -> str:
@@ -465,7 +489,7 @@ def cars_jobs(roots: list[Path]) -> list[Job]:
     jobs = []
     for split, mat, folder in (("train", train_mat, "cars_train"), ("test", test_mat, "cars_test")):
         images = _require(_image_dir(roots, folder), f"the {folder}/ image folder", how)
-        for row in _annotations(mat, fields):
+        for row in _struct_rows(mat, "annotations", fields):
             cid = int(row["class"])
             if not 1 <= cid <= len(names):
                 raise UserError(f"{mat}: class {cid} outside 1..{len(names)} of cars_meta.mat")
@@ -572,6 +596,107 @@ def load_sketch_split(path: Path = SKETCH_SPLIT_FILE) -> dict:
     return split
 
 
+def imagenet_archives(source: Path) -> dict[str, Path]:
+    """The three official ILSVRC-2012 files in the ``source`` folder, all checked present
+    before anything is verified or extracted (hours of work otherwise)."""
+    names = ", ".join(IMAGENET_FILES.values())
+    if not source.is_dir():
+        raise UserError(f"imagenet: --source must be the folder holding {names} (got {source})")
+    paths = {part: source / name for part, name in IMAGENET_FILES.items()}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UserError(
+            f"imagenet: {', '.join(missing)} not found in {source}; {WHERE['imagenet']}"
+        )
+    return paths
+
+
+def imagenet_labels(devkit: Path, work: Path) -> tuple[set[str], list[str]]:
+    """(the class wnids, the wnid of each validation image in sorted file order) from the devkit.
+
+    Read as torchvision's ``parse_devkit_archive`` reads them: the classes are meta.mat's leaf
+    synsets (num_children == 0; the rest are WordNet ancestors), the ground truth holds one
+    ILSVRC2012_ID per validation image. That function cannot be called here: it accepts only
+    the official md5 (no --no-verify, no miniature archives) and turns a bad devkit into a
+    bare FileNotFoundError or KeyError.
+    """
+    root = extract(devkit, work / "devkit")
+    how = f"{devkit} is not the ILSVRC-2012 devkit (task 1 & 2); download it again"
+    meta = _require(find_file([root], "meta.mat"), f"{devkit.name}: data/meta.mat", how)
+    truth = _require(
+        find_file([root], IMAGENET_GROUND_TRUTH),
+        f"{devkit.name}: data/{IMAGENET_GROUND_TRUTH}",
+        how,
+    )
+    synsets = _struct_rows(meta, "synsets", ("ILSVRC2012_ID", "WNID", "num_children"))
+    wnid_of = {
+        int(r["ILSVRC2012_ID"]): str(r["WNID"]) for r in synsets if int(r["num_children"]) == 0
+    }
+    labels = []
+    for lineno, line in enumerate(truth.read_text().rstrip().splitlines(), 1):
+        if not line.strip().isdigit() or int(line) not in wnid_of:
+            raise UserError(
+                f"{truth.name}:{lineno}: {line!r} is not the ILSVRC2012_ID of a class in "
+                f"meta.mat; {how}"
+            )
+        labels.append(wnid_of[int(line)])
+    return set(wnid_of.values()), labels
+
+
+def _extract_imagenet_train(archive: Path, dest: Path, wnids: set[str], progress: bool) -> Path:
+    """Stream the train tar's per-class ``<wnid>.tar`` members straight into ``dest/<wnid>/``:
+    each image is written once, and the 140 GB of inner tars never land on disk."""
+    from tqdm import tqdm
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r|", bufsize=1 << 20) as outer:
+            bar = tqdm(outer, total=len(wnids), desc=f"extract {archive.name}", unit="class",
+                       disable=not progress)  # fmt: skip
+            for member in bar:
+                name = PurePosixPath(member.name).name
+                wnid = name.removesuffix(".tar")
+                if not (member.isfile() and name.endswith(".tar") and wnid in wnids):
+                    raise UserError(
+                        f"{archive}: member {member.name!r} is not the <wnid>.tar of a class in "
+                        "the devkit's meta.mat; is it the official ILSVRC2012_img_train.tar?"
+                    )
+                with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+                    _extract_tar(inner, dest / wnid, archive)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise UserError(f"{archive}: cannot extract it ({err}); download it again") from None
+    return dest
+
+
+def imagenet_jobs(archives: dict[str, Path], work: Path, progress: bool) -> list[Job]:
+    """ILSVRC-2012: train from the per-class tars, test = the validation set labelled by the
+    devkit's ground truth (the set every paper reports ImageNet top-1 on).
+
+    Class folders are the wnids: sorted wnid order is the class index order of torchvision's
+    pretrained ImageNet classifiers (trained on ImageFolder trees of wnid folders), so a
+    base's own classifier can be scored on this test split as it is. The small devkit and
+    validation set are read and cross-checked before the 140 GB train archive.
+    """
+    wnids, val_labels = imagenet_labels(archives["devkit"], work)
+    val_images = _images(extract(archives["val"], work / "val"))
+    if len(val_images) != len(val_labels):
+        raise UserError(
+            f"imagenet: {IMAGENET_GROUND_TRUTH} has {len(val_labels)} labels but "
+            f"{archives['val'].name} holds {len(val_images)} images: one of the two is "
+            "incomplete or not the official file; download them again"
+        )
+    train = _extract_imagenet_train(archives["train"], work / "train", wnids, progress)
+    jobs = [
+        Job(str(p), "train", cls.name, p.name)
+        for cls in sorted(d for d in train.iterdir() if d.is_dir())
+        for p in _images(cls)
+    ]
+    # as torchvision's parse_val_archive: the i-th label goes to the i-th file in sorted order
+    return jobs + [
+        Job(str(p), "test", w, p.name) for p, w in zip(val_images, val_labels, strict=True)
+    ]
+
+
 # ----------------------------------------------------------------------------- download
 
 
@@ -650,13 +775,18 @@ def prepare_dataset(
         raise UserError(f"{name}: source {source} does not exist; {hint}")
     if resize is not None and resize <= 0:
         raise UserError(f"--resize must be a positive size in pixels (got {resize})")
+    archives = imagenet_archives(source) if name == "imagenet" else {}
     expected = EXPECTED[name] if expected is None else expected
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     with tempfile.TemporaryDirectory(prefix=f".{name}.source.", dir=out_dir) as work:
         roots = _source_roots(source, Path(work), checksums if verify else {})
-        presplit = next((p for r in roots if (p := find_presplit(r, name))), None)
+        presplit = (  # ImageNet has no authors' pre-split form
+            next((p for r in roots if (p := find_presplit(r, name))), None)
+            if name in OFFICIAL_NAMES
+            else None
+        )
         if presplit is not None:
             jobs, form = presplit_jobs(presplit), "presplit"
         elif name == "wikiart":
@@ -666,6 +796,8 @@ def prepare_dataset(
             if name == "sketch":
                 split = load_sketch_split() if sketch_split is None else sketch_split
                 jobs = sketch_jobs(roots, split)
+            elif name == "imagenet":
+                jobs = imagenet_jobs(archives, Path(work), progress)
             else:
                 jobs = {"cub": cub_jobs, "cars": cars_jobs, "flowers": flowers_jobs}[name](roots)
         counts = check_counts(name, jobs, expected, allow_count_mismatch)
