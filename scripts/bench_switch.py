@@ -52,7 +52,7 @@ def benchmark(
     """
     from safetensors.torch import save_file
 
-    from src.masking.model_surgery import prunable_layers
+    from src.masking.model_surgery import prunable_weights
     from src.masking.taskfile import apply_task, pack_bits, prefixed, write_task_file
 
     torch.manual_seed(0)
@@ -70,13 +70,11 @@ def benchmark(
         "num_classes": 10,
         "class_names": [str(i) for i in range(10)],
     }
-    layers = dict(prunable_layers(model, classifier))
+    layers = prunable_weights(model, classifier)
     names = []
     for t in range(n_tasks):
-        bits = {
-            f"mask.{n}": pack_bits(torch.rand_like(m.weight) < density) for n, m in layers.items()
-        }
-        shapes = {n: {"shape": list(m.weight.shape), "density": density} for n, m in layers.items()}
+        bits = {f"mask.{n}": pack_bits(torch.rand_like(w) < density) for n, w in layers.items()}
+        shapes = {n: {"shape": list(w.shape), "density": density} for n, w in layers.items()}
         path = folder / f"task{t}.safetensors"
         write_task_file(path, {**bits, **head}, {**meta, "kind": "piggyback", "layers": shapes})
         names.append(path)

@@ -34,13 +34,12 @@ def quick() -> Iterator[Settings]:
 
 def test_storage_counts_one_bit_per_masked_weight(quick: Settings) -> None:
     row = benchmarks.fig_storage(quick)["backbones"]["minicnn"]
-    from src.masking import prunable_layers
+    from src.masking import prunable_weights
 
     model = benchmarks.build_backbone("minicnn", None, 10)
-    n = sum(m.weight.numel() for _, m in prunable_layers(model, "classifier"))
-    assert row["masked_weights"] == n
-    assert row["mask_bytes"] == sum(-(-m.weight.numel() // 8) for _, m in
-                                    prunable_layers(model, "classifier"))  # fmt: skip
+    weights = prunable_weights(model, "classifier").values()
+    assert row["masked_weights"] == sum(w.numel() for w in weights)
+    assert row["mask_bytes"] == sum(-(-w.numel() // 8) for w in weights)
     assert row["task_bytes"] == row["mask_bytes"] + row["classifier_bytes"] + row["overhead_bytes"]
     assert row["overhead_bytes"] > 0
 

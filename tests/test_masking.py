@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -9,11 +11,9 @@ from torch import nn
 
 from src.masking import (
     Binarizer,
-    MaskedConv2d,
-    MaskedLinear,
     Ternarizer,
     add_masks,
-    freeze_batchnorm,
+    freeze_norms,
     mask_densities,
     masked_layers,
 )
@@ -35,31 +35,35 @@ def test_binarizer_and_ternarizer_values_and_identity_gradient() -> None:
 def test_straight_through_gradient_is_dL_dWeff_times_W(layer: nn.Module) -> None:
     torch.manual_seed(0)
     cfg = published_mask(mask_init="uniform", mask_scale=1e-2)
-    masked = (MaskedLinear if isinstance(layer, nn.Linear) else MaskedConv2d).from_dense(layer, cfg)
+    holder = nn.Sequential(layer)
+    add_masks(holder, cfg, classifier="none")
+    (mask,) = masked_layers(holder).values()
     x = torch.randn(2, 7) if isinstance(layer, nn.Linear) else torch.randn(2, 3, 6, 6)
-    (masked(x) ** 2).sum().backward()
+    (layer(x) ** 2).sum().backward()
 
-    w_eff = masked.effective_weight().detach().requires_grad_(True)
+    w_eff = layer.weight.detach().requires_grad_(True)  # the parametrized weight: W * m
     out = (
-        nn.functional.linear(x, w_eff, masked.bias)
+        nn.functional.linear(x, w_eff, layer.bias)
         if isinstance(layer, nn.Linear)
-        else masked._conv_forward(x, w_eff, masked.bias)
+        else layer._conv_forward(x, w_eff, layer.bias)
     )
     (out**2).sum().backward()
-    torch.testing.assert_close(masked.mask_real.grad, w_eff.grad * masked.weight)
-    assert masked.weight.grad is None  # the backbone weight gets no gradient
+    torch.testing.assert_close(mask.mask_real.grad, w_eff.grad * mask.weight)
+    assert mask.weight.grad is None  # the backbone weight gets no gradient
 
 
 def test_average_gradient_scaling_divides_by_mean_abs_weight() -> None:
     torch.manual_seed(0)
     dense = nn.Linear(6, 4)
-    plain = MaskedLinear.from_dense(dense, published_mask())
-    scaled = MaskedLinear.from_dense(dense, published_mask(scale_gradients="average"))
+    plain, scaled = nn.Sequential(dense), nn.Sequential(copy.deepcopy(dense))
+    add_masks(plain, published_mask(), "none")
+    add_masks(scaled, published_mask(scale_gradients="average"), "none")
     x = torch.randn(3, 6)
     plain(x).sum().backward()
     scaled(x).sum().backward()
+    (plain_mask,), (scaled_mask,) = masked_layers(plain).values(), masked_layers(scaled).values()
     torch.testing.assert_close(
-        scaled.mask_real.grad, plain.mask_real.grad / dense.weight.abs().mean()
+        scaled_mask.mask_real.grad, plain_mask.mask_real.grad / plain_mask.weight.abs().mean()
     )
 
 
@@ -94,9 +98,9 @@ def test_add_masks_covers_every_conv_and_linear_but_the_classifier() -> None:
     assert all(not m.weight.requires_grad for m in layers.values())
 
 
-def test_freeze_batchnorm_keeps_statistics() -> None:
+def test_freeze_norms_keeps_batchnorm_statistics() -> None:
     model = build_backbone("minicnn", None, 4)
-    freeze_batchnorm(model)
+    freeze_norms(model)
     bn = model.features[1]
     before = bn.running_mean.clone()
     model.features(torch.randn(4, 3, 8, 8))

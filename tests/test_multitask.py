@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from src.masking import masked_layers
-from src.masking.model_surgery import batchnorm_layers
+from src.masking.model_surgery import norm_layers
 from src.masking.multitask import STRATEGIES, MultiTaskModel, task_paths
 from src.masking.pruning import PackNetState, claim_free, init_owners, prune_owner
 from src.models import build_backbone
@@ -38,7 +38,7 @@ def make_task(
             keep = torch.rand_like(layer.mask_real) < density
             layer.mask_real.data = torch.where(keep, 1e-2, -1e-2 if seed % 2 else 0.0)
         if method.hparams.train_bn:
-            for bn in batchnorm_layers(model).values():
+            for bn in norm_layers(model).values():
                 bn.running_mean.add_(torch.randn_like(bn.running_mean))
                 bn.weight.data.mul_(2)
     elif kind == "classifier":

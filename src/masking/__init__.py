@@ -3,17 +3,20 @@
 Nothing here knows about Lightning, datasets or configs.
 """
 
-from src.masking.layers import MaskConfig, MaskedConv2d, MaskedLinear
+from src.masking.layers import MaskConfig, WeightMask
 from src.masking.model_surgery import (
     add_masks,
-    freeze_batchnorm,
+    freeze_norms,
+    is_masked,
     keep_all_weights,
     mask_densities,
     mask_parameters,
     masked_layers,
     overall_density,
-    prunable_layers,
-    set_batchnorm_eval,
+    prunable_biases,
+    prunable_slots,
+    prunable_weights,
+    set_norms_eval,
 )
 from src.masking.taskfile import (
     TaskFile,
@@ -31,24 +34,26 @@ from src.masking.threshold import Binarizer, Ternarizer
 __all__ = [
     "Binarizer",
     "MaskConfig",
-    "MaskedConv2d",
-    "MaskedLinear",
     "TaskFile",
     "Ternarizer",
+    "WeightMask",
     "add_masks",
     "apply_task",
     "backbone_fingerprint",
     "check_compatible",
-    "freeze_batchnorm",
+    "freeze_norms",
+    "is_masked",
     "keep_all_weights",
     "mask_densities",
     "mask_parameters",
     "masked_layers",
     "overall_density",
     "pack_bits",
-    "prunable_layers",
+    "prunable_biases",
+    "prunable_slots",
+    "prunable_weights",
     "read_task_file",
-    "set_batchnorm_eval",
+    "set_norms_eval",
     "state_digest",
     "unpack_bits",
     "write_task_file",

@@ -1,7 +1,10 @@
-"""Masked Conv2d and Linear: a frozen weight times a thresholded, learned real-valued mask.
+"""A Piggyback mask as a parametrization: the frozen weight times a thresholded, learned mask.
 
-The layers subclass torch's own Conv2d/Linear, so state_dict keys, shapes and the
-convolution arithmetic stay those of the plain layer; only ``mask_real`` is added.
+``torch.nn.utils.parametrize`` makes a module's weight a function of other tensors, and every
+reader of the weight goes through it: a Conv/Linear's forward, and also
+nn.MultiheadAttention, which hands ``in_proj_weight`` and ``out_proj.weight`` straight to its
+functional kernel (a module swap could never mask those). The layer keeps its own class,
+forward and arithmetic; the stored weight moves to ``parametrizations.<name>.original``.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from src.masking.threshold import THRESHOLD_FNS
@@ -45,27 +47,25 @@ class MaskConfig:
         check_choice("scale_gradients", self.scale_gradients, GRADIENT_SCALINGS)
 
 
-class MaskedLayerMixin:
-    """Mask bookkeeping shared by MaskedConv2d and MaskedLinear."""
+class WeightMask(nn.Module):
+    """The parametrization W -> W * threshold(mask_real) of one frozen weight.
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
-    mask_real: nn.Parameter
-    mask_config: MaskConfig
+    ``weight`` is the stored (frozen) weight it multiplies, kept as a plain reference so
+    that it is not registered twice; ``mask()`` is the 0/1 (or -1/0/1) mask, straight-through
+    differentiable.
+    """
 
-    def _attach_mask(self, dense: nn.Module, config: MaskConfig) -> None:
-        self.weight = dense.weight
-        self.bias = dense.bias
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
+    def __init__(self, weight: torch.Tensor, config: MaskConfig) -> None:
+        super().__init__()
+        weight.requires_grad_(False)
+        self.__dict__["weight"] = weight
         self.mask_config = config
-        self.mask_real = nn.Parameter(self._initial_mask(config))
+        self.mask_real = nn.Parameter(self._initial_mask(weight.detach(), config))
         if config.scale_gradients != "none":
             self.mask_real.register_hook(self._scale_mask_gradient)
 
-    def _initial_mask(self, config: MaskConfig) -> torch.Tensor:
-        w = self.weight.detach()
+    @staticmethod
+    def _initial_mask(w: torch.Tensor, config: MaskConfig) -> torch.Tensor:
         if config.mask_init == "1s":
             return torch.full_like(w, config.mask_scale)
         if config.mask_init == "uniform":
@@ -84,46 +84,5 @@ class MaskedLayerMixin:
         fn = THRESHOLD_FNS[self.mask_config.threshold_fn]
         return fn.apply(self.mask_real, self.mask_config.threshold)
 
-    def effective_weight(self) -> torch.Tensor:
-        return self.weight * self.mask()
-
-
-class MaskedConv2d(MaskedLayerMixin, nn.Conv2d):
-    @classmethod
-    def from_dense(cls, conv: nn.Conv2d, config: MaskConfig) -> MaskedConv2d:
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device="meta",
-        )
-        layer._attach_mask(conv, config)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.effective_weight(), self.bias)
-
-
-class MaskedLinear(MaskedLayerMixin, nn.Linear):
-    @classmethod
-    def from_dense(cls, linear: nn.Linear, config: MaskConfig) -> MaskedLinear:
-        layer = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"
-        )
-        layer._attach_mask(linear, config)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
-
-
-MASKED_TWINS: dict[type[nn.Module], type[MaskedLayerMixin]] = {
-    nn.Conv2d: MaskedConv2d,
-    nn.Linear: MaskedLinear,
-}
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask()

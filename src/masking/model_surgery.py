@@ -1,15 +1,29 @@
-"""Model-wide operations: put masks on a network, freeze BatchNorm, read mask statistics."""
+"""Model-wide operations: find the trunk's weights, put masks on them, freeze the norms.
+
+A *prunable weight* is one that a layer multiplies with its input: the weight of every
+Conv1d/2d/3d and Linear of the trunk (subclasses included, e.g. attention's out_proj) and
+nn.MultiheadAttention's packed ``in_proj_weight`` (or its separate q/k/v weights). Its key is
+the module's name for a ``weight`` and ``<module>.<parameter>`` otherwise, so the keys of the
+paper's CNNs are their layer names. Biases, norms, positional embeddings and class tokens are
+not prunable weights: they stay frozen (norms may be trained per task, ``train_bn``).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from src.masking.layers import MASKED_TWINS, MaskConfig, MaskedLayerMixin
+from src.masking.layers import MaskConfig, WeightMask
 
-BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
+BATCHNORM_TYPES = NORM_TYPES[:3]
+PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")  # a masked weight's key
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -19,29 +33,80 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def prunable_layers(model: nn.Module, classifier: str) -> Iterator[tuple[str, nn.Module]]:
-    """Every Conv2d and Linear of the shared trunk, i.e. all but the task classifier."""
+def _has(module: nn.Module, param: str) -> bool:
+    return module._parameters.get(param) is not None or parametrize.is_parametrized(module, param)
+
+
+def prunable_slots(model: nn.Module, classifier: str) -> Iterator[tuple[str, nn.Module, str]]:
+    """(key, module, parameter name) of every prunable weight outside the task classifier."""
     for name, module in model.named_modules():
         if name == classifier or name.startswith(classifier + "."):
             continue
-        if type(module) in MASKED_TWINS:
-            yield name, module
+        if isinstance(module, PRUNABLE_TYPES):
+            yield name, module, "weight"
+        elif isinstance(module, nn.MultiheadAttention):
+            for param in ATTENTION_WEIGHTS:
+                if _has(module, param):
+                    yield f"{name}.{param}", module, param
+
+
+def stored_weight(module: nn.Module, param: str) -> nn.Parameter:
+    """The weight as stored: under a mask, the frozen original it multiplies."""
+    if parametrize.is_parametrized(module, param):
+        return module.parametrizations[param].original
+    return module._parameters[param]
+
+
+def prunable_weights(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
+    """Every prunable weight of the trunk, as stored, by key."""
+    return {key: stored_weight(m, p) for key, m, p in prunable_slots(model, classifier)}
+
+
+def prunable_biases(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
+    """The biases added after the prunable weights, by state_dict key (PackNet's extras)."""
+    biases = {}
+    for key, module, param in prunable_slots(model, classifier):
+        prefix = key[: -len(param)] if param != "weight" else f"{key}."
+        bias_name = "in_proj_bias" if param in ATTENTION_WEIGHTS else "bias"
+        bias = module._parameters.get(bias_name)
+        if bias is not None:
+            biases[f"{prefix.rstrip('.')}.{bias_name}".lstrip(".")] = bias
+    return biases
 
 
 def add_masks(model: nn.Module, config: MaskConfig, classifier: str) -> list[str]:
-    """Replace every Conv2d and Linear except ``classifier`` by its masked twin, in place.
+    """Put a mask on every prunable weight outside ``classifier``, in place.
 
-    The dense weights are shared, not copied, and frozen. Returns the masked layer names.
+    The weights stay where they are (shared, not copied) and frozen. Returns the keys.
     """
-    names = []
-    for name, module in list(prunable_layers(model, classifier)):
-        replace_module(model, name, MASKED_TWINS[type(module)].from_dense(module, config))
-        names.append(name)
-    return names
+    keys = []
+    for key, module, param in list(prunable_slots(model, classifier)):
+        weight = stored_weight(module, param)
+        parametrize.register_parametrization(module, param, WeightMask(weight, config))
+        keys.append(key)
+    return keys
 
 
-def masked_layers(model: nn.Module) -> dict[str, MaskedLayerMixin]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLayerMixin)}
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without its masks, each masked weight under its plain key."""
+    return {
+        PARAMETRIZED.sub(r".\1", key): value
+        for key, value in model.state_dict().items()
+        if not key.endswith("mask_real")
+    }
+
+
+def is_masked(model: nn.Module) -> bool:
+    return any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def masked_layers(model: nn.Module) -> dict[str, WeightMask]:
+    """The mask of every masked weight, by key."""
+    return {
+        key: module.parametrizations[param][0]
+        for key, module, param in prunable_slots(model, classifier="")
+        if parametrize.is_parametrized(module, param)
+    }
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -55,21 +120,22 @@ def keep_all_weights(model: nn.Module) -> None:
         layer.mask_real.fill_(2 * layer.mask_config.threshold)
 
 
-def batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, BATCHNORM_TYPES)}
+def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """BatchNorm, LayerNorm and GroupNorm layers (what ``train_bn`` trains per task)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, NORM_TYPES)}
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """BatchNorm in eval mode (running statistics untouched) with no gradient."""
-    for module in batchnorm_layers(model).values():
+def freeze_norms(model: nn.Module) -> None:
+    """Norm layers with no gradient, BatchNorm in eval mode (running statistics untouched)."""
+    for module in norm_layers(model).values():
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
 
 
-def set_batchnorm_eval(model: nn.Module) -> None:
-    """Re-apply eval mode to BatchNorm after a ``model.train()`` call."""
-    for module in batchnorm_layers(model).values():
+def set_norms_eval(model: nn.Module) -> None:
+    """Re-apply eval mode to the norm layers after a ``model.train()`` call."""
+    for module in norm_layers(model).values():
         module.eval()
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.masking.model_surgery import linear_from_state, replace_module
+from src.masking.model_surgery import linear_from_state, prunable_weights, replace_module
 from src.masking.pruning import FREE
 from src.masking.taskfile import (
     TaskFile,
@@ -119,6 +119,7 @@ class MultiTaskModel:
             p.requires_grad_(False)
         self.fingerprint = backbone_fingerprint(self.model, self.classifier)
         self._base_head = self.model.get_submodule(self.classifier)
+        self._weights = prunable_weights(self.model, self.classifier)  # what tasks mask, by key
         self._owners: dict[str, torch.Tensor] = {}  # PackNet's owner map, when hosted
         # copy strategy: the dense weights of every layer a mask may touch, kept aside once
         self._original: dict[str, torch.Tensor] = {}
@@ -218,24 +219,23 @@ class MultiTaskModel:
 
     def _check_layers(self, task: LoadedTask) -> None:
         for name, shape in task.layers.items():
-            try:
-                layer = self.model.get_submodule(name)
-            except AttributeError:
-                raise UserError(f"task file {task.path} masks layer {name}, absent here") from None
-            if list(layer.weight.shape) != list(shape):
+            weight = self._weights.get(name)
+            if weight is None:
+                raise UserError(f"task file {task.path} masks layer {name}, absent here")
+            if list(weight.shape) != list(shape):
                 raise UserError(
                     f"task file {task.path}: mask for layer {name} has shape {shape}, "
-                    f"the backbone's is {list(layer.weight.shape)}"
+                    f"the backbone's is {list(weight.shape)}"
                 )
             packed = task.bits.get(f"mask.{name}")
-            if packed is None or packed.numel() != -(-layer.weight.numel() // 8):
+            if packed is None or packed.numel() != -(-weight.numel() // 8):
                 raise UserError(f"task file {task.path}: mask for layer {name} is corrupt")
             if self.strategy == "copy":
                 self._keep_original(name)
 
     def _keep_original(self, name: str) -> None:
         if name not in self._original:
-            self._original[name] = self.model.get_submodule(name).weight.detach().clone()
+            self._original[name] = self._weights[name].detach().clone()
 
     # --- switching --------------------------------------------------------------------
     @torch.no_grad()
@@ -265,11 +265,11 @@ class MultiTaskModel:
         if task is None:
             return
         for layer_name, (changed, values) in self._aside.items():
-            self.model.get_submodule(layer_name).weight.masked_scatter_(changed, values)
+            self._weights[layer_name].masked_scatter_(changed, values)
         self._aside = {}
         refolded = set(self._masked_layers(following))
         for layer_name in self._original.keys() & set(self._masked_layers(task)) - refolded:
-            self.model.get_submodule(layer_name).weight.copy_(self._original[layer_name])
+            self._weights[layer_name].copy_(self._original[layer_name])
         if self._state_aside:
             _assign(self.model, self._state_aside)
             self._state_aside = {}
@@ -282,7 +282,7 @@ class MultiTaskModel:
             self._state_aside = {k: current[k].clone() for k in task.state}
             _assign(self.model, task.state)
         for layer_name in self._masked_layers(task):
-            weight = self.model.get_submodule(layer_name).weight
+            weight = self._weights[layer_name]
             copy = self.strategy == "copy"
             if task.kind == "piggyback":
                 shape = task.layers[layer_name]

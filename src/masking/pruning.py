@@ -1,11 +1,12 @@
 """PackNet's pruning core: one owner index per weight, magnitude pruning, task views, storage.
 
-Every prunable weight (Conv2d/Linear of the trunk) has an owner: 0 = free (pruned), 1 = the
-base network, k + 1 = the k-th task of the sequence (k = 1, 2, ...). A task trains only free
-weights, prunes part of them back, and freezes the rest; evaluating task k uses the weights
-owned by the base through task k and zeroes the others, so earlier tasks are reproduced
-exactly. With T owners (base + tasks) the indices fit in ceil(log2(T + 1)) bits per weight;
-the state file stores them packed at that width. Nothing here knows Lightning.
+Every prunable weight of the trunk (src/masking/model_surgery.py) has an owner: 0 = free
+(pruned), 1 = the base network, k + 1 = the k-th task of the sequence (k = 1, 2, ...). A
+task trains only free weights, prunes part of them back, and freezes the rest; evaluating
+task k uses the weights owned by the base through task k and zeroes the others, so earlier
+tasks are reproduced exactly. With T owners (base + tasks) the indices fit in ceil(log2(T +
+1)) bits per weight; the state file stores them packed at that width. Nothing here knows
+Lightning.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from safetensors import safe_open
 from torch import nn
 
 from src.masking.model_surgery import (
-    batchnorm_layers,
     linear_from_state,
-    prunable_layers,
+    norm_layers,
+    prunable_biases,
+    prunable_weights,
     replace_module,
 )
 from src.masking.taskfile import (
@@ -54,16 +56,16 @@ def owner_bits(num_owners: int) -> int:
 def init_owners(model: nn.Module, classifier: str) -> dict[str, torch.Tensor]:
     """Every prunable weight owned by the base."""
     return {
-        name: torch.full_like(layer.weight, BASE, dtype=torch.uint8)
-        for name, layer in prunable_layers(model, classifier)
+        name: torch.full_like(weight, BASE, dtype=torch.uint8)
+        for name, weight in prunable_weights(model, classifier).items()
     }
 
 
 def owners_from_weights(model: nn.Module, classifier: str) -> dict[str, torch.Tensor]:
     """Owners of an already pruned base: non-zero weights belong to the base, zeros are free."""
     return {
-        name: layer.weight.detach().ne(0).to(torch.uint8)
-        for name, layer in prunable_layers(model, classifier)
+        name: weight.detach().ne(0).to(torch.uint8)
+        for name, weight in prunable_weights(model, classifier).items()
     }
 
 
@@ -81,14 +83,14 @@ def prune_owner(
     per layer (round(fraction * owned); ties broken by position, so the count is exact).
     """
     freed = {}
-    for name, layer in prunable_layers(model, classifier):
+    for name, stored in prunable_weights(model, classifier).items():
         flat_owner = owners[name].view(-1)
         owned = flat_owner.eq(owner).nonzero().squeeze(1)
         k = round(fraction * owned.numel())
         freed[name] = k
         if k == 0:
             continue
-        weight = layer.weight.data.view(-1)
+        weight = stored.data.view(-1)
         order = torch.argsort(weight[owned].abs(), stable=True)
         drop = owned[order[:k]]
         weight[drop] = 0.0
@@ -111,9 +113,9 @@ def apply_view(
     model: nn.Module, owners: dict[str, torch.Tensor], classifier: str, owner: int
 ) -> None:
     """Zero, in place, every weight that is free or owned by a task after ``owner``."""
-    for name, layer in prunable_layers(model, classifier):
-        own = owners[name].to(layer.weight.device)
-        layer.weight.masked_fill_(own.eq(FREE) | own.gt(owner), 0.0)
+    for name, weight in prunable_weights(model, classifier).items():
+        own = owners[name].to(weight.device)
+        weight.masked_fill_(own.eq(FREE) | own.gt(owner), 0.0)
 
 
 def owner_shares(
@@ -129,13 +131,10 @@ def owner_shares(
 
 
 def bias_bn_state(model: nn.Module, classifier: str) -> dict[str, torch.Tensor]:
-    """Copies of the prunable layers' biases and all BatchNorm state (the per-task extras)."""
-    state = {}
-    for name, layer in prunable_layers(model, classifier):
-        if layer.bias is not None:
-            state[f"{name}.bias"] = layer.bias.detach().clone()
-    for name, bn in batchnorm_layers(model).items():
-        state.update({f"{name}.{k}": v.detach().clone() for k, v in bn.state_dict().items()})
+    """Copies of the prunable weights' biases and all norm state (the per-task extras)."""
+    state = {k: b.detach().clone() for k, b in prunable_biases(model, classifier).items()}
+    for name, norm in norm_layers(model).items():
+        state.update({f"{name}.{k}": v.detach().clone() for k, v in norm.state_dict().items()})
     return state
 
 

@@ -23,11 +23,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from src.masking.layers import MaskedLayerMixin
 from src.masking.model_surgery import (
-    batchnorm_layers,
+    is_masked,
     linear_from_state,
     masked_layers,
+    norm_layers,
+    plain_state_dict,
+    prunable_weights,
     replace_module,
 )
 from src.utils.atomic import atomic_write_bytes
@@ -40,15 +42,16 @@ KINDS = ("piggyback", "classifier", "full", "packnet")
 def backbone_fingerprint(model: nn.Module, classifier: str) -> str:
     """SHA-256 over the trunk's parameters and BN statistics (names, shapes, bytes).
 
-    Mask parameters, the task classifier and BN's batch counters are left out, so the
-    fingerprint of a masked model equals that of the plain backbone it wraps.
+    Masks, the task classifier and BN's batch counters are left out and a masked weight
+    counts under its plain name, so the fingerprint of a masked model equals that of the
+    plain backbone it wraps.
     """
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        if key.startswith(classifier + ".") or key.endswith(("mask_real", "num_batches_tracked")):
-            continue
-        _update(digest, key, tensor)
-    return digest.hexdigest()
+    state = {
+        key: tensor
+        for key, tensor in plain_state_dict(model).items()
+        if not key.startswith(classifier + ".") and not key.endswith("num_batches_tracked")
+    }
+    return state_digest(state)
 
 
 def _update(digest: hashlib._Hash, key: str, tensor: torch.Tensor) -> None:
@@ -155,8 +158,8 @@ def piggyback_tensors(model: nn.Module, classifier: str, train_bn: bool) -> dict
                 tensors[f"sign.{name}"] = pack_bits(mask < 0)
     tensors.update(prefixed(model.get_submodule(classifier).state_dict(), "classifier."))
     if train_bn:
-        for name, bn in batchnorm_layers(model).items():
-            tensors.update(prefixed(bn.state_dict(), f"bn.{name}."))
+        for name, norm in norm_layers(model).items():
+            tensors.update(prefixed(norm.state_dict(), f"bn.{name}."))
     return tensors
 
 
@@ -194,9 +197,7 @@ def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
             f"{task.path} is a PackNet state holding several tasks; load it with "
             "src.masking.pruning.PackNetState.load(path).view(task) or src.masking.multitask"
         )
-    if task.kind in ("piggyback", "full") and any(
-        isinstance(m, MaskedLayerMixin) for m in model.modules()
-    ):
+    if task.kind in ("piggyback", "full") and is_masked(model):
         raise ValueError("apply_task expects a plain backbone, not a masked model")
     head_prefix = f"model.{classifier}." if task.kind == "full" else "classifier."
     head_state = unprefixed(task.tensors, head_prefix)
@@ -206,13 +207,16 @@ def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
         model.load_state_dict(unprefixed(task.tensors, "model."))
         return model
     if task.kind == "piggyback":
+        weights = prunable_weights(model, classifier)
         for name, entry in task.meta["layers"].items():
-            fold_mask(model.get_submodule(name), task.tensors, name, entry["shape"])
+            if name not in weights:
+                raise UserError(f"task file {task.path} masks weight {name}, absent here")
+            fold_mask(weights[name], task.tensors, name, entry["shape"])
     bn_state = unprefixed(task.tensors, "bn.")
-    for name, bn in batchnorm_layers(model).items():
+    for name, norm in norm_layers(model).items():
         own = unprefixed(bn_state, f"{name}.")
         if own:
-            bn.load_state_dict(own)
+            norm.load_state_dict(own)
     return model
 
 
@@ -231,12 +235,13 @@ def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) ->
 
 
 def fold_mask(
-    layer: nn.Module, tensors: dict[str, torch.Tensor], name: str, shape: list[int]
+    weight: torch.Tensor, tensors: dict[str, torch.Tensor], name: str, shape: list[int]
 ) -> None:
-    if list(layer.weight.shape) != list(shape):
+    """W <- W * m for one weight, in place, after checking the mask fits it."""
+    if list(weight.shape) != list(shape):
         raise UserError(
-            f"mask for layer {name} has shape {shape}, the backbone's is {list(layer.weight.shape)}"
+            f"mask for layer {name} has shape {shape}, the backbone's is {list(weight.shape)}"
         )
     if tensors[f"mask.{name}"].numel() != math.ceil(math.prod(shape) / 8):
         raise UserError(f"mask for layer {name} has the wrong number of bytes; the file is corrupt")
-    layer.weight.mul_(layer_mask(tensors, name, shape).to(layer.weight.device))
+    weight.mul_(layer_mask(tensors, name, shape).to(weight.device))

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.masking import backbone_fingerprint, freeze_batchnorm, set_batchnorm_eval
+from src.masking import backbone_fingerprint, freeze_norms, set_norms_eval
 from src.utils.errors import UserError, check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
@@ -72,7 +72,7 @@ class TaskModule(pl.LightningModule):
         self.backbone = backbone
         self.fingerprint = backbone_fingerprint(model, classifier)
         if not train_bn:
-            freeze_batchnorm(model)
+            freeze_norms(model)
         metrics = MetricCollection(
             {
                 "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
@@ -106,7 +106,7 @@ class TaskModule(pl.LightningModule):
     def train(self, mode: bool = True) -> TaskModule:
         super().train(mode)
         if mode and not self.hparams.train_bn:
-            set_batchnorm_eval(self.model)
+            set_norms_eval(self.model)
         return self
 
     def training_step(

@@ -2,7 +2,7 @@
 
 One module trains one task of a sequence on the shared network: only weights owned by
 this task (``owner``) get gradients; weights of the base and of earlier tasks stay
-bit-for-bit unchanged. Biases and BatchNorm are frozen unless ``train_bias_bn`` (then the
+bit-for-bit unchanged. Biases and norm layers are frozen unless ``train_bias_bn`` (then the
 sequence stores them per task). The sequence (src/runs/sequence.py) claims the free
 weights before training, prunes between the two phases and stores each task's classifier
 (and biases/BN) in the shared state; this module exports no task file of its own.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.masking.model_surgery import batchnorm_layers, prunable_layers
+from src.masking.model_surgery import norm_layers, prunable_biases, prunable_weights
 from src.methods.base import TaskModule
 
 
@@ -37,27 +37,27 @@ class PackNet(TaskModule):
         self._frozen: dict[str, torch.Tensor] = {}
         for p in model.parameters():
             p.requires_grad_(False)
-        for _, layer in prunable_layers(model, classifier):
-            layer.weight.requires_grad_(True)
+        for weight in self.weights().values():
+            weight.requires_grad_(True)
         for p in self.head.parameters():
             p.requires_grad_(True)
         for p in self.bias_bn_parameters():
             p.requires_grad_(train_bias_bn)
 
+    def weights(self) -> dict[str, nn.Parameter]:
+        """The shared network's prunable weights, by key (the keys of ``owners``)."""
+        return prunable_weights(self.model, self.classifier)
+
     def bias_bn_parameters(self) -> list[nn.Parameter]:
-        biases = [
-            layer.bias
-            for _, layer in prunable_layers(self.model, self.classifier)
-            if layer.bias is not None
-        ]
-        return biases + [p for bn in batchnorm_layers(self.model).values() for p in bn.parameters()]
+        biases = list(prunable_biases(self.model, self.classifier).values())
+        return biases + [p for norm in norm_layers(self.model).values() for p in norm.parameters()]
 
     def trainable_masks(self) -> dict[str, torch.Tensor]:
         """Per prunable layer: which weights this task may change."""
         return {name: own.eq(self.owner) for name, own in self.owners.items()}
 
     def param_groups(self) -> list[dict]:
-        weights = [layer.weight for _, layer in prunable_layers(self.model, self.classifier)]
+        weights = list(self.weights().values())
         classifier_lr = self.hparams.classifier_lr or self.hparams.lr
         groups = [
             {"params": weights},
@@ -74,22 +74,19 @@ class PackNet(TaskModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._masks = self.trainable_masks()
-        self._frozen = {
-            name: layer.weight.detach().clone()
-            for name, layer in prunable_layers(self.model, self.classifier)
-        }
+        self._frozen = {name: w.detach().clone() for name, w in self.weights().items()}
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Gradients only for this task's weights, so momentum/Adam state never touches others.
-        for name, layer in prunable_layers(self.model, self.classifier):
-            if layer.weight.grad is not None:
-                layer.weight.grad.masked_fill_(~self._masks[name], 0.0)
+        for name, weight in self.weights().items():
+            if weight.grad is not None:
+                weight.grad.masked_fill_(~self._masks[name], 0.0)
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # Weight decay moves weights even with zero gradients: put frozen ones back exactly.
-        for name, layer in prunable_layers(self.model, self.classifier):
-            layer.weight.copy_(torch.where(self._masks[name], layer.weight, self._frozen[name]))
+        for name, weight in self.weights().items():
+            weight.copy_(torch.where(self._masks[name], weight, self._frozen[name]))
 
     def on_fit_end(self) -> None:
         self._masks, self._frozen = {}, {}

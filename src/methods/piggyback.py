@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from src.masking import MaskConfig, add_masks, mask_densities, mask_parameters, masked_layers
-from src.masking.model_surgery import batchnorm_layers
+from src.masking.model_surgery import norm_layers
 from src.masking.taskfile import piggyback_tensors
 from src.methods.base import TaskModule
 
@@ -34,8 +34,8 @@ class Piggyback(TaskModule):
         for p in self.head.parameters():
             p.requires_grad_(True)
         if self.hparams.train_bn:
-            for bn in batchnorm_layers(model).values():
-                for p in bn.parameters():
+            for norm in norm_layers(model).values():
+                for p in norm.parameters():
                     p.requires_grad_(True)
 
     def param_groups(self) -> list[dict]:
@@ -45,8 +45,8 @@ class Piggyback(TaskModule):
             {"params": list(self.head.parameters()), "lr": classifier_lr},
         ]
         if self.hparams.train_bn:
-            bn = [p for m in batchnorm_layers(self.model).values() for p in m.parameters()]
-            groups.append({"params": bn, "lr": classifier_lr})
+            norms = [p for m in norm_layers(self.model).values() for p in m.parameters()]
+            groups.append({"params": norms, "lr": classifier_lr})
         return groups
 
     def task_tensors(self) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ ours by ``@register_backbone`` on their classes).
 """
 
 from src.models.minicnn import MiniCNN
+from src.models.minivit import MiniViT
 from src.models.registry import (
     BACKBONES,
     WEIGHT_FILE_SUFFIXES,
@@ -14,6 +15,7 @@ from src.models.registry import (
     classifier_name,
     load_state_dict_file,
     normalisation,
+    use_backbone,
 )
 from src.models.resnet26 import ResNet26
 
@@ -21,6 +23,7 @@ __all__ = [
     "BACKBONES",
     "WEIGHT_FILE_SUFFIXES",
     "MiniCNN",
+    "MiniViT",
     "ResNet26",
     "backbone_facts",
     "backbone_names",
@@ -28,4 +31,5 @@ __all__ = [
     "classifier_name",
     "load_state_dict_file",
     "normalisation",
+    "use_backbone",
 ]

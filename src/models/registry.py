@@ -1,8 +1,11 @@
 """Backbone registry: build a pretrained network, name its task classifier and its
 input normalisation.
 
-Adding a backbone is one config file (conf/backbone/<name>.yaml) and, for an
-architecture torchvision does not have, one ``@register_backbone`` on its class.
+Any torchvision classification model is a backbone by its name: its classifier is found
+(the last Linear layer, or the path a backbone config states) and its normalisation is
+the one its default weights were trained with. Adding one is one config file
+(conf/backbone/<name>.yaml); an architecture torchvision does not have adds one
+``@register_backbone`` on its class.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from src.masking.model_surgery import prunable_layers, replace_module
-from src.utils.errors import UserError, check_choice
+from src.masking.model_surgery import prunable_weights, replace_module
+from src.utils.errors import UserError
 
 # What backbone.weights names as a file; any other value is a torchvision weights name.
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -53,15 +56,28 @@ def register_backbone(name: str, classifier: str, **spec: Any) -> Callable:
     return decorator
 
 
-for _name, _classifier in (
-    ("vgg16", "classifier.6"),
-    ("vgg16_bn", "classifier.6"),
-    ("resnet50", "fc"),
-    ("densenet121", "classifier"),
-):
-    register_backbone(_name, _classifier)(
-        functools.partial(torchvision.models.get_model, _name, weights=None)
-    )
+# torchvision's image classification models (not its detection or video ones)
+TORCHVISION_MODELS = frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_spec(name: str, classifier: str | None = None) -> BackboneSpec:
+    """A torchvision model's spec: ``classifier`` as stated, else its last Linear layer."""
+    build = functools.partial(torchvision.models.get_model, name, weights=None)
+    with torch.device("meta"):
+        model = build()
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if classifier is None and not linears:
+        raise UserError(
+            f"{name} has no Linear layer to replace by the task classifier (its head is "
+            f"{type(list(model.children())[-1]).__name__}); choose another backbone"
+        )
+    if classifier is not None and classifier not in linears:
+        raise UserError(
+            f"backbone.classifier={classifier!r} is not a Linear layer of {name}; its last "
+            f"Linear layers: {', '.join(linears[-3:]) or 'none'}"
+        )
+    default = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    return BackboneSpec(build, classifier or linears[-1], tuple(default.mean), tuple(default.std))
 
 
 def backbone_names() -> list[str]:
@@ -69,8 +85,27 @@ def backbone_names() -> list[str]:
 
 
 def _spec(name: str) -> BackboneSpec:
-    check_choice("backbone", name, backbone_names())
+    if name not in BACKBONES and name in TORCHVISION_MODELS:
+        BACKBONES[name] = _torchvision_spec(name)
+    if name not in BACKBONES:
+        raise UserError(
+            f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())} or any "
+            "torchvision classification model (torchvision.models.list_models())"
+        )
     return BACKBONES[name]
+
+
+def use_backbone(name: str, classifier: str | None = None) -> None:
+    """Resolve ``name`` now, with the classifier path a backbone config states (if any)."""
+    spec = _spec(name)
+    if classifier is None or classifier == spec.classifier:
+        return
+    if name not in TORCHVISION_MODELS:
+        raise UserError(
+            f"backbone.classifier={classifier!r}: {name}'s classifier is {spec.classifier!r} "
+            "(set where the architecture is registered)"
+        )
+    BACKBONES[name] = _torchvision_spec(name, classifier)
 
 
 def classifier_name(name: str) -> str:
@@ -122,8 +157,8 @@ def _torchvision_weights(name: str, weights: str) -> dict[str, torch.Tensor]:
             f"choose one of: {', '.join(w.name for w in available)}"
         ) from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
-    try:
-        return enum.get_state_dict(progress=True, check_hash=True)
+    try:  # through torchvision's own builder, which adapts legacy files (DenseNet's keys)
+        return torchvision.models.get_model(name, weights=enum).state_dict()
     except Exception as err:
         raise UserError(
             f"cannot get ImageNet weights for {name} ({type(err).__name__}: {err}). "
@@ -192,15 +227,15 @@ class BackboneFacts:
 @functools.cache
 def backbone_facts(name: str) -> BackboneFacts | None:
     """Sizes of a registered backbone, built on the meta device (no memory, no weights)."""
-    spec = BACKBONES.get(name)
-    if spec is None:
+    if name not in BACKBONES and name not in TORCHVISION_MODELS:
         return None
+    spec = _spec(name)
     with torch.device("meta"):
         model = spec.build()
     tensors = [*model.parameters(), *model.buffers()]
-    layers = list(prunable_layers(model, spec.classifier))
+    weights = prunable_weights(model, spec.classifier)
     return BackboneFacts(
         total_bytes=sum(t.numel() * t.element_size() for t in tensors),
-        trunk_weights=sum(m.weight.numel() for _, m in layers),
-        layers=tuple(n for n, _ in layers),
+        trunk_weights=sum(w.numel() for w in weights.values()),
+        layers=tuple(weights),
     )

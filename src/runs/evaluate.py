@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from src.masking import overall_density
 from src.masking.multitask import MultiTaskModel, task_paths
 from src.masking.taskfile import TaskFile, read_task_file
+from src.models import use_backbone
 from src.runs.builders import build_datamodule
 from src.runs.config import CONF_DIR, compose, dataset_config_for
 from src.runs.records import read_record, read_records, write_record
@@ -58,7 +59,9 @@ def compose_config(
                 f"no {group} config conf/{group}/{name}.yaml for {group} {name!r} named by the "
                 "task file; add that config"
             )
-    return compose([*(f"{g}={n}" for g, n in chosen), *overrides])
+    cfg = compose([*(f"{g}={n}" for g, n in chosen), *overrides])
+    use_backbone(cfg.backbone.name, cfg.backbone.get("classifier"))  # as it was trained
+    return cfg
 
 
 def pick_device(name: str) -> torch.device:

@@ -8,12 +8,13 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 import torchvision
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.data.datamodule import PROTOCOLS
 from src.methods.base import check_schedule
-from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES
+from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES, build_backbone, use_backbone
 from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
 
@@ -89,6 +90,31 @@ def check_weights(cfg: DictConfig) -> None:
         raise UserError(f"backbone.weights: {bb.name} has no weights {weights!r}; choose: {names}")
 
 
+def check_backbone(cfg: DictConfig, task_cfgs: Iterable[DictConfig]) -> None:
+    """The backbone resolves (its classifier found, or the stated one a Linear layer) and
+    takes the input size of every dataset it will see: one forward pass on the meta device
+    (no memory, no weights) finds what the model itself would refuse."""
+    bb = cfg.backbone
+    use_backbone(bb.name, bb.get("classifier"))
+    with torch.device("meta"):
+        model = build_backbone(bb.name, None, num_classes=1)
+    for config in task_cfgs:
+        size = OmegaConf.select(config, "dataset.transforms.size")
+        if size is None:
+            continue
+        try:
+            model(torch.empty(1, 3, size, size, device="meta"))
+        except Exception as err:  # what the architecture raises for a size it cannot take
+            native = bb.get("input_size")
+            fix = f"its weights expect {native}x{native}; " if native else ""
+            raise UserError(
+                f"{bb.name} refuses {size}x{size} inputs ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'no message'}); {fix}set "
+                f"dataset.transforms.size (and resize) to a size it takes, or choose "
+                "another backbone"
+            ) from None
+
+
 def check_trainer(cfg: DictConfig) -> None:
     """The trainer config builds (precision, devices, strategy...)."""
     from src.runs.builders import build_trainer
@@ -110,6 +136,8 @@ def preflight(cfg: DictConfig, task_cfgs: Iterable[DictConfig] | None = None) ->
     of ``task_cfgs`` (a sequence's tasks; None: ``cfg.dataset``)."""
     check_values(cfg)
     check_writable(cfg)
+    configs = [cfg] if task_cfgs is None else list(task_cfgs)
+    check_backbone(cfg, configs)
     check_weights(cfg)
     check_trainer(cfg)
-    check_datasets([cfg] if task_cfgs is None else task_cfgs)
+    check_datasets(configs)

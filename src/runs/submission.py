@@ -26,7 +26,7 @@ from src.data.decathlon import (
     read_split,
 )
 from src.masking import apply_task, backbone_fingerprint, check_compatible, read_task_file
-from src.models import build_backbone, classifier_name, normalisation
+from src.models import build_backbone, classifier_name, normalisation, use_backbone
 from src.utils.atomic import atomic_write_bytes
 from src.utils.errors import UserError
 
@@ -88,6 +88,7 @@ def load_model(record: Mapping[str, Any]) -> torch.nn.Module:
         return state.view(record["dataset"]).eval()
     config = record["config"]
     name = config["backbone"]["name"]
+    use_backbone(name, config["backbone"].get("classifier"))
     classifier = classifier_name(name)
     model = build_backbone(name, config["backbone"]["weights"], config["dataset"]["num_classes"])
     task = read_task_file(record["task_file"])
