@@ -55,6 +55,8 @@ FIGURES = {
     5: "storage: bits per masked weight (Piggyback task file)",
     6: "data loading: prepared / raw images per second",
     7: "peak memory of a training step: Piggyback / finetune",
+    8: "transformer train step: Piggyback / finetune",
+    9: "transformer inference: folded Piggyback task / plain backbone",
 }
 NO_TARGET = "none (issue 10 sets none)"
 FUSED = "++method.optimizer.fused=true"  # Adam's update in one kernel per tensor (add or set)
@@ -85,6 +87,10 @@ class Settings:
     paper_batch: int = 32
     paper_size: int = 224
     paper_reps: int = 3  # steps timed per side (after one warm-up step)
+    transformer: str = "vit_b_16"  # figures 8 and 9, at its only input size
+    transformer_batch: int = 4
+    transformer_size: int = 224
+    transformer_reps: int = 5
     quick: bool = False
 
     @classmethod
@@ -93,9 +99,11 @@ class Settings:
             return cls(device, "minicnn", batch=2, size=32, reps=3, warmup=1, loop_steps=4,
                        loop_rounds=1, switch_rounds=1, storage_backbones=("minicnn",),
                        data_images=8, data_cases=1, paper_backbone="minicnn", paper_batch=4,
-                       paper_size=48, paper_reps=3, quick=True)  # fmt: skip
+                       paper_size=48, paper_reps=3, transformer="minivit", transformer_batch=2,
+                       transformer_size=32, transformer_reps=3, quick=True)  # fmt: skip
         if device == "cuda":
-            return cls(device, batch=32, size=224, reps=21, warmup=3, loop_steps=20)
+            return cls(device, batch=32, size=224, reps=21, warmup=3, loop_steps=20,
+                       transformer_batch=32, transformer_reps=21)  # fmt: skip
         return cls(device)
 
     @property
@@ -108,6 +116,14 @@ class Settings:
         return Settings(**self.__dict__ | {"backbone": self.paper_backbone,
                                            "batch": self.paper_batch, "size": self.paper_size,
                                            "reps": self.paper_reps, "warmup": 1})  # fmt: skip
+
+    @property
+    def transformer_shape(self) -> Settings:
+        """These settings with the transformer backbone at its input size (one warm-up)."""
+        return Settings(**self.__dict__ | {"backbone": self.transformer,
+                                           "batch": self.transformer_batch,
+                                           "size": self.transformer_size,
+                                           "reps": self.transformer_reps, "warmup": 1})  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- timing
@@ -709,6 +725,18 @@ def fig_memory(s: Settings) -> dict:
     }
 
 
+def fig_transformer_train_step(s: Settings) -> dict:
+    """8. Figure 1 on a transformer (ViT-B/16): masks on every attention projection and MLP
+    weight, through torch.nn.utils.parametrize."""
+    row, _ = step_times(s.transformer_shape)
+    return row
+
+
+def fig_transformer_inference(s: Settings) -> dict:
+    """9. Figure 3 on a transformer (ViT-B/16): a folded task is a plain ViT again."""
+    return fig_inference(s.transformer_shape)
+
+
 RUNNERS: dict[int, Callable[[Settings], dict]] = {
     1: fig_train_step,
     2: fig_framework_overhead,
@@ -717,6 +745,8 @@ RUNNERS: dict[int, Callable[[Settings], dict]] = {
     5: fig_storage,
     6: fig_data_loading,
     7: fig_memory,
+    8: fig_transformer_train_step,
+    9: fig_transformer_inference,
 }
 
 

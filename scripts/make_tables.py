@@ -31,21 +31,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--readme",
         default=None,
         help="a Markdown file whose mini-benchmark section (between the markers "
-        f"{README_START!r} and {README_END!r}) is replaced by the minicnn table",
+        f"{README_START!r} and {README_END!r}) is replaced by the mini backbones' tables",
     )
     return parser.parse_args(argv)
 
 
 README_START, README_END = "<!-- mini-table:start -->", "<!-- mini-table:end -->"
+MINI_BACKBONES = ("minicnn", "minivit")  # the embedded benchmark's tables, in this order
 
 
-def update_readme(readme: Path, table: Path) -> bool:
-    """Put ``table`` between the README's markers; False when the markers are missing."""
+def update_readme(readme: Path, tables: list[Path]) -> bool:
+    """Put the ``tables`` that exist between the README's markers; False when the markers
+    are missing or no table exists."""
     text = readme.read_text()
     start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start or not table.exists():
+    found = [t for t in tables if t.exists()]
+    if start < 0 or end < start or not found:
         return False
-    body = table.read_text().strip()
+    body = "\n\n".join(t.read_text().strip() for t in found)
     atomic_write_bytes(
         readme, (text[: start + len(README_START)] + "\n" + body + "\n" + text[end:]).encode()
     )
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     for path in figures:
         print(f"wrote {path}")
-    if args.readme and update_readme(Path(args.readme), out / "tables" / "minicnn.md"):
+    mini_tables = [out / "tables" / f"{name}.md" for name in MINI_BACKBONES]
+    if args.readme and update_readme(Path(args.readme), mini_tables):
         print(f"updated the mini-benchmark table in {args.readme}")
     not_run = [(t.backbone, m, d) for t in tables for m, d in t.not_run]
     if not_run:

@@ -103,13 +103,15 @@ def train_in_process(*overrides: str) -> None:
     assert run(cfg) is not None
 
 
-def method_for(model, method: str = "piggyback", num_classes: int = 4, *overrides: str):
-    """The method module conf/method/<method>.yaml builds around ``model`` (minicnn's
-    classifier), with ``overrides`` of that config (e.g. ``method.lr=5e-3``)."""
+def method_for(
+    model, method: str = "piggyback", num_classes: int = 4, *overrides: str, backbone="minicnn"
+):
+    """The method module conf/method/<method>.yaml builds around ``model`` (a ``backbone``),
+    with ``overrides`` of that config (e.g. ``method.lr=5e-3``)."""
     from src.runs.builders import build_method
     from src.runs.config import compose
 
-    cfg = compose([f"method={method}", "backbone=minicnn", "trainer=cpu", *overrides])
+    cfg = compose([f"method={method}", f"backbone={backbone}", "trainer=cpu", *overrides])
     return build_method(cfg, num_classes, model=model)
 
 

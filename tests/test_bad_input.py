@@ -98,8 +98,33 @@ def _train(*extra: str):
     return lambda c: [*c.train, *extra]
 
 
+def _vit(*extra: str):
+    """vit_b_16 (random weights) on the tiny dataset, with ``extra`` overrides."""
+    return lambda c: [
+        "backbone=vit_b_16", "backbone.weights=null", "dataset=mini_digits",
+        f"dataset.root={c.data}", "dataset.num_classes=3", "dataset.transforms.size=224",
+        "trainer=cpu", f"paths.results_dir={c.tmp / 'results'}",
+        f"paths.log_dir={c.tmp / 'outputs'}", *extra,
+    ]  # fmt: skip
+
+
 # (id, module or script, arguments from the context, what the message must name)
 CASES = [
+    ("backbone-unknown", "src.train", _vit("backbone.name=nonexistent_net"), "unknown backbone"),
+    (
+        "backbone-classifier-not-linear",
+        "src.train",
+        _vit("backbone.classifier=encoder.ln"),
+        "backbone.classifier='encoder.ln' is not a Linear layer",
+    ),
+    (
+        "backbone-without-linear-classifier",
+        "src.train",
+        _vit("backbone.name=squeezenet1_0", "~backbone.classifier"),
+        "squeezenet1_0 has no Linear layer",
+    ),
+    ("backbone-weights-name", "src.train", _vit("backbone.weights=IMAGENET1K_V9"), "no weights"),
+    ("backbone-input-size", "src.train", _vit("dataset.transforms.size=64"), "refuses 64x64"),
     ("epochs-zero", "src.train", _train("method.epochs=0"), "method.epochs"),
     ("epochs-text", "src.train", _train("method.epochs=abc"), "method.epochs"),
     ("seed-text", "src.train", _train("seed=abc"), "seed"),

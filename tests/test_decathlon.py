@@ -457,3 +457,40 @@ def test_packnet_refuses_the_base_domain_as_a_task(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "decathlon/imagenet12 is the base's own data" in out.stderr
+
+
+@pytest.mark.slow
+def test_decathlon_table_dry_run_with_resnet26(tmp_path: Path, resnet26_weights: Path) -> None:
+    """experiment=decathlon on a miniature tree with the real ResNet-26 (random weights):
+    imagenet12 is scored as the pretrained network by every method, dtd trains, finetune
+    follows Rebuffi et al.'s recipe, and src.decathlon prints each recipe's source."""
+    from src.data.decathlon import compute_stats, update_stats_file
+
+    domains = {"imagenet12": (6, 1000), "dtd": (4, 47)}
+    root = tmp_path / "data" / "decathlon-1.0"
+    for domain, (d, k) in domains.items():
+        for split, n in (("train", 6), ("val", 3)):
+            _write_split(root, domain, d, split, n, True, categories=k)
+    update_stats_file(tmp_path / "data" / "splits" / "decathlon_stats.json",
+                      {d: compute_stats(root, d) for d in domains})  # fmt: skip
+    out = run_module(
+        "src.train", "-m", "experiment=decathlon", "dataset=decathlon/imagenet12,decathlon/dtd",
+        "method=classifier_only,decathlon/finetune,piggyback", "method.epochs=1",
+        "method.batch_size=4", f"backbone.weights={resnet26_weights}",
+        f"paths.data_dir={tmp_path / 'data'}", f"paths.results_dir={tmp_path / 'results'}",
+        f"paths.log_dir={tmp_path / 'outputs'}", "trainer=cpu", "num_workers=0",
+        "trainer.enable_progress_bar=false", timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = read_records(tmp_path / "results" / "runs")
+    own = [r for r in records if r["dataset"] == "decathlon_imagenet12"]
+    assert len(own) == 3 and all(r["pretrained_as_is"] and r["epochs"] == 0 for r in own)
+    assert len({r["top1"] for r in own}) == 1  # the same network, whatever the method
+    [finetune] = [
+        r for r in records if r["dataset"] == "decathlon_dtd" and r["method"] == "finetune"
+    ]
+    recipe = finetune["config"]["method"]
+    assert (recipe["lr"], recipe["lr_milestones"], recipe["batch_size"]) == (0.1, [80, 100], 128)
+    scores = run_module("src.decathlon", "--runs", str(tmp_path / "results" / "runs"))
+    assert "recipe of finetune: Rebuffi et al. 2017" in scores.stdout
+    assert "recipe of piggyback: no published Decathlon recipe" in scores.stdout

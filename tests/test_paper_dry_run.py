@@ -1,6 +1,7 @@
 """A dry run of the paper's tables on CPU: the real VGG-16, VGG-16-BN, ResNet-50 and
 DenseNet-121 (random weights) through prepare_data -> the reproduction presets (every
-method, and the PackNet sequence) -> make tables, one batch per phase, on miniature archives
+method, the ImageNet column scored as the pretrained network, and the PackNet sequence with
+its base retrained on ImageNet) -> make tables, one batch per phase, on miniature archives
 in the official formats. Slow: `make test-all` runs it."""
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import save_file
 
 from src.data.prepare import Expected
+from src.models import build_backbone
 from tests.conftest import ROOT
 from tests.test_prepare import _prep, make_cars, make_cub
+from tests.test_prepare_imagenet import MINI, make_imagenet
 
 PAPER_BACKBONES = ("vgg16", "vgg16_bn", "resnet50", "densenet121")
 ONE_BATCH = [
@@ -40,6 +44,7 @@ def test_every_paper_table_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     (tmp_path / "cub_src").mkdir(), (tmp_path / "cars_src").mkdir()
     _prep("cub", make_cub(tmp_path / "cub_src"), data, Expected(3, 6, 6))
     _prep("cars", make_cars(tmp_path / "cars_src"), data, Expected(3, 6, 6))
+    _prep("imagenet", make_imagenet(tmp_path), data, MINI)
     paths = [f"paths.data_dir={data}", f"paths.results_dir={tmp_path / 'results'}",
              f"paths.log_dir={tmp_path / 'outputs'}"]  # fmt: skip
     for backbone in PAPER_BACKBONES:
@@ -47,6 +52,15 @@ def test_every_paper_table_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
             "-m", "src.train", "-m", "experiment=paper_table", f"backbone={backbone}",
             "dataset=cub", "dataset.num_classes=3", *ONE_BATCH, *paths, cwd=tmp_path,
         )  # fmt: skip
+        # the ImageNet column: the network as it is, its own 3-class head (random weights)
+        weights = tmp_path / f"{backbone}.safetensors"
+        save_file(build_backbone(backbone, None, 3).state_dict(), str(weights))
+        _run(
+            "-m", "src.train", "-m", "experiment=paper_table", f"backbone={backbone}",
+            "dataset=imagenet", "dataset.num_classes=3", *ONE_BATCH, *paths,
+            f"backbone.weights={weights}", cwd=tmp_path,
+        )  # fmt: skip
+        weights.unlink()
         _run(
             "-m", "src.train", "experiment=paper_packnet", f"backbone={backbone}",
             "method.tasks=[cub,cars]", "method.retrain_epochs=1", *ONE_BATCH, *paths,
@@ -57,7 +71,12 @@ def test_every_paper_table_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     for backbone in PAPER_BACKBONES:
         for method in ("classifier_only", "finetune", "piggyback"):
             assert (backbone, method, "cub") in cells
-        assert {(backbone, "packnet", "cub"), (backbone, "packnet", "cars")} <= cells
+            assert (backbone, method, "imagenet") in cells
+        assert {(backbone, "packnet", d) for d in ("imagenet", "cub", "cars")} <= cells
+    as_is = [r for r in records if r["dataset"] == "imagenet" and r["method"] != "packnet"]
+    assert len(as_is) == 12 and all(r["pretrained_as_is"] and r["epochs"] == 0 for r in as_is)
+    retrained = [r for r in records if r["dataset"] == "imagenet" and r["method"] == "packnet"]
+    assert all(r["task_position"] == 0 and r["pruned"] for r in retrained)
     assert all(r["protocol"] == "faithful" for r in records)
     assert all(r["config"]["trainer"]["precision"] == "32-true" for r in records)
 

@@ -67,3 +67,11 @@ def test_pretrained_as_is_false_trains_on_the_own_data(
 def test_a_classifier_of_another_size_cannot_be_scored_as_it_is(minicnn_weights: Path) -> None:
     with pytest.raises(UserError, match=r"hold no 7-class classifier.*pretrained_as_is=false"):
         build_backbone("minicnn", str(minicnn_weights), 7, keep_classifier=True)
+
+
+def test_under_faithful_the_one_test_pass_is_also_the_validation_score(
+    tmp_path: Path, minicnn_weights: Path
+) -> None:
+    train_in_process(*_overrides(tmp_path, minicnn_weights, "protocol=faithful"))
+    (record,) = _records(tmp_path / "results")
+    assert record["pretrained_as_is"] and record["val_top1"] == record["top1"]

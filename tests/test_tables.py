@@ -254,13 +254,16 @@ def test_wandb_summary(tmp_path: Path, monkeypatch, runs: Path) -> None:
 def test_readme_mini_table_is_replaced_between_markers(tmp_path: Path) -> None:
     script = load_script()
     readme, table = tmp_path / "README.md", tmp_path / "minicnn.md"
+    vit, missing = tmp_path / "minivit.md", tmp_path / "absent.md"
     readme.write_text(f"intro\n{script.README_START}\nstale\n{script.README_END}\nrest\n")
     table.write_text("| method | mini_digits |\n|---|---|\n| piggyback | 92.60 |\n")
-    assert script.update_readme(readme, table)
+    vit.write_text("| method | mini_digits |\n|---|---|\n| piggyback | 94.00 |\n")
+    assert script.update_readme(readme, [table, missing, vit])
     text = readme.read_text()
-    assert "stale" not in text and "| piggyback | 92.60 |" in text
+    assert "stale" not in text and text.index("92.60") < text.index("94.00")
     assert text.startswith("intro\n") and text.endswith(f"{script.README_END}\nrest\n")
-    assert not script.update_readme(table, readme)  # no markers: nothing changes
+    assert not script.update_readme(table, [readme])  # no markers: nothing changes
+    assert not script.update_readme(readme, [missing])  # no table: nothing changes
 
 
 def test_untested_final_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:

@@ -66,11 +66,11 @@ def prunable_biases(model: nn.Module, classifier: str) -> dict[str, nn.Parameter
     """The biases added after the prunable weights, by state_dict key (PackNet's extras)."""
     biases = {}
     for key, module, param in prunable_slots(model, classifier):
-        prefix = key[: -len(param)] if param != "weight" else f"{key}."
-        bias_name = "in_proj_bias" if param in ATTENTION_WEIGHTS else "bias"
+        name = key if param == "weight" else key.rpartition(".")[0]  # the module's
+        bias_name = "bias" if param == "weight" else "in_proj_bias"  # q/k/v share it
         bias = module._parameters.get(bias_name)
         if bias is not None:
-            biases[f"{prefix.rstrip('.')}.{bias_name}".lstrip(".")] = bias
+            biases[f"{name}.{bias_name}" if name else bias_name] = bias
     return biases
 
 

@@ -101,12 +101,16 @@ def _train(
             "pretrained network as it is (pretrained_as_is=false trains on it instead)"
         )
         keep_all_weights(method.model)
-        best_val, best_name = _val_top1(trainer, method, datamodule) if selects else None, None
+        reuse = datamodule.val_set is datamodule.test_set  # faithful: the test pass serves
+        best_val = _val_top1(trainer, method, datamodule) if selects and not reuse else None
+        best_name = None
     else:
         best_val, best_name = _fit(cfg, rid, method, datamodule, trainer, checkpoint, ckpt_dir)
     train_s = clock.seconds()
     tested = eval_split(datamodule) != "none"  # protocol=final without a labelled test split
     test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
+    if as_is and selects and best_val is None:
+        best_val = 100.0 * float(test["test/top1"])
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
     if not trainer.is_global_zero:  # only rank 0 writes task files and records
         return None
