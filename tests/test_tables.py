@@ -277,3 +277,15 @@ def test_untested_final_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
     assert len(records) == 2
     frame = records_frame(records)
     assert frame.dataset.tolist() == ["cub"] and frame.top1.tolist() == [70.0]
+
+
+def test_runs_differing_only_in_their_seed_share_a_variant_the_datamodules_copy_included() -> None:
+    from src.reporting.tables import flat_config, variant_key
+
+    def config(seed: int, lr: float = 1e-4) -> dict:
+        return {"seed": seed, "dataset": {"name": "d", "seed": seed},
+                "backbone": {"name": "b"}, "method": {"name": "m", "lr": lr}}  # fmt: skip
+
+    assert variant_key(config(0)) == variant_key(config(2))
+    assert variant_key(config(0)) != variant_key(config(0, lr=1e-3))
+    assert flat_config(config(0)) == flat_config(config(1))

@@ -73,12 +73,20 @@ def _label(i: int) -> str:
     return string.ascii_lowercase[i] if i < 26 else f"s{i}"
 
 
+def seedless(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with its seed fixed, the datamodule's copy of it (``dataset.seed``) too."""
+    dataset = config.get("dataset")
+    if isinstance(dataset, dict) and "seed" in dataset:
+        config = {**config, "dataset": {**dataset, "seed": 0}}
+    return {**config, "seed": 0}
+
+
 def variant_key(config: dict[str, Any]) -> str:
     """Runs that differ only in their seed share this key (the run id with the seed fixed)."""
     if not config:
         return ""
     try:
-        return run_id({**config, "seed": 0})
+        return run_id(seedless(config))
     except (KeyError, TypeError):
         raise UserError(
             "a record's config lacks dataset/backbone/method names; re-run it or delete it"
@@ -96,7 +104,7 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk("", {k: v for k, v in config.items() if k not in (*NON_SEMANTIC_KEYS, "seed")})
+    walk("", {k: v for k, v in seedless(config).items() if k not in (*NON_SEMANTIC_KEYS, "seed")})
     out.pop("trainer.enable_progress_bar", None)
     return out
 
