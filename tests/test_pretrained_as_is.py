@@ -75,3 +75,11 @@ def test_under_faithful_the_one_test_pass_is_also_the_validation_score(
     train_in_process(*_overrides(tmp_path, minicnn_weights, "protocol=faithful"))
     (record,) = _records(tmp_path / "results")
     assert record["pretrained_as_is"] and record["val_top1"] == record["top1"]
+
+
+def test_the_classifier_stored_with_the_weights_is_read_by_name(minicnn_weights: Path) -> None:
+    from src.models.registry import pretrained_classifier
+
+    head = pretrained_classifier("minicnn", str(minicnn_weights))
+    assert set(head) == {"weight", "bias"} and head["weight"].shape == (10, 128)
+    assert pretrained_classifier("minicnn", None) == {}

@@ -167,6 +167,23 @@ def _torchvision_weights(name: str, weights: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
+def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """The state ``weights`` names: a file (.safetensors or weights-only torch) or
+    torchvision weights of ``name``."""
+    if Path(weights).suffix in WEIGHT_FILE_SUFFIXES:
+        return load_state_dict_file(weights, _spec(name).weights_help)
+    return _torchvision_weights(name, str(weights))
+
+
+def pretrained_classifier(name: str, weights: str | None) -> dict[str, torch.Tensor]:
+    """The classifier tensors stored with ``weights`` (empty without weights)."""
+    if not weights:
+        return {}
+    head = _spec(name).classifier + "."
+    state = pretrained_state(name, weights)
+    return {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
+
+
 def build_backbone(
     name: str, weights: str | None, num_classes: int, keep_classifier: bool = False
 ) -> nn.Module:
@@ -181,12 +198,7 @@ def build_backbone(
     model = spec.build()
     own_head: dict[str, torch.Tensor] = {}  # the pretrained classifier's tensors
     if weights:
-        is_file = Path(weights).suffix in WEIGHT_FILE_SUFFIXES
-        state = (
-            load_state_dict_file(weights, spec.weights_help)
-            if is_file
-            else _torchvision_weights(name, str(weights))
-        )
+        state = pretrained_state(name, weights)
         head = spec.classifier + "."
         own_head = {k[len(head) :]: v for k, v in state.items() if k.startswith(head)}
         state = {k: v for k, v in state.items() if not k.startswith(head)}

@@ -40,7 +40,8 @@ from src.masking.pruning import (
 )
 from src.masking.taskfile import backbone_fingerprint
 from src.methods.packnet import PackNet
-from src.models import build_backbone, classifier_name, load_state_dict_file, normalisation
+from src.models import build_backbone, classifier_name, normalisation
+from src.models.registry import pretrained_classifier
 from src.runs.builders import (
     build_datamodule,
     build_loggers,
@@ -85,6 +86,15 @@ class KeepBestEpoch(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.state is not None:
             pl_module.load_state_dict(self.state)
+
+    def floor(self, trainer: pl.Trainer, pl_module: pl.LightningModule, datamodule) -> None:
+        """Make the module as it is now (just pruned) the one to beat, at its val top-1."""
+        pruned = trainer.validate(pl_module, datamodule=datamodule, verbose=False)[0]
+        self.snapshot(pl_module, float(pruned["val/top1"]))
+
+    def val_top1(self, trainer: pl.Trainer) -> float | None:
+        """The kept epoch's val top-1 (%); without selection, the last epoch's."""
+        return 100.0 * self.best if self.best is not None else _val(trainer)
 
     def snapshot(self, pl_module: pl.LightningModule, score: float) -> None:
         """Make the module as it is now, scoring ``score``, the one to beat."""
@@ -215,11 +225,10 @@ def train_task(
             module.set_schedule(method.retrain_lr, method.retrain_epochs, 1.0)
             trainer = make_trainer(method.retrain_epochs, callbacks=[best] if selects else [])
             if selects:  # the pruned network's accuracy is the floor of the retrain
-                pruned = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-                best.snapshot(module, float(pruned["val/top1"]))
+                best.floor(trainer, module, datamodule)
             trainer.fit(module, datamodule=datamodule)
             epochs += method.retrain_epochs
-    val = 100.0 * best.best if selects and best.best is not None else _val(trainer)
+    val = best.val_top1(trainer)
     top1, top5 = _test(trainer, module, datamodule)
     extras = bias_bn_state(model, head_name) if base_extras is not None else None
     state.add_task(task, module.head, datamodule.class_names, extras)
@@ -316,12 +325,9 @@ def retrain_base(
         fit = test = {"datamodule": datamodule}
         num_classes = datamodule.num_classes
     head = nn.Linear(state.model.get_submodule(state.classifier).in_features, num_classes)
-    if cfg.backbone.weights:  # the pretrained base's own classifier, when it fits
-        stored = load_state_dict_file(cfg.backbone.weights)
-        prefix = state.classifier + "."
-        own = {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}
-        if own and own["weight"].shape == head.weight.shape:
-            head.load_state_dict(own)
+    own = pretrained_classifier(state.backbone, cfg.backbone.weights)
+    if own and own["weight"].shape == head.weight.shape:  # the base's own, when it fits
+        head.load_state_dict(own)
     replace_module(state.model, state.classifier, head)
     module = build_method(
         cfg,
@@ -354,10 +360,9 @@ def retrain_base(
     if resume:
         say(f"resuming the base's retraining from {resume}")
     elif selects:  # the pruned base's accuracy is the floor
-        pruned = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-        best.snapshot(module, float(pruned["val/top1"]))
+        best.floor(trainer, module, datamodule)
     trainer.fit(module, **fit, ckpt_path=resume, weights_only=True)
-    val = 100.0 * best.best if selects and best.best is not None else _val(trainer)
+    val = best.val_top1(trainer)
     top1, top5 = _test(trainer, module, **test)
     if state.base_task is not None:
         state.add_task(state.base_task, module.head, datamodule.class_names)
