@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from src.masking.multitask import STRATEGIES, MultiTaskModel
 from src.masking.taskfile import backbone_fingerprint, read_task_file
+from src.methods.multitask import STRATEGIES, MultiTaskModel
 from src.models import build_backbone, classifier_name
 
 
@@ -52,8 +52,9 @@ def benchmark(
     """
     from safetensors.torch import save_file
 
-    from src.masking.model_surgery import prunable_weights
-    from src.masking.taskfile import apply_task, pack_bits, prefixed, write_task_file
+    from src.masking.taskfile import pack_bits, prefixed, write_task_file
+    from src.methods.tasks import apply_task
+    from src.models.surgery import prunable_weights
 
     torch.manual_seed(0)
     model = build_backbone(backbone, None, 10)

@@ -436,7 +436,8 @@ def export_piggyback(
 
 def fig_inference(s: Settings) -> dict:
     """3. Forward pass of a task folded into a plain backbone vs the plain backbone."""
-    from src.masking import apply_task, check_compatible, read_task_file
+    from src.masking import check_compatible, read_task_file
+    from src.methods.tasks import apply_task
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "task.safetensors"
@@ -463,7 +464,7 @@ def fig_inference(s: Settings) -> dict:
         "same_module_types": [type(m).__name__ for m in folded.modules()]
         == [type(m).__name__ for m in plain.modules()],
         "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, eval, no_grad, "
-        "mask density 0.6, folded with src.masking.apply_task",
+        "mask density 0.6, folded with src.methods.tasks.apply_task",
     }
 
 
@@ -488,8 +489,9 @@ def fig_task_switch(s: Settings) -> dict:
     scripts/bench_switch.py's ``benchmark`` writes the files and adds the per-strategy
     select times.
     """
-    from src.masking.multitask import MultiTaskModel
-    from src.masking.taskfile import layer_mask, read_task_file
+    from src.masking.taskfile import read_task_file
+    from src.methods.multitask import MultiTaskModel
+    from src.methods.piggyback.task import layer_mask
 
     backbone = "resnet50" if not s.quick else s.backbone
     with tempfile.TemporaryDirectory() as tmp:

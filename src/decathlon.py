@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from src.reporting.decathlon import RECIPE_SOURCES, score_records
+from src.reporting.decathlon import recipe_sources, score_records
 from src.runs.records import read_records
 from src.utils.errors import UserError, exit_on_user_error
 
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['backbone']} {row['method']} seed {row['seed']} ({row['protocol']}): "
             f"S val {_fmt(row['score_val'])}  S test {_fmt(row['score_test'])}{missing}"
         )
-    for method in sorted({row["method"] for row in rows} & set(RECIPE_SOURCES)):
-        print(f"recipe of {method}: {RECIPE_SOURCES[method]}")
+    for method, source in recipe_sources(sorted({row["method"] for row in rows})).items():
+        print(f"recipe of {method}: {source}")
 
 
 if __name__ == "__main__":

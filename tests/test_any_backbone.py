@@ -12,10 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.masking import add_masks, masked_layers, prunable_weights
-from src.masking.multitask import MultiTaskModel
-from src.masking.taskfile import apply_task, read_task_file
+from src.masking import add_masks, masked_layers
+from src.masking.taskfile import read_task_file
+from src.methods.multitask import MultiTaskModel
+from src.methods.tasks import apply_task
 from src.models import build_backbone, classifier_name
+from src.models.surgery import prunable_weights
 from tests.conftest import (
     CONF,
     TINY_BUDGET,
@@ -150,9 +152,10 @@ def test_a_short_vit_run_masks_every_trunk_weight_and_attention_projection(
 
 
 def test_packnet_owns_attention_weights_and_earlier_tasks_stay_exact(tmp_path: Path) -> None:
-    from src.masking.pruning import BASE, PackNetState, init_owners, prune_owner
+    from src.methods.packnet.sequence import train_task
+    from src.methods.packnet.state import BASE, PackNetState, init_owners, prune_owner
     from src.runs.config import compose
-    from src.runs.sequence import train_task
+    from src.runs.sequence import module_factory
     from tests.test_packnet import _Tensors, _trainer
 
     torch.manual_seed(0)
@@ -172,14 +175,14 @@ def test_packnet_owns_attention_weights_and_earlier_tasks_stay_exact(tmp_path: P
     base_mask = owners[key].eq(BASE)
     base_values = attention.detach()[base_mask].clone()
     fixed = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    train_task(cfg, state, tasks[0], _Tensors(1), _trainer, None)
+    train_task(cfg.method, state, tasks[0], _Tensors(1), module_factory(cfg), _trainer, None)
     with torch.no_grad():  # as MultiTaskModel predicts (attention's inference kernel)
         first = state.view(tasks[0]).eval()(fixed)
-    train_task(cfg, state, tasks[1], _Tensors(2), _trainer, None)
+    train_task(cfg.method, state, tasks[1], _Tensors(2), module_factory(cfg), _trainer, None)
     assert torch.equal(attention.detach()[base_mask], base_values)  # the base's, untouched
     assert all(state.shares()[key][t] > 0 for t in tasks)  # each task owns attention weights
     state.save(tmp_path / "state.safetensors")
-    host = MultiTaskModel.from_packnet(tmp_path / "state.safetensors")
+    host = MultiTaskModel.from_file(tmp_path / "state.safetensors")
     assert torch.equal(host.predict(fixed, tasks[0]), first)
     second = host.predict(fixed, tasks[1])
     assert torch.equal(host.predict(fixed, tasks[0]), first)
@@ -190,7 +193,7 @@ def test_packnet_owns_attention_weights_and_earlier_tasks_stay_exact(tmp_path: P
 def test_norms_train_per_task_only_when_asked_and_embeddings_stay_frozen(
     train_bn: bool, tmp_path: Path
 ) -> None:
-    from src.masking.model_surgery import norm_layers
+    from src.models.surgery import norm_layers
 
     torch.manual_seed(0)
     weights = tmp_path / "base.pt"

@@ -142,3 +142,104 @@ def test_no_benchmark_code_under_src() -> None:
 def test_entry_points_are_thin() -> None:
     sizes = {name: len(MODULES[name].read_text().splitlines()) for name in ENTRY_POINTS}
     assert max(sizes.values()) <= 60, sizes
+
+
+def _package(name: str) -> str:
+    """The top package of a module under src/ (src.methods.piggyback.task -> src.methods)."""
+    return ".".join(name.split(".")[:2])
+
+
+def test_no_package_cycle() -> None:
+    """Packages, not only modules, import one way (models never imports masking back)."""
+    packages: dict[str, set[str]] = {}
+    for name, targets in GRAPH.items():
+        packages.setdefault(_package(name), set()).update(
+            _package(t) for t in targets if _package(t) != _package(name)
+        )
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            t == goal or (t not in seen and reaches(t, goal, seen | {t}))
+            for t in packages.get(start, ())
+        )
+
+    cycles = sorted(p for p in packages if reaches(p, p, {p}))
+    assert cycles == []
+
+
+def test_no_library_module_is_a_command_line() -> None:
+    """Command lines are entry points (src/*.py); the library and the run layer have none."""
+    offenders = [
+        name
+        for name, path in MODULES.items()
+        if name not in ENTRY_POINTS
+        and (
+            "argparse" in imported(path)
+            or any(
+                isinstance(node, ast.Compare)
+                and isinstance(node.left, ast.Name)
+                and node.left.id == "__name__"
+                for node in ast.walk(ast.parse(path.read_text()))
+            )
+        )
+    ]
+    assert offenders == []
+
+
+def _method_names() -> set[str]:
+    from src.methods.registry import METHODS
+
+    return {m.name for m in METHODS.values()} | {m.kind for m in METHODS.values()}
+
+
+def _named(node: ast.AST, names: set[str]) -> list[str]:
+    """The method or kind names a comparison operand or a mapping key spells out."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [n.value for n in items if isinstance(n, ast.Constant) and n.value in names]
+
+
+def name_branches(path: Path, names: set[str]) -> list[str]:
+    """Where ``path`` compares with, or maps, a method's or a task kind's name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        spelled: list[str] = []
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                spelled += _named(operand, names)
+        elif isinstance(node, ast.Dict):  # a mapping keyed by method names (not a record)
+            keyed = [_named(key, names) if key is not None else [] for key in node.keys]
+            if keyed and all(keyed):
+                spelled += [n for key in keyed for n in key]
+        elif isinstance(node, ast.MatchValue):
+            spelled += _named(node.value, names)
+        found += [f"{path.name}:{node.lineno}: {n!r}" for n in spelled]
+    return found
+
+
+def method_package(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "methods" else None
+
+
+def test_no_branch_on_a_method_name_outside_its_package() -> None:
+    """Nothing outside src/methods/<name>/ decides by a method's or kind's name: it asks the
+    registry (src/methods/registry.py) what the method does."""
+    names = _method_names()
+    assert {"piggyback", "finetune", "packnet", "classifier_only", "full"} <= names
+    offenders = [
+        hit
+        for name, path in MODULES.items()
+        if method_package(name) is None
+        for hit in name_branches(path, names)
+    ]
+    assert offenders == []
+
+
+def test_the_name_branch_check_finds_each_kind_of_branch(tmp_path: Path) -> None:
+    branchy = tmp_path / "branchy.py"
+    branchy.write_text(
+        'def f(tf, k):\n    if tf.kind == "packnet":\n        return 1\n'
+        '    return {"piggyback": 2}[k] if k in ("full", "x") else 3\n'
+    )
+    hits = name_branches(branchy, _method_names())
+    assert sorted(h.split(": ")[1] for h in hits) == ["'full'", "'packnet'", "'piggyback'"]

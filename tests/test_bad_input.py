@@ -274,7 +274,7 @@ CASES = [
     ),
     (
         "compress-missing",
-        "src.masking.compress",
+        "src.compress",
         lambda c: ["/nonexistent/tasks"],
         "/nonexistent/tasks",
     ),

@@ -34,7 +34,7 @@ def quick() -> Iterator[Settings]:
 
 def test_storage_counts_one_bit_per_masked_weight(quick: Settings) -> None:
     row = benchmarks.fig_storage(quick)["backbones"]["minicnn"]
-    from src.masking import prunable_weights
+    from src.models.surgery import prunable_weights
 
     model = benchmarks.build_backbone("minicnn", None, 10)
     weights = prunable_weights(model, "classifier").values()

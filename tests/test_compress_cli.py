@@ -1,4 +1,4 @@
-"""`python -m src.masking.compress`: files and folders, whole task names, one-line refusals."""
+"""`python -m src.compress`: files and folders, whole task names, one-line refusals."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.compress import main
 from src.masking import pack_bits, write_task_file
-from src.masking.compress import main
 from tests.conftest import run_module
 
-MODULE = "src.masking.compress"
+MODULE = "src.compress"
 # Names as training writes them: alike for their first 40+ characters, told apart at the end.
 PREFIX = "mini_digits-piggyback-minicnn-binarizer-thr0.005-lr0.0001-seed"
 LAYERS = {"features.0": [8, 3, 3, 3], "features.3": [16, 8, 3, 3]}

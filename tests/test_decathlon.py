@@ -386,7 +386,7 @@ def test_packnet_over_decathlon_domains_with_imagenet12_as_the_scored_base(
     """The real configs (ten domains' class counts, 72/64 pipelines) on a miniature tree;
     protocol=final trains every domain, the base included, on train+val."""
     from src.data.decathlon import compute_stats, update_stats_file
-    from src.masking.pruning import PackNetState
+    from src.methods.packnet.state import PackNetState
 
     domains = {"imagenet12": (6, 1000), "dtd": (4, 47), "gtsrb": (5, 43), "vgg-flowers": (10, 102)}
     root = tmp_path / "data" / "decathlon-1.0"

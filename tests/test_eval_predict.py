@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.masking.pruning import PackNetState
+from src.methods.packnet.state import PackNetState
 from src.runs.builders import build_image_transforms
 from src.runs.evaluate import compose_config, evaluate
 from src.runs.predict import image_paths, load_images, predict
-from src.runs.records import read_records
+from src.runs.records import COMMON_KEYS, read_records
 from src.utils.errors import UserError, exit_on_user_error
 from tests.conftest import TINY_BUDGET, make_image_folder, run_module, train_in_process
 from tests.test_multitask import make_packnet_state, other_weights
@@ -54,6 +54,8 @@ def test_eval_reproduces_the_training_top1(trained: Path, minicnn_weights: Path)
     train = {r["dataset"]: r for r in records if r.get("source") != "eval"}
     evals = {r["dataset"]: r for r in records if r.get("source") == "eval"}
     assert set(train) == set(evals) == set(TASKS)
+    for record in records:  # one record type: the same facts, under the same names
+        assert set(COMMON_KEYS) <= set(record), set(COMMON_KEYS) - set(record)
     for name in TASKS:
         assert evals[name]["top1"] == train[name]["top1"]
         assert evals[name]["top5"] == train[name]["top5"]

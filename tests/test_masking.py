@@ -13,11 +13,11 @@ from src.masking import (
     Binarizer,
     Ternarizer,
     add_masks,
-    freeze_norms,
     mask_densities,
     masked_layers,
 )
 from src.models import build_backbone
+from src.models.surgery import freeze_norms
 from src.utils.errors import UserError
 from tests.conftest import published_mask
 

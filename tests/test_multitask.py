@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from src.masking import masked_layers
-from src.masking.model_surgery import norm_layers
-from src.masking.multitask import STRATEGIES, MultiTaskModel, task_paths
-from src.masking.pruning import PackNetState, claim_free, init_owners, prune_owner
+from src.methods.multitask import STRATEGIES, MultiTaskModel, task_paths
+from src.methods.packnet.state import PackNetState, claim_free, init_owners, prune_owner
 from src.models import build_backbone
+from src.models.surgery import norm_layers
 from src.utils.errors import UserError
 from tests.conftest import method_for
 
@@ -175,7 +175,7 @@ def test_packnet_state_loads_into_the_same_object(tmp_path: Path, strategy: str)
     path = tmp_path / "packnet.safetensors"
     order = ["t1", "t2"]
     make_packnet_state(path, order, {t: [f"{t}_{i}" for i in range(CLASSES)] for t in order})
-    mt = MultiTaskModel.from_packnet(path, strategy=strategy)
+    mt = MultiTaskModel.from_file(path, strategy=strategy)
     plain = snapshot(mt.model)
     x = images()
     reference = {t: PackNetState.load(path).view(t).eval()(x).detach() for t in order}

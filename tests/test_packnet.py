@@ -15,7 +15,9 @@ from omegaconf import open_dict
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.masking.pruning import (
+from src.masking.taskfile import read_task_file, state_digest
+from src.methods.packnet.sequence import KeepBestEpoch, train_task
+from src.methods.packnet.state import (
     BASE,
     FREE,
     PackNetState,
@@ -27,11 +29,11 @@ from src.masking.pruning import (
     prune_owner,
     unpack_owners,
 )
-from src.masking.taskfile import read_task_file, state_digest
 from src.models import build_backbone
 from src.runs import config as run_config
 from src.runs.identity import run_identity
-from src.runs.sequence import run_sequence, sequence_id, train_task
+from src.runs.records import COMMON_KEYS
+from src.runs.sequence import module_factory, run_sequence, sequence_id
 from src.utils.errors import UserError
 from tests.conftest import CONF, make_image_folder
 
@@ -106,16 +108,16 @@ def test_task_one_logits_come_back_bit_for_bit(tmp_path: Path, train_bias_bn: bo
     cfg = _sequence_cfg(train_bias_bn)
     extras = None
     if train_bias_bn:
-        from src.masking.pruning import bias_bn_state
+        from src.methods.packnet.state import bias_bn_state
 
         extras = bias_bn_state(model, "classifier")
     base_weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n == "fc.0"}
     fixed = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 
-    train_task(cfg, state, TASKS[0], _Tensors(1), _trainer, extras)
+    train_task(cfg.method, state, TASKS[0], _Tensors(1), module_factory(cfg), _trainer, extras)
     first = state.view(TASKS[0]).eval()(fixed)
     for seed, task in enumerate(TASKS[1:], start=2):
-        train_task(cfg, state, task, _Tensors(seed), _trainer, extras)
+        train_task(cfg.method, state, task, _Tensors(seed), module_factory(cfg), _trainer, extras)
     # the base's weights were never changed, despite weight decay and later training
     base_mask = owners["fc.0"].eq(BASE)
     assert torch.equal(model.fc[0].weight[base_mask], base_weights["fc.0"][base_mask])
@@ -225,6 +227,8 @@ def test_sequence_end_to_end_no_forgetting(mini_tree: Path, minicnn_weights: Pat
         assert math.isclose(sum(share.values()), 1.0)
         assert math.isclose(share["base"], 0.5, abs_tol=1e-3)
         assert record["task_state_bytes"] == Path(record["task_file"]).stat().st_size
+    assert all(tuple(r)[: len(COMMON_KEYS)] == COMMON_KEYS for r in records)  # one record type
+    assert all(r["backbone_fingerprint"] == records[0]["backbone_fingerprint"] for r in records)
     # the last task takes every weight left: no free weight remains
     assert records[-1]["owner_share_overall"]["free"] == 0.0
     # first task kept 25% of the half the base freed
@@ -238,7 +242,7 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
 ) -> None:
     """Interrupted during task 3, the same command resumes there and ends as an
     uninterrupted run does: the same state file, bit for bit, and the same numbers."""
-    import src.runs.sequence as sequence
+    import src.methods.packnet.sequence as sequence  # the algorithm
 
     runs = {}
     for name in ("whole", "killed"):
@@ -323,7 +327,7 @@ def test_killed_base_retraining_resumes_at_its_last_finished_epoch(
 def test_corrupt_or_foreign_progress_is_refused(
     mini_tree: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import src.runs.sequence as sequence
+    import src.methods.packnet.sequence as sequence  # the algorithm
 
     def stop_at_second(cfg, state, task, *args, **kwargs):
         if task == TASKS[1]:
@@ -389,22 +393,20 @@ class _Scores(pl.Callback):
 
 
 def _packnet_module(cfg):
+    from src.methods.packnet.sequence import SEQUENCE_KEYS
     from src.runs.builders import build_method
-    from src.runs.sequence import SEQUENCE_KEYS
 
     torch.manual_seed(0)
     model = build_backbone("minicnn", None, 4)
     owners = init_owners(model, "classifier")
     prune_owner(model, owners, "classifier", BASE, 0.5)
-    from src.masking.pruning import claim_free
+    from src.methods.packnet.state import claim_free
 
     claim_free(owners, 1)
     return build_method(cfg, 4, model, SEQUENCE_KEYS, owners=owners, owner=1)
 
 
 def test_each_phase_ends_at_its_best_validation_epoch_and_never_below_the_floor() -> None:
-    from src.runs.sequence import KeepBestEpoch
-
     cfg = run_config.compose(["method=packnet", "backbone=minicnn", "trainer=cpu", "method.lr=0.5"])
     module, data = _packnet_module(cfg), _WithVal(1)
     best, scores = KeepBestEpoch(), _Scores()
@@ -426,3 +428,34 @@ def test_each_phase_ends_at_its_best_validation_epoch_and_never_below_the_floor(
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
     assert all(torch.equal(v, kept[k]) for k, v in module.state_dict().items())
+
+
+def test_a_packnet_module_exports_its_task_alone(tmp_path: Path) -> None:
+    """export_task writes the task's view of the shared network as a one-task state: hosted
+    from that file it gives the view's logits exactly (earlier tasks' weights included)."""
+    from src.methods.multitask import MultiTaskModel
+
+    cfg = _sequence_cfg(False)
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 10)
+    owners = init_owners(model, "classifier")
+    prune_owner(model, owners, "classifier", BASE, 0.5)
+    state = PackNetState("minicnn", "classifier", model, owners, task_order=TASKS)
+    for seed, task in enumerate(TASKS[:2], start=1):
+        train_task(cfg.method, state, task, _Tensors(seed), module_factory(cfg), _trainer, None)
+    classes = state.heads[TASKS[1]]["weight"].shape[0]
+    view = state.view(TASKS[1])
+    second = module_factory(cfg)(classes, view, owners=owners, owner=state.owner(TASKS[1]))
+    path = tmp_path / "second.safetensors"
+    names = [str(i) for i in range(classes)]
+    second.export_task(path, {"dataset": TASKS[1], "class_names": names})
+    fixed = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    host = MultiTaskModel.from_file(path)
+    assert list(host.tasks) == [TASKS[1]] and host.tasks[TASKS[1]].class_names == names
+    with torch.no_grad():
+        assert torch.equal(host.predict(fixed, TASKS[1]), state.view(TASKS[1]).eval()(fixed))
+    alone = PackNetState.load(path)
+    kept = alone.owners["fc.0"]
+    shared = state.owners["fc.0"]
+    assert torch.equal(kept.eq(BASE), shared.eq(BASE))  # the base's weights stay the base's
+    assert torch.equal(kept.eq(FREE), shared.eq(FREE) | shared.gt(state.owner(TASKS[1])))

@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from src.masking import (
-    apply_task,
     backbone_fingerprint,
     check_compatible,
     pack_bits,
@@ -19,6 +18,7 @@ from src.masking import (
     unpack_bits,
 )
 from src.masking.model_surgery import plain_state_dict
+from src.methods.tasks import apply_task
 from src.models import build_backbone
 from src.utils.errors import UserError
 from tests.conftest import method_for, published_mask
@@ -153,7 +153,7 @@ def test_folding_the_stored_mask_gives_the_training_time_weights_bit_for_bit(
     """layer_mask hands back integer bits; W * bits must equal W * threshold(m) exactly,
     the sign of every zero included."""
     from src.masking import add_masks, masked_layers
-    from src.masking.taskfile import layer_mask, piggyback_tensors
+    from src.methods.piggyback.task import layer_mask, piggyback_tensors
 
     model = plain_backbone()
     add_masks(model, published_mask(mask_init="uniform", threshold_fn=threshold_fn), "classifier")

@@ -1,26 +1,20 @@
-"""Piggyback's masking core: threshold functions, masked layers, model surgery, task files.
-
-Nothing here knows about Lightning, datasets or configs.
+"""The masking core: threshold functions, masks as weight parametrizations, the task-file
+container, mask compression. Nothing here knows about Lightning, datasets, configs or any
+one method's task format (those live in src/methods/<name>/).
 """
 
 from src.masking.layers import MaskConfig, WeightMask
 from src.masking.model_surgery import (
     add_masks,
-    freeze_norms,
     is_masked,
     keep_all_weights,
     mask_densities,
     mask_parameters,
     masked_layers,
     overall_density,
-    prunable_biases,
-    prunable_slots,
-    prunable_weights,
-    set_norms_eval,
 )
 from src.masking.taskfile import (
     TaskFile,
-    apply_task,
     backbone_fingerprint,
     check_compatible,
     pack_bits,
@@ -38,10 +32,8 @@ __all__ = [
     "Ternarizer",
     "WeightMask",
     "add_masks",
-    "apply_task",
     "backbone_fingerprint",
     "check_compatible",
-    "freeze_norms",
     "is_masked",
     "keep_all_weights",
     "mask_densities",
@@ -49,11 +41,7 @@ __all__ = [
     "masked_layers",
     "overall_density",
     "pack_bits",
-    "prunable_biases",
-    "prunable_slots",
-    "prunable_weights",
     "read_task_file",
-    "set_norms_eval",
     "state_digest",
     "unpack_bits",
     "write_task_file",

@@ -11,19 +11,13 @@ packed bits are stored as they are, so a mask never costs more than 1 bit + a he
 
 from __future__ import annotations
 
-import argparse
 import lzma
 import math
-import os
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from src.masking.taskfile import TaskFile, read_task_file
-from src.utils.errors import UserError, exit_on_user_error
 
 RICE = b"PBR1"
 RAW = b"PBB1"
@@ -95,113 +89,12 @@ def encode_mask(packed: torch.Tensor, n: int) -> bytes:
     return encode_bits(np.unpackbits(packed.numpy(), count=n).astype(bool))
 
 
-def decode_mask(data: bytes) -> torch.Tensor:
-    """The packed uint8 mask tensor, byte for byte as the task file stores it."""
-    return torch.from_numpy(np.packbits(decode_bits(data)))
-
-
-def mask_report(task: TaskFile) -> dict:
-    """Bits per weight of each coding of a Piggyback task's masks, against the entropy bound.
-
-    Per layer and overall: density, H(density), Rice (this module), zlib and lzma of the
-    packed bits (level 9), all in bits per weight; a ternary mask's sign bits count too.
-    """
-    layers, totals = {}, {"n": 0, "entropy": 0.0, "rice": 0, "zlib": 0, "lzma": 0}
-    for name, entry in task.meta.get("layers", {}).items():
-        n = math.prod(entry["shape"])
-        streams = [t for key in (f"mask.{name}", f"sign.{name}") if (t := task.tensors.get(key))
-                   is not None]  # fmt: skip
-        density = float(np.unpackbits(streams[0].numpy(), count=n).mean())
-        entropy = sum(
-            binary_entropy(float(np.unpackbits(s.numpy(), count=n).mean())) for s in streams
-        )
-        sizes = {
-            "rice": sum(len(encode_mask(s, n)) for s in streams),
-            "zlib": sum(len(zlib.compress(s.numpy().tobytes(), 9)) for s in streams),
-            "lzma": sum(len(lzma.compress(s.numpy().tobytes(), preset=9)) for s in streams),
-        }
-        layers[name] = {
-            "n": n,
-            "density": density,
-            "entropy_bpw": entropy,
-            **{f"{c}_bpw": 8 * b / n for c, b in sizes.items()},
-        }
-        totals["n"] += n
-        totals["entropy"] += entropy * n
-        for codec, size in sizes.items():
-            totals[codec] += size
-    n = totals["n"]
-    overall = {"n": n, "entropy_bpw": totals["entropy"] / n if n else None}
-    overall.update({f"{c}_bpw": 8 * totals[c] / n if n else None for c in ("rice", "zlib", "lzma")})
-    return {"layers": layers, "overall": overall}
-
-
-TASK_SUFFIX = ".safetensors"
-_HOW = f"pass task files (*{TASK_SUFFIX}) or a folder of them"
-_TRAIN = "make train writes one to results/tasks"
-
-
-def task_files(paths: list[str | os.PathLike]) -> list[Path]:
-    """The task files named by files and folders (a folder: its *.safetensors, sorted)."""
-    files: list[Path] = []
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            found = sorted(p for p in path.glob(f"*{TASK_SUFFIX}") if p.is_file())
-            if not found:
-                raise UserError(
-                    f"folder {path} holds no task files (*{TASK_SUFFIX}); train a task first "
-                    f"({_TRAIN}), or {_HOW}"
-                )
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"{path} does not exist; {_HOW} ({_TRAIN})")
-    return files
-
-
-def _read(path: Path) -> TaskFile:
-    """``read_task_file`` whose refusal also says what the command takes."""
-    if path.suffix != TASK_SUFFIX:
-        raise UserError(f"{path} is not a task file (not *{TASK_SUFFIX}); {_HOW}")
-    try:
-        return read_task_file(path)
-    except UserError as err:
-        raise UserError(f"{err}; {_HOW}") from None
-
-
-def task_names(files: list[Path]) -> list[str]:
-    """Each file's task name (its stem); the paths themselves when two stems collide."""
-    stems = [f.stem for f in files]
-    return stems if len(set(stems)) == len(stems) else [str(f) for f in files]
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m src.masking.compress",
-        description="Report the bits per weight the compressed mask coding reaches per task file.",
-    )
-    parser.add_argument(
-        "tasks", nargs="+", help="Piggyback task files, or folders of them (e.g. results/tasks)"
-    )
-    args = parser.parse_args(argv)
-    files = task_files(args.tasks)
-    tasks = [_read(f) for f in files]  # refuse a bad file before printing anything
-    names = task_names(files)
-    w = max(len("task"), *map(len, names))
-    print(f"{'task':{w}s} {'weights':>10s} {'H(p)':>7s} {'rice':>7s} {'zlib':>7s} {'lzma':>7s}")
-    for name, task in zip(names, tasks, strict=True):
-        o = mask_report(task)["overall"]
-        if not o["n"]:
-            print(f"{name:{w}s} no masks (a {task.kind} task, not a Piggyback task)")
-            continue
-        print(
-            f"{name:{w}s} {o['n']:>10d} {o['entropy_bpw']:7.4f} {o['rice_bpw']:7.4f} "
-            f"{o['zlib_bpw']:7.4f} {o['lzma_bpw']:7.4f}"
-        )
-
-
-if __name__ == "__main__":
-    main()
+def coded_sizes(packed: torch.Tensor, n: int) -> dict[str, int]:
+    """Bytes of one packed bit stream of ``n`` bits under each coding: Rice (this module),
+    zlib and lzma (level 9) of the packed bytes."""
+    raw = packed.numpy().tobytes()
+    return {
+        "rice": len(encode_mask(packed, n)),
+        "zlib": len(zlib.compress(raw, 9)),
+        "lzma": len(lzma.compress(raw, preset=9)),
+    }

@@ -1,17 +1,15 @@
 """Task files: what one task adds to a shared backbone, stored in safetensors.
 
-A Piggyback task file holds one bit per masked weight (``numpy.packbits``), the task
-classifier, BatchNorm state when it was trained, and metadata that ties it to the exact
-backbone weights it was learned on (a SHA-256 fingerprint). A digest over metadata and
-tensors detects truncated or edited files. Loading folds the bits into the weights once,
-so the result is a plain network that costs what the backbone costs.
+The container every method stores its tasks in: named tensors (which ones is the method's
+business: src/methods/<name>/), metadata naming the task's kind and tying it to the exact
+backbone weights it was learned on (a SHA-256 fingerprint), and a digest over metadata and
+tensors that detects truncated or edited files. Also the bit packing masks are stored in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
@@ -23,20 +21,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from src.masking.model_surgery import (
-    is_masked,
-    linear_from_state,
-    masked_layers,
-    norm_layers,
-    plain_state_dict,
-    prunable_weights,
-    replace_module,
-)
+from src.masking.model_surgery import plain_state_dict
 from src.utils.atomic import atomic_write_bytes
 from src.utils.errors import UserError
 
 FORMAT = "piggyback-lab-task/1"
-KINDS = ("piggyback", "classifier", "full", "packnet")
 
 
 def backbone_fingerprint(model: nn.Module, classifier: str) -> str:
@@ -77,10 +66,10 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """The bool tensor ``pack_bits`` packed."""
-    return _unpacked(packed, shape).view(torch.bool)
+    return unpacked_bits(packed, shape).view(torch.bool)
 
 
-def _unpacked(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+def unpacked_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """Packed bits as a uint8 tensor of 0s and 1s (numpy's unpack, no further copy)."""
     bits = np.unpackbits(packed.numpy(), count=int(np.prod(shape)))
     return torch.from_numpy(bits).reshape(shape)
@@ -113,8 +102,8 @@ class TaskFile:
 
 def write_task_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> int:
     """Write tensors + JSON-able metadata atomically; returns the file size in bytes."""
-    if meta.get("kind") not in KINDS:
-        raise ValueError(f"task kind must be one of {KINDS}, got {meta.get('kind')!r}")
+    if not isinstance(meta.get("kind"), str) or not meta["kind"]:
+        raise ValueError(f"a task file's metadata names its kind (got {meta.get('kind')!r})")
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     flat = {"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)}
     flat["sha256"] = _digest(cpu, flat)
@@ -147,22 +136,6 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
     return TaskFile(path=path, meta=json.loads(flat["meta"]), tensors=tensors)
 
 
-def piggyback_tensors(model: nn.Module, classifier: str, train_bn: bool) -> dict[str, torch.Tensor]:
-    """The task-specific state of a masked model: packed masks, classifier, BN if trained."""
-    tensors: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, layer in masked_layers(model).items():
-            mask = layer.mask()
-            tensors[f"mask.{name}"] = pack_bits(mask != 0)
-            if layer.mask_config.threshold_fn == "ternarizer":
-                tensors[f"sign.{name}"] = pack_bits(mask < 0)
-    tensors.update(prefixed(model.get_submodule(classifier).state_dict(), "classifier."))
-    if train_bn:
-        for name, norm in norm_layers(model).items():
-            tensors.update(prefixed(norm.state_dict(), f"bn.{name}."))
-    return tensors
-
-
 def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {prefix + k: v for k, v in state.items()}
 
@@ -184,64 +157,3 @@ def check_compatible(task: TaskFile, backbone: str, fingerprint: str) -> None:
             f"(fingerprint {task.meta['fingerprint'][:12]}, these are {fingerprint[:12]}); "
             "load the backbone weights it was trained on"
         )
-
-
-@torch.no_grad()
-def apply_task(model: nn.Module, task: TaskFile, classifier: str) -> nn.Module:
-    """Fold a verified task into a plain backbone in place: W <- W * m, new classifier, BN.
-
-    The caller checks compatibility first (``check_compatible``).
-    """
-    if task.kind == "packnet":
-        raise UserError(
-            f"{task.path} is a PackNet state holding several tasks; load it with "
-            "src.masking.pruning.PackNetState.load(path).view(task) or src.masking.multitask"
-        )
-    if task.kind in ("piggyback", "full") and is_masked(model):
-        raise ValueError("apply_task expects a plain backbone, not a masked model")
-    head_prefix = f"model.{classifier}." if task.kind == "full" else "classifier."
-    head_state = unprefixed(task.tensors, head_prefix)
-    head = linear_from_state(head_state)
-    replace_module(model, classifier, head.to(next(model.parameters()).device))
-    if task.kind == "full":
-        model.load_state_dict(unprefixed(task.tensors, "model."))
-        return model
-    if task.kind == "piggyback":
-        weights = prunable_weights(model, classifier)
-        for name, entry in task.meta["layers"].items():
-            if name not in weights:
-                raise UserError(f"task file {task.path} masks weight {name}, absent here")
-            fold_mask(weights[name], task.tensors, name, entry["shape"])
-    bn_state = unprefixed(task.tensors, "bn.")
-    for name, norm in norm_layers(model).items():
-        own = unprefixed(bn_state, f"{name}.")
-        if own:
-            norm.load_state_dict(own)
-    return model
-
-
-def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) -> torch.Tensor:
-    """One layer's mask from a task's tensors: uint8 0/1, or int8 -1/0/1 when ternary.
-
-    Multiplying float weights by it promotes it to their dtype, so ``W * mask`` gives the
-    training-time bits while moving a quarter of the bytes of a float mask (2.5x faster
-    on ResNet-50 on a CPU).
-    """
-    mask = _unpacked(tensors[f"mask.{name}"], tuple(shape))
-    if f"sign.{name}" in tensors:
-        sign = _unpacked(tensors[f"sign.{name}"], tuple(shape))
-        mask = mask.to(torch.int8) - 2 * sign.to(torch.int8)
-    return mask
-
-
-def fold_mask(
-    weight: torch.Tensor, tensors: dict[str, torch.Tensor], name: str, shape: list[int]
-) -> None:
-    """W <- W * m for one weight, in place, after checking the mask fits it."""
-    if list(weight.shape) != list(shape):
-        raise UserError(
-            f"mask for layer {name} has shape {shape}, the backbone's is {list(weight.shape)}"
-        )
-    if tensors[f"mask.{name}"].numel() != math.ceil(math.prod(shape) / 8):
-        raise UserError(f"mask for layer {name} has the wrong number of bytes; the file is corrupt")
-    weight.mul_(layer_mask(tensors, name, shape).to(weight.device))

@@ -12,7 +12,9 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.masking import backbone_fingerprint, freeze_norms, set_norms_eval
+from src.masking import backbone_fingerprint, write_task_file
+from src.methods.registry import TaskMethod
+from src.models.surgery import freeze_norms, set_norms_eval
 from src.utils.errors import UserError, check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
@@ -43,7 +45,7 @@ class TaskModule(pl.LightningModule):
     (optimizer, learning rates, step schedule) comes from conf/method/<name>.yaml.
     """
 
-    kind: str = "full"  # the task-file kind this method exports
+    task_method: type[TaskMethod]  # how its tasks are stored (its package's registration)
     channels_last: bool = False  # set by the trainer config (on for CUDA)
 
     def __init__(
@@ -147,8 +149,7 @@ class TaskModule(pl.LightningModule):
     # ---------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        groups = [g for g in self.param_groups() if g["params"]]
-        opt = self.optimizer_factory(groups, lr=hp.lr)
+        opt = self.optimizer_factory(self.trainable_parameters(), lr=hp.lr)
         if hp.get("lr_milestones") is not None:
             sched = torch.optim.lr_scheduler.MultiStepLR(
                 opt, list(hp.lr_milestones), gamma=hp.lr_decay_factor
@@ -161,17 +162,25 @@ class TaskModule(pl.LightningModule):
 
     def export_task(self, path: str | Path, meta: dict) -> int:
         """Write this task's file; returns its size in bytes."""
-        from src.masking import write_task_file
-
         full_meta = {
             **meta,
-            "kind": self.kind,
+            "kind": self.task_method.kind,
             "backbone": self.backbone,
             "fingerprint": self.fingerprint,
             "classifier": self.classifier,
             **self.task_meta(),
         }
         return write_task_file(path, self.task_tensors(), full_meta)
+
+    def recipe(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The method's optimizer over what it trains, and its step schedule (``step()`` once
+        per epoch): the published recipe, for a loop of one's own."""
+        built = self.configure_optimizers()
+        return built["optimizer"], built["lr_scheduler"]["scheduler"]
+
+    def trainable_parameters(self) -> list[dict]:
+        """What the method trains, as optimizer parameter groups with their learning rates."""
+        return [g for g in self.param_groups() if g["params"]]
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for g in self.param_groups() for p in g["params"])

@@ -22,7 +22,7 @@ import torchvision
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from src.masking.model_surgery import prunable_weights, replace_module
+from src.models.surgery import prunable_weights, replace_module
 from src.utils.errors import UserError
 
 # What backbone.weights names as a file; any other value is a torchvision weights name.

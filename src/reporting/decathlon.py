@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from src.data.decathlon import DOMAINS
+from src.methods import method_named
 from src.utils.errors import UserError
 
 # Baseline finetune top-1 accuracies (%) that define E_max (Rebuffi et al. 2017).
@@ -25,16 +26,6 @@ BASELINE_ACCURACY: dict[str, float] = {
     "omniglot": 87.69,
     "svhn": 96.55,
     "ucf101": 51.20,
-}
-# Where each method's Decathlon recipe comes from (docs/decathlon.md, conf/method/decathlon/);
-# printed under the scores, so a score is never read without its recipe's provenance.
-RECIPE_SOURCES: dict[str, str] = {
-    "finetune": "Rebuffi et al. 2017's finetuning recipe, the baseline that defines E_max "
-    "(srebuffi/residual_adapters, train_new_task_finetuning.py and README)",
-    "piggyback": "no published Decathlon recipe (no Piggyback Decathlon script is public); "
-    "the paper's fine-grained recipe",
-    "classifier_only": "no published Decathlon recipe; this project's classifier-only recipe",
-    "packnet": "no published Decathlon recipe; PackNet's published fine-grained recipe",
 }
 GAMMA = 2
 MAX_POINTS = 1000.0
@@ -110,3 +101,10 @@ def score_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def recipe_sources(methods: Iterable[str]) -> dict[str, str]:
+    """Where each registered method's Decathlon recipe comes from (docs/decathlon.md,
+    conf/method/decathlon/), printed under the scores so that a score is never read without
+    its recipe's provenance."""
+    return {m: method_named(m).decathlon_recipe for m in methods if method_named(m)}

@@ -14,11 +14,11 @@ import pandas as pd
 
 from src.reporting.tables import (
     MB,
-    SHARED_STATE_METHODS,
     choose_variants,
     differing_keys,
     flat_config,
     records_frame,
+    shared_state_methods,
     summarize,
 )
 from src.runs.wandb_summary import layer_order, mask_off_axes, save_figure
@@ -106,7 +106,7 @@ def plot_accuracy_vs_storage(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             continue
         # a shared state (PackNet) serves every task: per task, owner indices / tasks + head
         tasks = group.groupby("method").dataset.transform("size")
-        shared = group.method.isin(SHARED_STATE_METHODS)
+        shared = group.method.isin(shared_state_methods())
         group.loc[shared, "task_state_bytes"] = (
             group.owner_index_bytes / tasks + group.classifier_bytes
         )[shared]

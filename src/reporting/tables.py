@@ -17,15 +17,19 @@ from typing import Any
 
 import pandas as pd
 
+from src.methods import method_named, method_names
 from src.models import backbone_facts
 from src.runs.records import NON_SEMANTIC_KEYS, run_id
 from src.utils.atomic import atomic_write_bytes
 from src.utils.errors import UserError
 
-CANONICAL_METHODS = ("classifier_only", "finetune", "packnet", "piggyback")
-# Methods whose stored state is one network shared by the whole task sequence (counted once;
-# it holds the trunk, the per-weight owner indices and every task's classifier).
-SHARED_STATE_METHODS = frozenset({"packnet"})
+
+def shared_state_methods() -> frozenset[str]:
+    """Methods whose stored state is one network shared by the whole task sequence (counted
+    once; it holds the trunk, the per-weight owner indices and every task's classifier)."""
+    return frozenset(m for m in method_names() if method_named(m).shared_network)
+
+
 # Published metric -> our comparable number (top-1 accuracy in percent).
 ACCURACY_METRICS = {"top1_acc": lambda v: v, "top1_err": lambda v: round(100.0 - v, 6)}
 PUBLISHED_COLUMNS = ("table", "backbone", "method", "dataset", "metric", "value", "source", "note")
@@ -285,12 +289,13 @@ def storage_frame(backbone: str, summary: pd.DataFrame, methods: list[str]) -> p
     trunk = run_trunk.max() if len(run_trunk) else (facts.trunk_weights if facts else None)
     base = facts.total_bytes if facts else float("nan")
     nan = float("nan")
+    shared = shared_state_methods()
     rows = []
     for method in methods:
         cells = summary[summary.method == method]
         tasks = len(cells)
         storage = bits = nan
-        if tasks and method in SHARED_STATE_METHODS:
+        if tasks and method in shared:
             storage = cells.task_state_bytes.mean() / MB
             per_task = cells.owner_index_bytes.mean() / tasks + cells.classifier_bytes.mean()
             bits = 8 * per_task / trunk if trunk else nan
@@ -348,7 +353,7 @@ def build_tables(records: list[dict[str, Any]], published: pd.DataFrame) -> list
         pub = published[published.backbone == bb]
         ours = summary[summary.backbone == bb]
         tasks = ours[~ours.dataset.isin(["score", "score_val"])]
-        methods = _ordered(CANONICAL_METHODS, pub.method, sorted(ours.method.unique()))
+        methods = _ordered(method_names(), pub.method, sorted(ours.method.unique()))
         found = _ordered(pub.dataset, sorted(ours.dataset.unique()))
         datasets = _ordered([d for d in PAPER_DATASETS if d in found], found)
         sources = dict(zip(pub.source_id, pub.source, strict=True))
@@ -446,16 +451,13 @@ def footnotes(table: BackboneTable) -> list[str]:
             "withheld); they are not comparable with published test numbers."
         )
     if {"score", "score_val"} & set(table.datasets):
-        from src.reporting.decathlon import RECIPE_SOURCES
+        from src.reporting.decathlon import recipe_sources
 
+        sources = recipe_sources(sorted(set(table.cells.method)))
         lines.append(
             "score / score_val: Visual Decathlon score S on the test / validation splits, "
             "mean over seeds that ran all ten domains. Recipes: "
-            + "; ".join(
-                f"{m}: {RECIPE_SOURCES[m]}"
-                for m in sorted(set(table.cells.method))
-                if m in RECIPE_SOURCES
-            )
+            + "; ".join(f"{m}: {source}" for m, source in sources.items())
             + "."
         )
     used = set(table.cells.source_id.dropna())

@@ -4,23 +4,23 @@ A bundle is ``BUNDLE/manifest.json`` and ``BUNDLE/tasks/<name>.safetensors``. Th
 itself is not copied (it is the large shared part); the manifest names it (weights file or
 torchvision weights name, with the file's SHA-256) and its fingerprint. Per task the manifest
 lists dataset, classes, accuracy (from the run records when found), bits per weight (as
-stored, entropy-coded, and the binary entropy bound), fingerprint and the file's SHA-256.
+stored, entropy-coded, and the binary entropy bound: the method's ``storage``), fingerprint
+and the file's SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from src.masking.compress import mask_report
-from src.masking.multitask import MultiTaskModel, task_paths
-from src.masking.taskfile import TaskFile, read_task_file
+from src.methods import method_of
+from src.methods.multitask import MultiTaskModel, task_paths
+from src.methods.tasks import read_task
 from src.runs.config import compose
 from src.runs.records import read_records
 from src.utils.atomic import atomic_dir, atomic_write_json
@@ -59,30 +59,6 @@ def _accuracy(records: list[dict], run_id: str | None) -> dict | None:
     return None
 
 
-def _bits(tf: TaskFile) -> dict[str, Any]:
-    """Storage cost per weight: as stored, entropy-coded (src.masking.compress), H(p) bound."""
-    if tf.kind == "piggyback":
-        o = mask_report(tf)["overall"]
-        stored = sum(t.numel() for k, t in tf.tensors.items() if k.startswith(("mask.", "sign.")))
-        return {
-            "masked_weights": o["n"],
-            "bits_per_weight": 8 * stored / o["n"],
-            "compressed_bits_per_weight": o["rice_bpw"],
-            "entropy_bits_per_weight": o["entropy_bpw"],
-            "mask_density_overall": sum(
-                e["density"] * math.prod(e["shape"]) for e in tf.meta["layers"].values()
-            ) / o["n"],
-        }  # fmt: skip
-    if tf.kind == "full":
-        model = [t for k, t in tf.tensors.items() if k.startswith("model.")]
-        n = sum(t.numel() for t in model)
-        return {
-            "masked_weights": None,
-            "bits_per_weight": 8 * sum(t.numel() * t.element_size() for t in model) / n,
-        }
-    return {"masked_weights": None, "bits_per_weight": 0.0}  # a classifier adds no trunk state
-
-
 def export_bundle(
     out: str | Path,
     tasks: str | Sequence[str | Path],
@@ -90,13 +66,16 @@ def export_bundle(
     records_dir: str | Path | None = "results",
 ) -> dict[str, Any]:
     """Write ``out`` (atomically): the task files and a manifest; returns the manifest."""
-    files = [read_task_file(p) for p in task_paths(tasks)]
+    files = [read_task(p) for p in task_paths(tasks)]
     names = [tf.path.stem for tf in files]
     if len(set(names)) != len(names):
         raise UserError(f"two task files share a name: {sorted(names)}; rename one")
-    kinds = {tf.kind for tf in files}
-    if "packnet" in kinds:
-        raise UserError("a PackNet state holds its own network; bundle Piggyback-style task files")
+    shared = [tf.path for tf in files if method_of(tf).shared_network]
+    if shared:
+        raise UserError(
+            f"{shared[0]} holds its own network (a {method_of(read_task(shared[0])).name} "
+            "state); a bundle shares one backbone, so bundle task files made for it"
+        )
     backbones = {(tf.meta["backbone"], tf.meta["fingerprint"]) for tf in files}
     if len(backbones) != 1:
         listed = ", ".join(f"{b} {f[:12]}" for b, f in sorted(backbones))
@@ -124,7 +103,7 @@ def export_bundle(
             "run_id": tf.meta.get("run_id"),
             "accuracy": _accuracy(records, tf.meta.get("run_id")),
             "fingerprint": tf.meta["fingerprint"],
-            **_bits(tf),
+            **method_of(tf).storage(tf),
         })  # fmt: skip
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -172,7 +151,7 @@ def verify_bundle(folder: str | Path, weights: str | None = None) -> dict[str, A
             problems.append(f"{entry['file']} differs from the manifest (size or SHA-256)")
             continue
         try:
-            tf = read_task_file(file)
+            tf = read_task(file)
         except UserError as err:
             problems.append(str(err))
             continue

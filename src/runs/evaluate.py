@@ -10,7 +10,6 @@ in as ``train_top1`` for comparison.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,21 +19,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from src.masking import overall_density
-from src.masking.multitask import MultiTaskModel, task_paths
-from src.masking.taskfile import TaskFile, read_task_file
+from src.masking.taskfile import TaskFile
+from src.methods import method_of
+from src.methods.multitask import MultiTaskModel, task_paths
+from src.methods.tasks import read_task
 from src.models import use_backbone
 from src.runs.builders import build_datamodule
 from src.runs.config import CONF_DIR, compose, dataset_config_for
-from src.runs.records import read_record, read_records, write_record
+from src.runs.identity import weights_fingerprint
+from src.runs.records import read_record, read_records, run_record, write_record
 from src.utils.errors import UserError, check_integer
-
-METHOD_OF_KIND = {
-    "piggyback": "piggyback",
-    "classifier": "classifier_only",
-    "full": "finetune",
-    "packnet": "packnet",
-}
 
 
 def compose_config(
@@ -75,8 +69,9 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
 
 
-def task_method(meta: dict) -> str:
-    return meta.get("method") or METHOD_OF_KIND.get(meta["kind"], meta["kind"])
+def task_method(tf: TaskFile) -> str:
+    """The method a task file was trained by: as its metadata says, else its kind's."""
+    return tf.meta.get("method") or method_of(tf).name
 
 
 class Evaluator:
@@ -104,10 +99,11 @@ class Evaluator:
         return host, name
 
     def evaluate(self, path: Path, batch_size: int) -> list[tuple[str, dict[str, Any]]]:
-        """(record file stem, record) per task in the file: one, or each of a PackNet state."""
-        tf = read_task_file(path)
-        if tf.kind == "packnet":
-            host = MultiTaskModel.from_packnet(path, self.strategy, self.device)
+        """(record file stem, record) per task in the file: one, or each task of a file that
+        holds its own network (a PackNet state)."""
+        tf = read_task(path)
+        if method_of(tf).shared_network:
+            host = MultiTaskModel.from_file(tf, self.strategy, self.device)
             return [
                 (f"{path.stem}__{task}", self._evaluate(host, task, tf, batch_size))
                 for task in host.tasks
@@ -151,43 +147,36 @@ class Evaluator:
             raise UserError(f"the test set at {datamodule.root}/test holds no images")
         train = _training_record(Path(cfg.paths.runs_dir), tf, dataset)
         task_run = train.get("run_id") or tf.meta.get("run_id", tf.path.stem)
-        return {
-            "run_id": f"{task_run}__eval",
-            "source": "eval",
-            "task_run_id": task_run,
-            "dataset": dataset,
-            "backbone": tf.meta["backbone"],
-            "method": task_method(tf.meta),
-            "seed": train.get("seed", tf.meta.get("seed")),
-            "protocol": train.get("protocol"),
-            "top1": 100.0 * float(top1.compute()),
-            "top5": 100.0 * float(top5.compute()),
-            "train_top1": train.get("top1"),
-            "n_test": n,
-            "task_file": str(tf.path),
-            "task_state_bytes": tf.path.stat().st_size,
-            "fingerprint": host.fingerprint,
-            **_mask_stats(tf),
-            "dataset_root": str(cfg.dataset.root),
-            "backbone_weights": None if tf.kind == "packnet" else str(cfg.backbone.weights),
-            "wall_time_s": round(time.time() - start, 2),
-        }
-
-
-def _mask_stats(tf: TaskFile) -> dict[str, Any]:
-    """Masked weights and densities of a Piggyback task, as training records them."""
-    if tf.kind != "piggyback":
-        return {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
-    layers = tf.meta["layers"]
-    sizes = {name: math.prod(e["shape"]) for name, e in layers.items()}
-    density = {name: e["density"] for name, e in layers.items()}
-    return {"masked_weights": sum(sizes.values()), "mask_density": density,
-            "mask_density_overall": overall_density(density, sizes)}  # fmt: skip
+        shared = method_of(tf).shared_network
+        weights = None if shared else cfg.backbone.weights  # the file holds its own network
+        return run_record(
+            run_id=f"{task_run}__eval",
+            source="eval",
+            dataset=dataset,
+            backbone=tf.meta["backbone"],
+            method=task_method(tf),
+            seed=train.get("seed", tf.meta.get("seed")),
+            protocol=train.get("protocol"),
+            top1=100.0 * float(top1.compute()),
+            top5=100.0 * float(top5.compute()),
+            weights_fingerprint=weights_fingerprint(str(weights)) if weights else None,
+            backbone_fingerprint=host.fingerprint,
+            task_file=str(tf.path),
+            task_state_bytes=tf.path.stat().st_size,
+            wall_time_s=time.time() - start,
+            task_run_id=task_run,
+            train_top1=train.get("top1"),
+            n_test=n,
+            **method_of(tf).mask_stats(tf),
+            dataset_root=str(cfg.dataset.root),
+            backbone_weights=None if weights is None else str(weights),
+        )
 
 
 def _training_record(runs_dir: Path, tf: TaskFile, dataset: str) -> dict[str, Any]:
-    """The record of the run that wrote ``tf`` (for a PackNet state: its ``dataset`` task)."""
-    if tf.kind != "packnet":
+    """The record of the run that wrote ``tf`` (for a file of several tasks: the record of
+    its ``dataset`` task)."""
+    if not method_of(tf).shared_network:
         path = runs_dir / f"{tf.meta.get('run_id', tf.path.stem)}.json"
         try:
             return read_record(path) if path.is_file() else {}

@@ -14,8 +14,9 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from src.masking.multitask import TASK_SUFFIX, MultiTaskModel
-from src.masking.taskfile import read_task_file
+from src.methods import method_of
+from src.methods.multitask import TASK_SUFFIX, MultiTaskModel
+from src.methods.tasks import read_task
 from src.runs.builders import build_image_transforms
 from src.runs.config import compose
 from src.runs.evaluate import compose_config, pick_device, training_overrides
@@ -76,9 +77,12 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
     check_choice("format", cfg.format, FORMATS)
     k = check_integer("topk", cfg.topk)
     batch_size = check_integer("batch_size", cfg.batch_size)
-    tf = read_task_file(resolve_task(str(cfg.task), cfg.paths.tasks_dir))
-    if tf.kind == "packnet":
-        raise UserError(f"{tf.path} is a PackNet state; predict takes a single-task file")
+    tf = read_task(resolve_task(str(cfg.task), cfg.paths.tasks_dir))
+    if method_of(tf).shared_network:
+        raise UserError(
+            f"{tf.path} holds its own network and several tasks (a {method_of(tf).name} "
+            "state); predict takes a single-task file"
+        )
     task_cfg = compose_config(tf.meta["dataset"], tf.meta["backbone"], overrides)
     _, transform = build_image_transforms(task_cfg)
     paths, images = load_images(image_paths(str(cfg.images)), transform)

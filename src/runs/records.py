@@ -1,7 +1,9 @@
 """Run records: one self-describing JSON file per run under results/runs/.
 
-The one place that names a run (``run_id``), stamps a record with where and with what it
-ran (``write_record``) and reads records back (``read_record``, ``read_records``).
+The one place that names a run (``run_id``), builds a record (``run_record``: the same keys,
+in the same order, for a trained task, a task of a sequence and an evaluation), stamps it
+with where and with what it ran (``write_record``) and reads records back
+(``read_record``, ``read_records``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,61 @@ def run_id(config: dict[str, Any]) -> str:
         f"{config['dataset']['name']}__{config['backbone']['name']}__"
         f"{config['method']['name']}__s{config['seed']}__{digest[:10]}"
     )
+
+
+SOURCES = ("train", "eval")
+# The facts every record has, in this order, under these names (``run_record``).
+COMMON_KEYS = (
+    "run_id", "source", "dataset", "backbone", "method", "seed", "protocol", "top1", "top5",
+    "weights_fingerprint", "backbone_fingerprint", "task_file", "task_state_bytes",
+    "wall_time_s",
+)  # fmt: skip
+
+
+def run_record(
+    *,
+    run_id: str,
+    source: str,
+    dataset: str,
+    backbone: str,
+    method: str,
+    seed: int | None,
+    protocol: str | None,
+    top1: float | None,
+    top5: float | None,
+    weights_fingerprint: str | None,
+    backbone_fingerprint: str | None,
+    task_file: str,
+    task_state_bytes: int,
+    wall_time_s: float,
+    **facts: Any,
+) -> dict[str, Any]:
+    """A record: the facts every record has, under one name each, then the method's and the
+    run's own (``facts``). ``weights_fingerprint``: the base weights as given (the run
+    identity's); ``backbone_fingerprint``: the trunk tensors the task is tied to."""
+    if source not in SOURCES:
+        raise ValueError(f"a record's source is one of {SOURCES}, not {source!r}")
+    common = {
+        "run_id": run_id,
+        "source": source,
+        "dataset": dataset,
+        "backbone": backbone,
+        "method": method,
+        "seed": seed,
+        "protocol": protocol,
+        "top1": top1,
+        "top5": top5,
+        "weights_fingerprint": weights_fingerprint,
+        "backbone_fingerprint": backbone_fingerprint,
+        "task_file": task_file,
+        "task_state_bytes": task_state_bytes,
+        "wall_time_s": round(wall_time_s, 2),
+    }
+    assert tuple(common) == COMMON_KEYS
+    clash = sorted(set(common) & set(facts))
+    if clash:
+        raise ValueError(f"record facts repeat the common keys {clash}")
+    return {**common, **facts}
 
 
 def code_version() -> dict[str, Any]:

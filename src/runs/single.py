@@ -30,7 +30,7 @@ from src.runs.builders import (
     scores_pretrained,
 )
 from src.runs.identity import existing_record, run_identity
-from src.runs.records import write_record
+from src.runs.records import run_record, write_record
 from src.runs.resume import resumable_checkpoint, run_lock
 from src.runs.wandb_summary import log_run_summary
 from src.utils.distributed import all_ranks_agree
@@ -124,30 +124,34 @@ def _train(
         "run_id": rid,
     }
     task_bytes = method.export_task(task_path, task_meta)
-    record = {
-        "run_id": rid,
-        "dataset": cfg.dataset.name,
-        "backbone": cfg.backbone.name,
-        "method": cfg.method.name,
-        "seed": cfg.seed,
-        "protocol": cfg.protocol,
-        "top1": 100.0 * float(test["test/top1"]) if tested else None,
-        "top5": 100.0 * float(test["test/top5"]) if tested else None,
-        "val_top1": best_val,
-        "eval_split": eval_split(datamodule),
-        "world_size": trainer.world_size,
-        "ranks_agree": ranks_agree,
-        "epochs": trainer.current_epoch,
-        "pretrained_as_is": as_is,
-        "skipped_images": getattr(datamodule, "skipped_images", []),
-        "best_checkpoint": best_name,
-        "weights_fingerprint": config["weights_fingerprint"],
-        **state_report(method, task_bytes),
-        "task_file": str(task_path),
-        "config": config,
-        "wall_time_s": round(train_s, 2),
-        "pretrain_time_s": round(pretrain_s, 2),
-    }
+    report = state_report(method, task_bytes)
+    record = run_record(
+        run_id=rid,
+        source="train",
+        dataset=cfg.dataset.name,
+        backbone=cfg.backbone.name,
+        method=cfg.method.name,
+        seed=cfg.seed,
+        protocol=cfg.protocol,
+        top1=100.0 * float(test["test/top1"]) if tested else None,
+        top5=100.0 * float(test["test/top5"]) if tested else None,
+        weights_fingerprint=config["weights_fingerprint"],
+        backbone_fingerprint=method.fingerprint,
+        task_file=str(task_path),
+        task_state_bytes=report.pop("task_state_bytes"),
+        wall_time_s=train_s,
+        val_top1=best_val,
+        eval_split=eval_split(datamodule),
+        world_size=trainer.world_size,
+        ranks_agree=ranks_agree,
+        epochs=trainer.current_epoch,
+        pretrained_as_is=as_is,
+        skipped_images=getattr(datamodule, "skipped_images", []),
+        best_checkpoint=best_name,
+        **report,
+        config=config,
+        pretrain_time_s=round(pretrain_s, 2),
+    )
     write_record(record_path, record, device=method.device)
     log_run_summary(trainer.loggers, record, Path(cfg.paths.output_dir) / "mask_density.png")
     score_text = (

@@ -25,8 +25,10 @@ from src.data.decathlon import (
     domain_transforms,
     read_split,
 )
-from src.masking import apply_task, backbone_fingerprint, check_compatible, read_task_file
-from src.models import build_backbone, classifier_name, normalisation, use_backbone
+from src.methods import method_of
+from src.methods.multitask import MultiTaskModel
+from src.methods.tasks import read_task
+from src.models import normalisation, use_backbone
 from src.utils.atomic import atomic_write_bytes
 from src.utils.errors import UserError
 
@@ -75,25 +77,23 @@ def write_submission(path: str | Path, entries: list[dict[str, int]]) -> Path:
 
 
 def load_model(record: Mapping[str, Any]) -> torch.nn.Module:
-    """The record's backbone with its task folded in, checked against the task's fingerprint.
+    """The record's network with its task active, checked against the task's fingerprint.
 
-    A PackNet record's task file is the whole sequence's state: the domain's view of it.
+    A file that holds its own network and several tasks (a PackNet state) gives the
+    domain's view of it.
     """
-    if record.get("method") == "packnet":
-        from src.masking.pruning import PackNetState
-
-        state = PackNetState.load(record["task_file"])
-        if record["dataset"] not in state.tasks:
-            raise UserError(f"{record['task_file']} holds no PackNet task {record['dataset']!r}")
-        return state.view(record["dataset"]).eval()
     config = record["config"]
     name = config["backbone"]["name"]
     use_backbone(name, config["backbone"].get("classifier"))
-    classifier = classifier_name(name)
-    model = build_backbone(name, config["backbone"]["weights"], config["dataset"]["num_classes"])
-    task = read_task_file(record["task_file"])
-    check_compatible(task, name, backbone_fingerprint(model, classifier))
-    return apply_task(model, task, classifier).eval()
+    tf = read_task(record["task_file"])
+    if method_of(tf).shared_network:
+        host, task = MultiTaskModel.from_file(tf), record["dataset"]
+    else:  # a task for a backbone: host it on the record's weights
+        host, task = MultiTaskModel(name, config["backbone"]["weights"], [tf]), tf.path.stem
+    if task not in host.tasks:
+        raise UserError(f"{tf.path} holds no task {task!r}")
+    host.select(task)
+    return host.model.eval()
 
 
 @torch.no_grad()

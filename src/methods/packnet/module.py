@@ -3,22 +3,34 @@
 One module trains one task of a sequence on the shared network: only weights owned by
 this task (``owner``) get gradients; weights of the base and of earlier tasks stay
 bit-for-bit unchanged. Biases and norm layers are frozen unless ``train_bias_bn`` (then the
-sequence stores them per task). The sequence (src/runs/sequence.py) claims the free
+sequence stores them per task). The sequence (``sequence.py`` here) claims the free
 weights before training, prunes between the two phases and stores each task's classifier
 (and biases/BN) in the shared state; this module exports no task file of its own.
 """
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from src.masking.model_surgery import norm_layers, prunable_biases, prunable_weights
 from src.methods.base import TaskModule
+from src.methods.packnet.state import (
+    BASE,
+    FREE,
+    PackNetState,
+    apply_view,
+    bias_bn_state,
+    task_owner,
+)
+from src.methods.packnet.task import PackNetTask
+from src.models.surgery import norm_layers, prunable_biases, prunable_weights
 
 
 class PackNet(TaskModule):
-    kind = "packnet"
+    task_method = PackNetTask
 
     def __init__(
         self,
@@ -97,3 +109,29 @@ class PackNet(TaskModule):
         if self.hparams.train_bias_bn:
             count += sum(p.numel() for p in self.bias_bn_parameters())
         return count
+
+    def task_tensors(self) -> dict[str, torch.Tensor]:
+        """This task alone as a one-task PackNet state: its view of the shared network, the
+        weights of the base and of every task up to it owned as base and task."""
+        return self.standalone_state("task").tensors()
+
+    def standalone_state(self, task: str) -> PackNetState:
+        """The network as this task sees it, as a one-task PackNet state named ``task``."""
+        model = copy.deepcopy(self.model)
+        apply_view(model, self.owners, self.classifier, self.owner)
+        owners = {}
+        for name, own in self.owners.items():
+            mine = own.gt(BASE) & own.le(self.owner)  # earlier tasks' weights are its own too
+            owners[name] = torch.where(mine, task_owner(0), torch.where(own.eq(BASE), BASE, FREE))
+            owners[name] = owners[name].to(torch.uint8)
+        state = PackNetState(self.backbone, self.classifier, model, owners, [task])
+        extras = bias_bn_state(model, self.classifier) if self.hparams.train_bias_bn else None
+        state.add_task(task, self.head, [], extras)
+        return state
+
+    def export_task(self, path: str | Path, meta: dict) -> int:
+        """Write this task alone as a one-task PackNet state; returns its size in bytes."""
+        state = self.standalone_state(str(meta.get("dataset", "task")))
+        state.class_names[state.tasks[0]] = list(meta.get("class_names", []))
+        state.meta = {k: v for k, v in meta.items() if k not in ("class_names", "kind")}
+        return state.save(path)

@@ -7,10 +7,11 @@ from torch import nn
 
 from src.masking.taskfile import prefixed
 from src.methods.base import TaskModule
+from src.methods.classifier_only.task import ClassifierOnlyTask
 
 
 class ClassifierOnly(TaskModule):
-    kind = "classifier"
+    task_method = ClassifierOnlyTask
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         kwargs["train_bn"] = False

@@ -6,10 +6,11 @@ import torch
 
 from src.masking.taskfile import prefixed
 from src.methods.base import TaskModule
+from src.methods.finetune.task import FinetuneTask
 
 
 class Finetune(TaskModule):
-    kind = "full"
+    task_method = FinetuneTask
 
     def param_groups(self) -> list[dict]:
         head = set(self.head.parameters())

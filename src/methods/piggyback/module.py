@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from src.masking import MaskConfig, add_masks, mask_densities, mask_parameters, masked_layers
-from src.masking.model_surgery import norm_layers
-from src.masking.taskfile import piggyback_tensors
 from src.methods.base import TaskModule
+from src.methods.piggyback.task import PiggybackTask, piggyback_tensors
+from src.models.surgery import norm_layers
 
 
 class Piggyback(TaskModule):
-    kind = "piggyback"
+    task_method = PiggybackTask
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """PackNet's pruning core: one owner index per weight, magnitude pruning, task views, storage.
 
-Every prunable weight of the trunk (src/masking/model_surgery.py) has an owner: 0 = free
+Every prunable weight of the trunk (src/models/surgery.py) has an owner: 0 = free
 (pruned), 1 = the base network, k + 1 = the k-th task of the sequence (k = 1, 2, ...). A
 task trains only free weights, prunes part of them back, and freezes the rest; evaluating
 task k uses the weights owned by the base through task k and zeroes the others, so earlier
@@ -22,19 +22,21 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from src.masking.model_surgery import (
-    linear_from_state,
-    norm_layers,
-    prunable_biases,
-    prunable_weights,
-    replace_module,
-)
 from src.masking.taskfile import (
+    TaskFile,
     backbone_fingerprint,
     prefixed,
     read_task_file,
     unprefixed,
     write_task_file,
+)
+from src.models import build_backbone, classifier_name
+from src.models.surgery import (
+    linear_from_state,
+    norm_layers,
+    prunable_biases,
+    prunable_weights,
+    replace_module,
 )
 from src.utils.errors import UserError
 
@@ -264,9 +266,12 @@ class PackNetState:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PackNetState:
         """Read and verify a state written by ``save`` (digest, kind, shapes)."""
-        from src.models import build_backbone
+        return cls.from_task_file(read_task_file(path))
 
-        stored = read_task_file(path)
+    @classmethod
+    def from_task_file(cls, stored: TaskFile) -> PackNetState:
+        """The state a verified task file holds (kind and shapes checked)."""
+        path = stored.path
         meta = dict(stored.meta)
         if meta.get("kind") != KIND:
             raise UserError(f"{path} is a {meta.get('kind')!r} task file, not a PackNet state")
@@ -308,8 +313,6 @@ def load_pruned_base(path: str | os.PathLike, backbone: str) -> tuple[nn.Module,
 
     A safetensors file that names its backbone in its metadata must name ``backbone``.
     """
-    from src.models import build_backbone, classifier_name
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pruned base file {path} does not exist (method.base_weights)")

@@ -24,23 +24,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from src.masking.model_surgery import linear_from_state, prunable_weights, replace_module
-from src.masking.pruning import FREE
-from src.masking.taskfile import (
-    TaskFile,
-    backbone_fingerprint,
-    check_compatible,
-    layer_mask,
-    read_task_file,
-    unprefixed,
-)
+from src.masking.taskfile import TaskFile, backbone_fingerprint, check_compatible
+from src.methods.registry import HostedTask, method_of
+from src.methods.tasks import read_task
 from src.models import build_backbone, classifier_name
+from src.models.surgery import linear_from_state, prunable_weights, replace_module
 from src.utils.errors import UserError
 
 STRATEGIES = ("restore", "copy")
@@ -68,30 +61,6 @@ def task_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pa
     return paths
 
 
-@dataclass
-class LoadedTask:
-    """A verified task, with what ``select`` needs built once on the model's device.
-
-    ``state`` holds model state entries the task replaces (BN, biases, a finetuned trunk);
-    a Piggyback task folds ``layers`` from its packed bits, a PackNet task zeroes the
-    weights it does not own (``owner``) in the shared owner map.
-    """
-
-    name: str
-    path: Path
-    meta: dict
-    class_names: list[str]
-    head: nn.Module
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
-    bits: dict[str, torch.Tensor] = field(default_factory=dict)
-    layers: dict[str, list[int]] = field(default_factory=dict)
-    owner: int | None = None
-
-    @property
-    def kind(self) -> str:
-        return self.meta["kind"]
-
-
 class MultiTaskModel:
     """A plain backbone that hosts many tasks and has exactly one (or none) active at a time."""
 
@@ -103,14 +72,17 @@ class MultiTaskModel:
         strategy: str = "copy",
         device: str | torch.device = "cpu",
         model: nn.Module | None = None,
+        classifier: str | None = None,
     ) -> None:
-        """``model`` replaces building ``backbone`` from ``weights`` (a PackNet network)."""
+        """``model`` replaces building ``backbone`` from ``weights`` (a PackNet network, or
+        one's own model: then ``classifier`` names its classifier unless the registry knows
+        ``backbone``)."""
         if strategy not in STRATEGIES:
             raise UserError(
                 f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}"
             )
         self.backbone = backbone
-        self.classifier = classifier_name(backbone)
+        self.classifier = classifier or classifier_name(backbone)
         self.strategy = strategy
         self.device = torch.device(device)
         model = model if model is not None else build_backbone(backbone, weights, num_classes=1)
@@ -120,81 +92,58 @@ class MultiTaskModel:
         self.fingerprint = backbone_fingerprint(self.model, self.classifier)
         self._base_head = self.model.get_submodule(self.classifier)
         self._weights = prunable_weights(self.model, self.classifier)  # what tasks mask, by key
-        self._owners: dict[str, torch.Tensor] = {}  # PackNet's owner map, when hosted
         # copy strategy: the dense weights of every layer a mask may touch, kept aside once
         self._original: dict[str, torch.Tensor] = {}
         # restore strategy: per layer, (positions the active task changed, their old values)
         self._aside: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._state_aside: dict[str, torch.Tensor] = {}
-        self.tasks: dict[str, LoadedTask] = {}
+        self.tasks: dict[str, HostedTask] = {}
         self.active: str | None = None
         for task in tasks:
             self.add_task(task)
 
-    @classmethod
-    def from_packnet(
-        cls, path: str | os.PathLike, strategy: str = "copy", device: str | torch.device = "cpu"
-    ) -> MultiTaskModel:
-        """Host a PackNet state: its shared network is the backbone, each finished task a task."""
-        from src.masking.pruning import PackNetState
+    @property
+    def weights(self) -> dict[str, nn.Parameter]:
+        """The backbone's prunable weights, by key: what a task may change."""
+        return self._weights
 
-        state = PackNetState.load(path)
-        hosted = cls(state.backbone, None, strategy=strategy, device=device, model=state.model)
-        hosted._owners = {n: o.to(hosted.device) for n, o in state.owners.items()}
-        if strategy == "copy":
-            for name in state.owners:
-                hosted._keep_original(name)
-        for task in state.tasks:
-            hosted._register(
-                LoadedTask(
-                    name=task,
-                    path=Path(path),
-                    meta={**state.meta, "kind": "packnet", "backbone": state.backbone,
-                          "dataset": state.meta.get("datasets", {}).get(task, task)},
-                    class_names=state.class_names.get(task, []),
-                    head=hosted._head(state.heads[task], Path(path)),
-                    state=state.task_extras.get(task, {}),
-                    owner=state.owner(task),
-                )
-            )  # fmt: skip
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike | TaskFile,
+        strategy: str = "copy",
+        device: str | torch.device = "cpu",
+    ) -> MultiTaskModel:
+        """Host a file that holds its own network and several tasks (a PackNet state)."""
+        tf = path if isinstance(path, TaskFile) else read_task(path)
+        method = method_of(tf)
+        if not method.shared_network:
+            raise UserError(
+                f"{tf.path} is a {tf.kind!r} task for a backbone; load it with "
+                f"MultiTaskModel({tf.meta['backbone']!r}, weights, tasks=[path])"
+            )
+        model = method.network(tf)
+        hosted = cls(tf.meta["backbone"], None, strategy=strategy, device=device, model=model)
+        for task in method.hosted(tf, hosted):
+            hosted._register(task)
         return hosted
 
     # --- loading ----------------------------------------------------------------------
     def add_task(self, task: str | os.PathLike | TaskFile, name: str | None = None) -> str:
         """Verify a task file against this backbone and register it; returns its name."""
-        tf = task if isinstance(task, TaskFile) else read_task_file(task)
-        if tf.kind not in ("piggyback", "classifier", "full"):
+        tf = task if isinstance(task, TaskFile) else read_task(task)
+        method = method_of(tf)
+        if method.shared_network:
             raise UserError(
-                f"{tf.path} is a {tf.kind!r} file; load a PackNet state with "
-                "MultiTaskModel.from_packnet"
+                f"{tf.path} is a {tf.kind!r} file holding its own network; load it with "
+                "MultiTaskModel.from_file"
             )
         check_compatible(tf, self.backbone, self.fingerprint)
-        loaded = LoadedTask(
-            name=name or tf.path.stem,
-            path=tf.path,
-            meta=tf.meta,
-            class_names=tf.class_names,
-            # a full task stores its classifier inside the whole network's state
-            head=self._head(
-                unprefixed(tf.tensors, "classifier.")
-                or unprefixed(tf.tensors, f"model.{self.classifier}."),
-                tf.path,
-            ),
-        )
-        if tf.kind == "full":
-            head = self.classifier + "."
-            trunk = unprefixed(tf.tensors, "model.")
-            loaded.state = {k: v for k, v in trunk.items() if not k.startswith(head)}
-        else:
-            loaded.state = unprefixed(tf.tensors, "bn.")
-        if tf.kind == "piggyback":
-            loaded.layers = {n: e["shape"] for n, e in tf.meta["layers"].items()}
-            loaded.bits = {k: v for k, v in tf.tensors.items() if k.startswith(("mask.", "sign."))}
-            self._check_layers(loaded)
-        self._register(loaded)
-        return loaded.name
+        (hosted,) = method.hosted(tf, self, name)
+        self._register(hosted)
+        return hosted.name
 
-    def _register(self, task: LoadedTask) -> None:
+    def _register(self, task: HostedTask) -> None:
         if task.name in self.tasks:
             raise UserError(f"two tasks are named {task.name!r}; rename one of the files")
         current = self.model.state_dict()
@@ -212,30 +161,17 @@ class MultiTaskModel:
             )
         self.tasks[task.name] = task
 
-    def _head(self, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    def head(self, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+        """A task's classifier on this host's device, frozen."""
         if "weight" not in state:
             raise UserError(f"task file {path} has no classifier; re-export it")
         return linear_from_state(state).to(self.device).eval().requires_grad_(False)
 
-    def _check_layers(self, task: LoadedTask) -> None:
-        for name, shape in task.layers.items():
-            weight = self._weights.get(name)
-            if weight is None:
-                raise UserError(f"task file {task.path} masks layer {name}, absent here")
-            if list(weight.shape) != list(shape):
-                raise UserError(
-                    f"task file {task.path}: mask for layer {name} has shape {shape}, "
-                    f"the backbone's is {list(weight.shape)}"
-                )
-            packed = task.bits.get(f"mask.{name}")
-            if packed is None or packed.numel() != -(-weight.numel() // 8):
-                raise UserError(f"task file {task.path}: mask for layer {name} is corrupt")
-            if self.strategy == "copy":
-                self._keep_original(name)
-
-    def _keep_original(self, name: str) -> None:
+    def _keep_original(self, name: str) -> torch.Tensor:
+        """The backbone's own values of a weight (copy strategy), kept aside the first time."""
         if name not in self._original:
             self._original[name] = self._weights[name].detach().clone()
+        return self._original[name]
 
     # --- switching --------------------------------------------------------------------
     @torch.no_grad()
@@ -255,54 +191,35 @@ class MultiTaskModel:
             self._enter(task)
         self.active = name
 
-    def _masked_layers(self, task: LoadedTask | None) -> Iterable[str]:
-        if task is None:
-            return ()
-        return task.layers if task.kind == "piggyback" else self._owners
-
-    def _leave(self, task: LoadedTask | None, following: LoadedTask | None) -> None:
+    def _leave(self, task: HostedTask | None, following: HostedTask | None) -> None:
         """Undo ``task``; with the copy strategy, layers ``following`` refolds are left as is."""
         if task is None:
             return
         for layer_name, (changed, values) in self._aside.items():
             self._weights[layer_name].masked_scatter_(changed, values)
         self._aside = {}
-        refolded = set(self._masked_layers(following))
-        for layer_name in self._original.keys() & set(self._masked_layers(task)) - refolded:
+        refolded = set(following.layers if following else ())
+        for layer_name in self._original.keys() & set(task.layers) - refolded:
             self._weights[layer_name].copy_(self._original[layer_name])
         if self._state_aside:
             _assign(self.model, self._state_aside)
             self._state_aside = {}
         replace_module(self.model, self.classifier, self._base_head)
 
-    def _enter(self, task: LoadedTask) -> None:
+    def _enter(self, task: HostedTask) -> None:
         replace_module(self.model, self.classifier, task.head)
         if task.state:
             current = self.model.state_dict()
             self._state_aside = {k: current[k].clone() for k in task.state}
             _assign(self.model, task.state)
-        for layer_name in self._masked_layers(task):
+        for layer_name in task.layers:
             weight = self._weights[layer_name]
-            copy = self.strategy == "copy"
-            if task.kind == "piggyback":
-                shape = task.layers[layer_name]
-                mask = layer_mask(task.bits, layer_name, shape).to(self.device)
-                if not copy:
-                    changed = mask != 1
-                    self._aside[layer_name] = (changed, weight.masked_select(changed))
-                # W * m as training computed it (a -0.0 stays -0.0), from the kept copy or in place
-                if copy:
-                    torch.mul(self._original[layer_name], mask, out=weight)
-                else:
-                    weight.mul_(mask)
-            else:  # PackNet: weights free or owned by a later task are zeroed, as its view does
-                own = self._owners[layer_name]
-                changed = own.eq(FREE) | own.gt(task.owner)
-                if copy:
-                    weight.copy_(self._original[layer_name])
-                else:
-                    self._aside[layer_name] = (changed, weight.masked_select(changed))
-                weight.masked_fill_(changed, 0.0)
+            if self.strategy == "copy":
+                task.fold(layer_name, weight, self._keep_original(layer_name))
+            else:
+                changed = task.changed(layer_name)
+                self._aside[layer_name] = (changed, weight.masked_select(changed))
+                task.fold(layer_name, weight, weight)
 
     # --- inference --------------------------------------------------------------------
     @torch.no_grad()

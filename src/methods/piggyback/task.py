@@ -1,0 +1,163 @@
+"""A Piggyback task as stored: one bit per masked weight (``numpy.packbits``; a ternary mask
+adds a sign bit), the classifier, the norms when trained, and each layer's shape and density.
+
+Folding multiplies each weight by its mask bits once, so the folded network costs what the
+backbone costs; a MultiTaskModel computes W0 * m from its kept copy on every switch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from src.masking.compress import binary_entropy, coded_sizes
+from src.masking.model_surgery import is_masked, masked_layers
+from src.masking.taskfile import TaskFile, pack_bits, prefixed, unpacked_bits
+from src.methods.registry import HostedTask, TaskMethod, density_stats
+from src.models.surgery import norm_layers, prunable_weights
+from src.utils.errors import UserError
+
+BIT_PREFIXES = ("mask.", "sign.")
+
+
+def piggyback_tensors(model: nn.Module, classifier: str, train_bn: bool) -> dict[str, torch.Tensor]:
+    """The task-specific state of a masked model: packed masks, classifier, norms if trained."""
+    tensors: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, layer in masked_layers(model).items():
+            mask = layer.mask()
+            tensors[f"mask.{name}"] = pack_bits(mask != 0)
+            if layer.mask_config.threshold_fn == "ternarizer":
+                tensors[f"sign.{name}"] = pack_bits(mask < 0)
+    tensors.update(prefixed(model.get_submodule(classifier).state_dict(), "classifier."))
+    if train_bn:
+        for name, norm in norm_layers(model).items():
+            tensors.update(prefixed(norm.state_dict(), f"bn.{name}."))
+    return tensors
+
+
+def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) -> torch.Tensor:
+    """One layer's mask from a task's tensors: uint8 0/1, or int8 -1/0/1 when ternary.
+
+    Multiplying float weights by it promotes it to their dtype, so ``W * mask`` gives the
+    training-time bits while moving a quarter of the bytes of a float mask (2.5x faster
+    on ResNet-50 on a CPU).
+    """
+    mask = unpacked_bits(tensors[f"mask.{name}"], tuple(shape))
+    if f"sign.{name}" in tensors:
+        sign = unpacked_bits(tensors[f"sign.{name}"], tuple(shape))
+        mask = mask.to(torch.int8) - 2 * sign.to(torch.int8)
+    return mask
+
+
+def check_mask(tf: TaskFile, name: str, shape: list[int], weight: torch.Tensor | None) -> None:
+    """A stored mask must fit the weight it masks: present here, same shape, whole bytes."""
+    if weight is None:
+        raise UserError(f"task file {tf.path} masks weight {name}, absent here")
+    if list(weight.shape) != list(shape):
+        raise UserError(
+            f"task file {tf.path}: mask for layer {name} has shape {shape}, "
+            f"the backbone's is {list(weight.shape)}"
+        )
+    for prefix in BIT_PREFIXES:
+        packed = tf.tensors.get(f"{prefix}{name}")
+        if (prefix == "mask." or packed is not None) and (
+            packed is None or packed.numel() != math.ceil(math.prod(shape) / 8)
+        ):
+            raise UserError(f"task file {tf.path}: mask for layer {name} is corrupt")
+
+
+class PiggybackTask(TaskMethod):
+    name = "piggyback"
+    kind = "piggyback"
+    decathlon_recipe = (
+        "no published Decathlon recipe (no Piggyback Decathlon script is public); "
+        "the paper's fine-grained recipe"
+    )
+
+    def layers(self, tf: TaskFile) -> dict[str, list[int]]:
+        return {name: entry["shape"] for name, entry in tf.meta["layers"].items()}
+
+    @torch.no_grad()
+    def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
+        """W <- W * m for every masked weight, then the classifier and norms."""
+        if is_masked(model):
+            raise ValueError("fold expects a plain backbone, not a masked model")
+        super().fold(model, tf, classifier)
+        weights = prunable_weights(model, classifier)
+        for name, shape in self.layers(tf).items():
+            check_mask(tf, name, shape, weights.get(name))
+            weights[name].mul_(layer_mask(tf.tensors, name, shape).to(weights[name].device))
+        return model
+
+    def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
+        (task,) = super().hosted(tf, host, name)
+        shapes = self.layers(tf)
+        for key, shape in shapes.items():
+            check_mask(tf, key, shape, host.weights.get(key))
+        bits = {k: v for k, v in tf.tensors.items() if k.startswith(BIT_PREFIXES)}
+        last: dict[str, torch.Tensor] = {}  # restore asks for a layer's mask twice in a row
+
+        def mask(key: str) -> torch.Tensor:
+            if key not in last:
+                last.clear()
+                last[key] = layer_mask(bits, key, shapes[key]).to(host.device)
+            return last[key]
+
+        def fold(key: str, weight: torch.Tensor, source: torch.Tensor) -> None:
+            torch.mul(source, mask(key), out=weight)  # W * m as training computed it
+            last.clear()
+
+        task.layers = tuple(shapes)
+        task.fold = fold
+        task.changed = lambda key: mask(key) != 1
+        return [task]
+
+    def storage(self, tf: TaskFile) -> dict:
+        report = self.compression(tf)["overall"]
+        stored = sum(t.numel() for k, t in tf.tensors.items() if k.startswith(BIT_PREFIXES))
+        return {
+            "masked_weights": report["n"],
+            "bits_per_weight": 8 * stored / report["n"],
+            "compressed_bits_per_weight": report["rice_bpw"],
+            "entropy_bits_per_weight": report["entropy_bpw"],
+            "mask_density_overall": self.mask_stats(tf)["mask_density_overall"],
+        }
+
+    def compression(self, tf: TaskFile) -> dict:
+        """Bits per weight of each coding of the masks, against the entropy bound.
+
+        Per layer and overall: density, H(density), Rice, zlib and lzma of the packed bits,
+        all in bits per weight; a ternary mask's sign bits count too.
+        """
+        layers, totals = {}, {"n": 0, "entropy": 0.0, "rice": 0, "zlib": 0, "lzma": 0}
+        for name, shape in self.layers(tf).items():
+            n = math.prod(shape)
+            streams = [tf.tensors[k] for k in (f"mask.{name}", f"sign.{name}") if k in tf.tensors]
+            shares = [float(np.unpackbits(s.numpy(), count=n).mean()) for s in streams]
+            entropy = sum(binary_entropy(p) for p in shares)
+            sizes = {"rice": 0, "zlib": 0, "lzma": 0}
+            for stream in streams:
+                for codec, size in coded_sizes(stream, n).items():
+                    sizes[codec] += size
+            layers[name] = {
+                "n": n,
+                "density": shares[0],
+                "entropy_bpw": entropy,
+                **{f"{c}_bpw": 8 * b / n for c, b in sizes.items()},
+            }
+            totals["n"] += n
+            totals["entropy"] += entropy * n
+            for codec, size in sizes.items():
+                totals[codec] += size
+        n = totals["n"]
+        overall = {"n": n, "entropy_bpw": totals["entropy"] / n if n else None}
+        for codec in ("rice", "zlib", "lzma"):
+            overall[f"{codec}_bpw"] = 8 * totals[codec] / n if n else None
+        return {"layers": layers, "overall": overall}
+
+    def mask_stats(self, tf: TaskFile) -> dict:
+        return density_stats(tf.meta["layers"])

@@ -1,0 +1,182 @@
+"""The method registry: every method registers once, under the name its config, task files,
+records and tables use, and everything that reads a stored task dispatches through it.
+
+A method is one package, src/methods/<name>/ (peft's tuners are the model): its
+LightningModule, any layer it adds, and a ``TaskMethod`` that says how its tasks are stored
+and used (which tensors, how to fold them into a backbone, how a MultiTaskModel enters and
+leaves them, their storage cost), registered with ``register``. Nothing outside the
+package branches on its name. A method defined elsewhere (a test, a user's own package)
+registers the same way when its module is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from src.masking.taskfile import TaskFile, unprefixed
+from src.models.surgery import linear_from_state, replace_module
+from src.utils.errors import UserError
+
+NO_MASKS = {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
+
+
+@dataclass
+class HostedTask:
+    """One task as a MultiTaskModel holds it, built once on the host's device.
+
+    ``state``: model state entries the task replaces (norms, biases, a finetuned trunk).
+    ``layers``: the prunable weights it changes; ``fold(key, weight, source)`` writes the
+    task's weight into ``weight`` from the backbone's ``source`` values (the same tensor
+    when folding in place) and ``changed(key)`` says which positions that changes.
+    """
+
+    name: str
+    path: Path
+    meta: dict
+    class_names: list[str]
+    head: nn.Module
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: tuple[str, ...] = ()
+    fold: Any = None  # Callable[[str, Tensor, Tensor], None]
+    changed: Any = None  # Callable[[str], Tensor]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+
+class TaskMethod:
+    """How one method's tasks are stored and used; subclass it in the method's package.
+
+    The defaults describe a task that is a new classifier (plus norm state, ``bn.*``) on
+    the plain backbone; a method overrides what it adds.
+    """
+
+    name: str = ""  # conf/method/<name>.yaml's ``name``: records and tables use it
+    kind: str = ""  # the task-file kind (``meta["kind"]``) its tasks are stored as
+    shared_network: bool = False  # one file holds its own network and several tasks
+    decathlon_recipe: str = "no published Decathlon recipe"  # printed under the scores
+
+    def __init__(self, sequence: Any = None) -> None:
+        """``sequence``: for a method that trains a whole task sequence in one job (names
+        ``method.tasks``), the module of its algorithm (see src/methods/packnet/sequence.py:
+        ``SEQUENCE_KEYS``, ``check_settings``, ``build_base``, ``retrain_base``,
+        ``train_task``, ``evaluate_from_file``, ``task_facts``, ``load_state``)."""
+        self.sequence = sequence
+
+    # --- reading --------------------------------------------------------------------
+    def check(self, tf: TaskFile) -> None:
+        """Refuse a task file whose contents do not fit this method (one UserError)."""
+        names = tf.meta.get("class_names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"task file {tf.path}: class_names is not a list of names; corrupt")
+        if "weight" not in self.head_state(tf, str(tf.meta.get("classifier", ""))):
+            raise UserError(f"task file {tf.path} has no classifier; re-export it")
+
+    def head_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
+        return unprefixed(tf.tensors, "classifier.")
+
+    def task_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
+        """Model state entries the task replaces, by state_dict key."""
+        return unprefixed(tf.tensors, "bn.")
+
+    # --- folding into a plain backbone ----------------------------------------------
+    @torch.no_grad()
+    def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
+        """Fold a verified task into a plain backbone in place (compatibility checked first):
+        its classifier, then the state entries it replaces."""
+        head = linear_from_state(self.head_state(tf, classifier))
+        replace_module(model, classifier, head.to(next(model.parameters()).device))
+        state = self.task_state(tf, classifier)
+        current = model.state_dict()
+        unknown = sorted(set(state) - set(current))
+        if unknown:
+            raise UserError(f"task file {tf.path} sets state {unknown[:3]} this backbone lacks")
+        for key, value in state.items():
+            if value.shape != current[key].shape:
+                raise UserError(f"task file {tf.path}: {key} has the wrong shape")
+            current[key].copy_(value)
+        return model
+
+    # --- hosting in a MultiTaskModel ------------------------------------------------
+    def network(self, tf: TaskFile) -> nn.Module:
+        """The network a ``shared_network`` file holds."""
+        raise NotImplementedError
+
+    def hosted(self, tf: TaskFile, host: Any, name: str | None = None) -> list[HostedTask]:
+        """The file's tasks, prepared for ``host`` (a MultiTaskModel)."""
+        return [
+            HostedTask(
+                name=name or tf.path.stem,
+                path=tf.path,
+                meta=tf.meta,
+                class_names=tf.class_names,
+                head=host.head(self.head_state(tf, host.classifier), tf.path),
+                state=self.task_state(tf, host.classifier),
+            )
+        ]
+
+    # --- what it costs --------------------------------------------------------------
+    def storage(self, tf: TaskFile) -> dict[str, Any]:
+        """Storage per trunk weight (bundles): a classifier adds no trunk state."""
+        return {"masked_weights": None, "bits_per_weight": 0.0}
+
+    def compression(self, tf: TaskFile) -> dict | None:
+        """Bits per weight of each mask coding (src.compress); None: the task has no masks."""
+        return None
+
+    def mask_stats(self, tf: TaskFile) -> dict[str, Any]:
+        """Masked weights and densities, as training records them."""
+        return dict(NO_MASKS)
+
+
+METHODS: dict[str, TaskMethod] = {}  # by method name
+
+
+def register(method: TaskMethod) -> TaskMethod:
+    """Register ``method`` under its name; a second method with its name or kind is refused."""
+    if not method.name or not method.kind:
+        raise ValueError(f"{type(method).__name__} needs a name and a task-file kind")
+    for other in METHODS.values():
+        if other.name != method.name and other.kind == method.kind:
+            raise ValueError(f"task-file kind {method.kind!r} is {other.name!r}'s already")
+    if method.name in METHODS and type(METHODS[method.name]) is not type(method):
+        raise ValueError(f"method {method.name!r} is registered already")
+    METHODS[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def method_named(name: str) -> TaskMethod | None:
+    """The registered method of that name, None when there is none (a published-only row)."""
+    return METHODS.get(name)
+
+
+def method_of(tf: TaskFile) -> TaskMethod:
+    """The method that stores tasks of ``tf``'s kind; an unknown kind is a UserError."""
+    for method in METHODS.values():
+        if method.kind == tf.meta.get("kind"):
+            return method
+    kinds = ", ".join(sorted(m.kind for m in METHODS.values()))
+    raise UserError(
+        f"task file {tf.path} is of kind {tf.meta.get('kind')!r}, which no registered method "
+        f"stores (known kinds: {kinds}); import the package that defines its method"
+    )
+
+
+def density_stats(layers: dict[str, dict]) -> dict[str, Any]:
+    """Masked weights and densities from a task's per-layer ``{shape, density}`` metadata."""
+    sizes = {name: math.prod(e["shape"]) for name, e in layers.items()}
+    density = {name: e["density"] for name, e in layers.items()}
+    total = sum(sizes.values())
+    overall = sum(density[n] * sizes[n] for n in sizes) / total if total else None
+    return {"masked_weights": total, "mask_density": density, "mask_density_overall": overall}
