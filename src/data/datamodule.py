@@ -12,7 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
@@ -32,18 +32,46 @@ def eval_split(datamodule: Any) -> str:
 
 
 class EpochSeededSampler(RandomSampler):
-    """Shuffles with a generator seeded by (seed, epoch): a resumed run sees the same order.
+    """Shuffles with a generator seeded by (seed, epoch) and gives every place of the epoch
+    its own augmentation seed (read by ``SeededSamples``): an epoch's order and its random
+    crops and flips are a function of (seed, epoch) alone, whichever worker loads an image
+    and whether the run was resumed.
 
-    Lightning calls ``set_epoch`` on a loader's sampler at the start of every epoch.
+    Lightning calls ``set_epoch`` at the start of every epoch, but builds a fit's first
+    loader iterator, whose workers fetch ahead, before that call: ``epoch`` is the epoch the
+    fit starts at (a resumed run's, from its checkpoint).
     """
 
-    def __init__(self, data_source, seed: int) -> None:
+    def __init__(self, data_source, seed: int, epoch: int = 0) -> None:
         super().__init__(data_source, generator=torch.Generator())
         self.seed = seed
-        self.set_epoch(0)
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __iter__(self):
+        base = (self.seed * 100_003 + self.epoch) * 1_000_003
+        for place, index in enumerate(super().__iter__()):
+            yield index, (base + place) % (1 << 63)
+
+
+class SeededSamples(Dataset):
+    """``dataset`` read by (index, seed) keys: each item's random transforms are drawn from
+    its own seed, the reader's random state is left as it was."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def files_key(paths: list[str]) -> str:
@@ -108,10 +136,14 @@ class SplitDataModule(pl.LightningDataModule):
         self.test_set = None  # None: no labelled test split (the predictions go to a server)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        """Shuffled (train) data is read with a seed per sample, from the epoch the fit
+        starts at (EpochSeededSampler)."""
+        trainer = self.trainer if shuffle else None  # a resumed fit: its epochs done so far
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
         return DataLoader(
-            dataset,
+            SeededSamples(dataset) if shuffle else dataset,
             batch_size=self.batch_size,
-            sampler=EpochSeededSampler(dataset, self.seed) if shuffle else None,
+            sampler=EpochSeededSampler(dataset, self.seed, epoch) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
