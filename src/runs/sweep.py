@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from src.runs import run
 from src.utils.atomic import atomic_write_json
-from src.utils.errors import EXIT_USER_ERROR, UserError, log_error, user_message
+from src.utils.errors import EXIT_USER_ERROR, Interrupted, UserError, log_error, user_message
 
 log = logging.getLogger(__name__)
 OUTCOME = "outcome.json"
@@ -39,6 +39,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     Outside a multirun a failure is raised as it is (one ``error:`` line, exit 2)."""
     try:
         result = run(cfg)
+    except Interrupted as err:  # the whole sweep stops: say where
+        if in_multirun():
+            hydra = HydraConfig.get()
+            write_outcome(hydra, {"status": "interrupted", "reason": f"stopped by {err}"})
+            summarize(Path(hydra.sweep.dir))
+        raise
     except UserError as err:
         if not in_multirun():
             raise
@@ -66,6 +72,37 @@ def sweep_keys(overrides: list[list[str]]) -> set[str]:
     return {key for key, seen in values.items() if len(seen) > 1}
 
 
+STATUSES = ("ran", "skipped", "failed", "interrupted")
+
+
+def write_outcome(hydra: DictConfig, outcome: dict[str, Any]) -> None:
+    """One job's outcome, in its own folder (``hydra``: the job's hydra config)."""
+    out = Path(hydra.runtime.output_dir) / OUTCOME
+    overrides = list(hydra.overrides.task)
+    atomic_write_json(out, {"job": hydra.job.num, **outcome, "overrides": overrides})
+
+
+def summarize(sweep_dir: Path) -> dict[str, int]:
+    """Count the outcomes found under ``sweep_dir``, write summary.json, name the jobs that
+    failed or were interrupted; returns the counts."""
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{OUTCOME}"))]
+    counts = {s: sum(j["status"] == s for j in jobs) for s in STATUSES}
+    atomic_write_json(sweep_dir / "summary.json", {**counts, "jobs": jobs})
+    print(
+        f"sweep: {len(jobs)} jobs: {counts['ran']} ran, {counts['skipped']} skipped, "
+        f"{counts['failed']} failed, {counts['interrupted']} interrupted "
+        f"(summary: {sweep_dir / 'summary.json'})"
+    )
+    swept = sweep_keys([job["overrides"] for job in jobs])
+    for job in jobs:
+        if job["status"] in ("failed", "interrupted"):
+            named = " ".join(
+                o for o in job["overrides"] if not swept or o.split("=", 1)[0] in swept
+            )  # with one job known, all of its overrides
+            print(f"  {job['status']}: job {job['job']} ({named}): {job['reason']}")
+    return counts
+
+
 class SweepSummary(Callback):
     """Counts a sweep's outcomes and says which jobs failed, and why."""
 
@@ -75,23 +112,8 @@ class SweepSummary(Callback):
         outcome = job_return._return_value
         if job_return.status != JobStatus.COMPLETED or not isinstance(outcome, dict):
             outcome = {"status": "failed", "reason": repr(outcome)}
-        overrides = list(config.hydra.overrides.task)
-        out = Path(config.hydra.runtime.output_dir) / OUTCOME
-        atomic_write_json(out, {"job": config.hydra.job.num, **outcome, "overrides": overrides})
+        write_outcome(config.hydra, outcome)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{OUTCOME}"))]
-        counts = {s: sum(j["status"] == s for j in jobs) for s in ("ran", "skipped", "failed")}
-        atomic_write_json(sweep_dir / "summary.json", {**counts, "jobs": jobs})
-        print(
-            f"sweep: {len(jobs)} jobs: {counts['ran']} ran, {counts['skipped']} skipped, "
-            f"{counts['failed']} failed (summary: {sweep_dir / 'summary.json'})"
-        )
-        swept = sweep_keys([job["overrides"] for job in jobs])
-        for job in jobs:
-            if job["status"] == "failed":
-                named = " ".join(o for o in job["overrides"] if o.split("=", 1)[0] in swept)
-                print(f"  failed: job {job['job']} ({named}): {job['reason']}")
-        if counts["failed"]:
+        if summarize(Path(config.hydra.sweep.dir))["failed"]:
             sys.exit(EXIT_USER_ERROR)

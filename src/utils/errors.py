@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from src.utils.output import say
@@ -18,6 +20,38 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
     """Bad input the user can fix: the message says what is wrong and how to fix it."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived (a cluster's time limit, Ctrl-C). A BaseException, so that
+    no ``except Exception`` (a sweep's job, Hydra's) takes it for a job's own failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``Interrupted`` while the body runs (Lightning calls these
+    handlers from its own)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def interrupted_message(err: Interrupted) -> str:
+    return (
+        f"stopped by {err} before the work was finished; nothing unfinished was recorded. "
+        "Run the same command again: a training run resumes from its last checkpoint"
+    )
 
 
 def user_message(err: UserError) -> str:
@@ -37,15 +71,20 @@ def log_error(message: str) -> None:
 
 
 def exit_on_user_error(fn: F) -> F:
-    """Turn a UserError raised by ``fn`` into ``error: <message>`` on stderr and exit code 2."""
+    """Turn a UserError raised by ``fn`` into ``error: <message>`` on stderr and exit code 2;
+    SIGTERM or SIGINT into one line saying how to go on and exit code 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with interruptible():
+                return fn(*args, **kwargs)
         except UserError as err:
             log_error(user_message(err))
             sys.exit(EXIT_USER_ERROR)
+        except Interrupted as err:
+            log_error(interrupted_message(err))
+            sys.exit(128 + err.signum)
 
     return wrapper  # type: ignore[return-value]
 
