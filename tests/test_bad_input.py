@@ -73,6 +73,12 @@ def _dangling(c: Ctx) -> list[str]:
     return c.train
 
 
+def _classes_differ(c: Ctx) -> list[str]:
+    """train {c0, c1, c2}, test {c0, c1, zz}: label 2 would name two classes."""
+    (c.data / "test" / "c2").rename(c.data / "test" / "zz")
+    return c.train
+
+
 def _other_minicnn(c: Ctx) -> Path:
     torch.manual_seed(123)
     from src.models import build_backbone
@@ -126,6 +132,9 @@ CASES = [
     ("backbone-weights-name", "src.train", _vit("backbone.weights=IMAGENET1K_V9"), "no weights"),
     ("backbone-input-size", "src.train", _vit("dataset.transforms.size=64"), "refuses 64x64"),
     ("epochs-zero", "src.train", _train("method.epochs=0"), "method.epochs"),
+    ("results-dir-empty", "src.train", _train("paths.results_dir="), "paths.results_dir is empty"),
+    ("log-dir-empty", "src.train", _train("paths.log_dir="), "paths.log_dir is empty"),
+    ("classes-differ", "src.train", _classes_differ, "class folders of"),
     ("epochs-text", "src.train", _train("method.epochs=abc"), "method.epochs"),
     ("seed-text", "src.train", _train("seed=abc"), "seed"),
     ("seed-negative", "src.train", _train("seed=-1"), "seed"),

@@ -126,3 +126,40 @@ def test_a_finished_run_is_quiet_in_a_log_file_and_leaves_no_checkpoints(
     [record] = _records(tmp_path)
     assert json.loads(record.read_text())["wall_time_s"] > 0
     assert not list((tmp_path / "outputs" / "checkpoints").iterdir())  # removed when done
+
+
+def test_the_lock_guards_a_record_whatever_the_log_folder(
+    tmp_path: Path, minicnn_weights: Path, tiny_folder: Path
+) -> None:
+    """Two identical runs writing one results folder, from other log folders: the second
+    is refused while the first trains, and only one record is written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    def args(logs: str) -> list[str]:
+        tiny = tiny_overrides(tmp_path, minicnn_weights, tiny_folder)
+        return [*(a for a in tiny if not a.startswith("paths.log_dir")),
+                f"paths.log_dir={tmp_path / logs}", "method.epochs=500"]  # fmt: skip
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "src.train", *args("logs_a")], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / "logs_a").rglob("last.ckpt")):
+            assert first.poll() is None
+            time.sleep(0.05)
+        second = run_module("src.train", *args("logs_b"))
+        assert second.returncode == 2 and "this run is already running" in second.stderr
+        assert first.poll() is None  # still training: the refusal was the lock's
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait()
+    assert _records(tmp_path) == []  # neither wrote a record
+    assert not list((tmp_path / "results" / "runs").glob("*.lock"))  # released with it

@@ -203,6 +203,7 @@ class ImageFolderDataModule(SplitDataModule):
     def check(self) -> None:
         """Fail early, with the command that fixes it, when the folder is not usable."""
         fix = f"; prepare it with: {self.prepare_hint}" if self.prepare_hint else ""
+        found = {}
         for split in ("train", "test"):
             folder = self.root / split
             if not folder.is_dir():
@@ -215,6 +216,14 @@ class ImageFolderDataModule(SplitDataModule):
                     f"dataset {self.name!r}: {folder} has {len(classes)} class folders, "
                     f"expected {self.num_classes}{fix}"
                 )
+            found[split] = classes
+        if found["train"] != found["test"]:  # label i must name the same class in both
+            only = sorted(set(found["train"]) ^ set(found["test"]))
+            raise UserError(
+                f"dataset {self.name!r}: the class folders of {self.root / 'train'} and "
+                f"{self.root / 'test'} differ ({', '.join(only[:5])} in only one of them); "
+                f"both splits need the same classes{fix}"
+            )
 
     def _load(self, path: str) -> Image.Image:
         """ImageFolder's loader, naming an image that fails to decode as verification does."""

@@ -51,9 +51,25 @@ def _try_writing(folder: Path) -> None:
                 path.rmdir()
 
 
+ROOT_PATHS = ("data_dir", "results_dir", "log_dir")  # the folders the others are made from
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """No path is empty: ``paths.results_dir=`` would put records under the filesystem's
+    root (``/runs``)."""
+    for key in ROOT_PATHS:
+        value = cfg.paths.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(
+                f"paths.{key} is empty ({value!r}); pass a folder, e.g. paths.{key}="
+                f"{ {'data_dir': 'data', 'results_dir': 'results', 'log_dir': 'outputs'}[key] }"
+            )
+
+
 def check_writable(cfg: DictConfig) -> None:
     """Every folder the run writes to can be written, found now rather than after training;
     nothing is left behind."""
+    check_paths(cfg)
     for key in ("runs_dir", "tasks_dir", "checkpoint_dir"):
         folder = Path(cfg.paths[key])
         try:

@@ -34,9 +34,11 @@ def resumable_checkpoint(path: Path, rid: str) -> str | None:
 
 @contextlib.contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
-    """Hold ``<folder>.lock`` while the run works in ``folder``; a second run of the same id
-    is refused with the process that holds it (the lock dies with its process, so a killed
-    run never blocks the next). Only rank 0 locks: DDP's other ranks are its children."""
+    """Hold ``<folder>.lock`` while the run works; a second run of the same id is refused
+    with the process that holds it (the lock dies with its process, so a killed run never
+    blocks the next). Runs lock beside their record (``<runs_dir>/<run id>.lock``), so two
+    runs that would write one record exclude each other whatever their log folders. Only
+    rank 0 locks: DDP's other ranks are its children."""
     from pytorch_lightning.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:

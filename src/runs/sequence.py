@@ -176,7 +176,7 @@ def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
         return []
     seq_id = sequence_id(identities[tasks[0]][1], tasks)
     progress_dir = Path(cfg.paths.checkpoint_dir) / seq_id
-    with run_lock(progress_dir):
+    with run_lock(runs_dir / seq_id):  # beside the records: one per results folder
         records = _run(cfg, tasks, scored, task_cfgs, identities, seq_id, progress_dir)
     percent = algorithm(cfg).percent
     for record in records:

@@ -62,7 +62,7 @@ def run_single(cfg: DictConfig) -> dict[str, Any] | None:
     if not cfg.force and existing_record(record_path) is not None:
         return None
     ckpt_dir = Path(cfg.paths.checkpoint_dir) / rid
-    with run_lock(ckpt_dir):
+    with run_lock(record_path.with_suffix("")):  # beside the record: one per results folder
         record = _train(cfg, rid, config, record_path, ckpt_dir, pretrain_s)
     if record is not None and not cfg.get("keep_checkpoints", False):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
