@@ -289,3 +289,23 @@ def test_runs_differing_only_in_their_seed_share_a_variant_the_datamodules_copy_
     assert variant_key(config(0)) == variant_key(config(2))
     assert variant_key(config(0)) != variant_key(config(0, lr=1e-3))
     assert flat_config(config(0)) == flat_config(config(1))
+
+
+def test_a_copied_record_counts_once_and_a_bad_top1_is_refused(tmp_path: Path, capsys) -> None:
+    from src.reporting.tables import records_frame, summarize
+    from src.utils.errors import UserError
+
+    d = tmp_path / "runs"
+    make_record(d, "resnet50", "piggyback", "cub", 0, 70.0)
+    make_record(d, "resnet50", "piggyback", "cub", 1, 74.0)
+    [first, _] = sorted(d.glob("*.json"))
+    (d / "copy").mkdir()
+    (d / "copy" / first.name).write_text(first.read_text())  # the same run, copied
+    frame = records_frame(read_records(d))
+    [row] = summarize(frame).itertuples()
+    assert row.n == 2 and row.mean == 72.0  # not n=3
+    assert "counted once" in capsys.readouterr().out
+    for bad in ("70.0", float("nan"), True):
+        record = {**read_records(d)[0], "top1": bad, "run_id": "other"}
+        with pytest.raises(UserError, match=r"top1 is .* not a percentage"):
+            records_frame([record])

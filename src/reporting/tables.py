@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -122,15 +123,25 @@ def differing_keys(configs: Iterable[dict[str, Any]]) -> list[str]:
 def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per run record with the fields the tables and figures use."""
     rows = []
+    seen: dict[tuple[Any, Any], str] = {}
     for r in records:
         if r.get("eval_split") == "none":  # protocol=final without test labels: nothing scored
             continue
+        where = r.get("record_path", r.get("run_id"))
         missing = [k for k in REQUIRED_RECORD_KEYS if r.get(k) is None]
         if missing:
+            raise UserError(f"record {where} lacks {missing}; re-run it (force=true) or delete it")
+        top1 = r["top1"]
+        if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not math.isfinite(top1):
             raise UserError(
-                f"record {r.get('record_path', r.get('run_id'))} lacks {missing}; "
-                "re-run it (force=true) or delete it"
+                f"record {where}: top1 is {top1!r}, not a percentage; re-run it (force=true) "
+                "or delete it"
             )
+        key = (r.get("run_id"), r.get("source", "train"))
+        if key[0] is not None and key in seen:  # a copy of a record counts once
+            print(f"warning: {where} repeats run {key[0]} of {seen[key]}; counted once")
+            continue
+        seen[key] = str(where)
         config = r.get("config") or {}
         rows.append(
             {
