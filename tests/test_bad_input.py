@@ -135,6 +135,7 @@ CASES = [
     ("results-dir-empty", "src.train", _train("paths.results_dir="), "paths.results_dir is empty"),
     ("log-dir-empty", "src.train", _train("paths.log_dir="), "paths.log_dir is empty"),
     ("classes-differ", "src.train", _classes_differ, "class folders of"),
+    ("diverged-nan", "src.train", _train("method=finetune", "method.lr=1e9"), "the run diverged"),
     ("epochs-text", "src.train", _train("method.epochs=abc"), "method.epochs"),
     ("seed-text", "src.train", _train("seed=abc"), "seed"),
     ("seed-negative", "src.train", _train("seed=-1"), "seed"),

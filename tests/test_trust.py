@@ -163,3 +163,23 @@ def test_the_lock_guards_a_record_whatever_the_log_folder(
         first.wait()
     assert _records(tmp_path) == []  # neither wrote a record
     assert not list((tmp_path / "results" / "runs").glob("*.lock"))  # released with it
+
+
+def test_a_loss_stuck_at_ln_classes_is_named_as_chance() -> None:
+    """lr=1e9 drove the mini run to a constant output: loss ln(10), top-1 0%, recorded as a
+    result with no word (the audit). The record now says at_chance and a warning names it."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from src.runs.single import stuck_at_chance
+
+    def trainer(loss: float) -> SimpleNamespace:
+        return SimpleNamespace(callback_metrics={"train/loss": torch.tensor(loss)})
+
+    assert stuck_at_chance(trainer(math.log(10)), 10)
+    assert stuck_at_chance(trainer(math.log(10) * 1.0005), 10)
+    assert not stuck_at_chance(trainer(math.log(10) * 1.01), 10)  # a slow start, not chance
+    assert not stuck_at_chance(trainer(0.3), 10)
+    assert not stuck_at_chance(SimpleNamespace(callback_metrics={}), 10)

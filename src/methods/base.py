@@ -116,6 +116,12 @@ class TaskModule(pl.LightningModule):
     ) -> torch.Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y)
+        if not torch.isfinite(loss):  # nothing after this step would mean anything
+            raise UserError(
+                f"the training loss is {loss.detach().item()} at epoch "
+                f"{self.current_epoch + 1}, batch {batch_idx + 1}: the run diverged; lower "
+                f"method.lr (now {self.hparams.lr})"
+            )
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -109,6 +111,14 @@ def _train(
     train_s = clock.seconds()
     tested = eval_split(datamodule) != "none"  # protocol=final without a labelled test split
     test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
+    at_chance = stuck_at_chance(trainer, datamodule.num_classes) and not as_is
+    if at_chance:
+        say(
+            f"warning: the training loss ended at ln({datamodule.num_classes}), chance: the "
+            f"network learned nothing (diverged?); the record says at_chance=true. Lower "
+            f"method.lr (now {cfg.method.lr})",
+            logging.WARNING,
+        )
     if as_is and selects and best_val is None:
         best_val = 100.0 * float(test["test/top1"])
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
@@ -148,6 +158,7 @@ def _train(
         pretrained_as_is=as_is,
         skipped_images=getattr(datamodule, "skipped_images", []),
         best_checkpoint=best_name,
+        at_chance=at_chance,
         **report,
         config=config,
         pretrain_time_s=round(pretrain_s, 2),
@@ -196,6 +207,14 @@ def _fit(
     best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
     method.load_state_dict(best["state_dict"])
     return best_val, Path(checkpoint.best_model_path).name
+
+
+def stuck_at_chance(trainer: pl.Trainer, num_classes: int) -> bool:
+    """Whether the last epoch's training loss is ln(classes) to 0.1%: a network that outputs
+    the same scores for every image (what a diverged run ends as)."""
+    loss = trainer.callback_metrics.get("train/loss")
+    chance = math.log(num_classes) if num_classes > 1 else 0.0
+    return loss is not None and chance > 0 and abs(float(loss) - chance) < 1e-3 * chance
 
 
 def state_report(method: pl.LightningModule, task_bytes: int) -> dict[str, Any]:

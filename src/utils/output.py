@@ -8,8 +8,8 @@ import sys
 
 
 def say(message: str, level: int = logging.INFO) -> None:
-    """Print ``message`` (errors to stderr) and write it to the log files."""
-    print(message, file=sys.stderr if level >= logging.ERROR else sys.stdout, flush=True)
+    """Print ``message`` (warnings and errors to stderr) and write it to the log files."""
+    print(message, file=sys.stderr if level >= logging.WARNING else sys.stdout, flush=True)
     record = logging.LogRecord("run", level, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
