@@ -76,6 +76,18 @@ def test_eval_refuses_other_backbone_weights(trained: Path, tmp_path: Path) -> N
     assert not (tmp_path / "evals").exists()
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG header claiming ``width`` x ``height`` pixels (a decompression bomb's)."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + end
+
+
 def test_predict_prints_class_names_and_skips_non_images(
     trained: Path, minicnn_weights: Path, tmp_path: Path, capsys
 ) -> None:
@@ -86,11 +98,13 @@ def test_predict_prints_class_names_and_skips_non_images(
     for i, image in enumerate(test_images[:3]):
         (folder / f"img{i}.png").write_bytes(image.read_bytes())
     (folder / "notes.txt").write_text("not an image")
+    (folder / "zbomb.png").write_bytes(bomb_png(100_000, 100_000))  # a 69-byte header
     args = [f"task={task}", f"images={folder}", "topk=2", *common(trained, minicnn_weights)]
 
     proc = run_module("src.predict", *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "notes.txt" in proc.stderr and "warning" in proc.stderr
+    assert "skipping" in proc.stderr and "zbomb.png" in proc.stderr  # named, not a crash
     lines = proc.stdout.strip().splitlines()
     assert [Path(line.split("\t")[0]).name for line in lines] == [
         "img0.png",

@@ -183,3 +183,14 @@ def test_a_loss_stuck_at_ln_classes_is_named_as_chance() -> None:
     assert not stuck_at_chance(trainer(math.log(10) * 1.01), 10)  # a slow start, not chance
     assert not stuck_at_chance(trainer(0.3), 10)
     assert not stuck_at_chance(SimpleNamespace(callback_metrics={}), 10)
+
+
+def test_the_record_says_the_precision_that_ran(
+    tmp_path: Path, minicnn_weights: Path, tiny_folder: Path
+) -> None:
+    """16-mixed on a CPU runs in bf16 (Lightning's choice): the record says bf16-mixed."""
+    args = tiny_overrides(tmp_path, minicnn_weights, tiny_folder)
+    proc = run_module("src.train", *args, "trainer.precision=16-mixed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [record] = _records(tmp_path)
+    assert json.loads(record.read_text())["precision"] == "bf16-mixed"

@@ -46,7 +46,7 @@ class TaskModule(pl.LightningModule):
     """
 
     task_method: type[TaskMethod]  # how its tasks are stored (its package's registration)
-    channels_last: bool = False  # set by the trainer config (on for CUDA)
+    channels_last: bool = False  # set from the root key channels_last (auto: on for CUDA)
 
     def __init__(
         self,

@@ -1,8 +1,8 @@
 """The run layer: the one package that reads the root config. It builds a run's parts from
 config (builders), names and records runs (identity, records), resumes them (resume), and
 runs a single task (single) or a task sequence (sequence); evaluate and predict serve the
-stored tasks. Entry points (src/*.py) call it; the library (masking, models, data,
-methods, reporting) never imports it."""
+stored tasks. Entry points (src/*.py) and the reporting layer above it call it; the
+library (masking, models, data, methods) never imports it."""
 
 from __future__ import annotations
 

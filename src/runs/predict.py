@@ -52,7 +52,7 @@ def load_images(paths: Sequence[Path], transform) -> tuple[list[Path], torch.Ten
         try:
             with Image.open(path) as image:
                 tensors.append(transform(image.convert("RGB")))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
             print(f"warning: skipping {path}: not a readable image ({err})", file=sys.stderr)
             continue
         kept.append(path)

@@ -153,6 +153,7 @@ def _train(
         val_top1=best_val,
         eval_split=eval_split(datamodule),
         world_size=trainer.world_size,
+        precision=str(trainer.precision),  # as it ran (16-mixed on a CPU runs bf16-mixed)
         ranks_agree=ranks_agree,
         epochs=trainer.current_epoch,
         pretrained_as_is=as_is,
