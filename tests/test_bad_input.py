@@ -100,6 +100,42 @@ def _corrupt_task(c: Ctx) -> Path:
     return c.file("broken.safetensors", c.task.read_bytes()[: c.task.stat().st_size // 2])
 
 
+def _edited_task(change):
+    """The trained task rewritten with ``change(meta, tensors)``: a valid digest over bad
+    contents, as an old exporter or another tool might write it."""
+
+    def make(c: Ctx) -> Path:
+        from src.masking import read_task_file, write_task_file
+
+        tf = read_task_file(c.task)
+        meta, tensors = dict(tf.meta), dict(tf.tensors)
+        change(meta, tensors)
+        path = c.tmp / "inputs" / "edited.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_task_file(path, tensors, meta)
+        return path
+
+    return make
+
+
+def _float_mask(meta, tensors):
+    key = next(k for k in tensors if k.startswith("mask."))
+    tensors[key] = tensors[key].float()
+
+
+SCHEMA = {  # what a task file's contents can get wrong, and what the error names
+    "float-mask": (_float_mask, "not packed bits"),
+    "no-fingerprint": (lambda m, t: m.pop("fingerprint"), "has no fingerprint"),
+    "no-layers": (lambda m, t: m.pop("layers"), "lists no masked layers"),
+    "names-string": (lambda m, t: m.update(class_names="c0,c1,c2"), "class_names is not a list"),
+    "head-wrong-shape": (
+        lambda m, t: t.update({"classifier.weight": torch.zeros(3, 999)}),
+        "takes 999 features",
+    ),
+    "names-count": (lambda m, t: m.update(class_names=["c0"]), "names 1 classes"),
+}
+
+
 def _train(*extra: str):
     return lambda c: [*c.train, *extra]
 
@@ -217,6 +253,30 @@ CASES = [
         lambda c: [f"tasks={_corrupt_task(c)}", *c.task_args],
         "broken.safetensors",
     ),
+    *[
+        (f"{command}-task-{case}", command, make, needle)
+        for case, (change, needle) in SCHEMA.items()
+        for command, make in (
+            (
+                "src.predict",
+                lambda c, ch=change: [
+                    f"task={_edited_task(ch)(c)}",
+                    f"images={c.data}",
+                    *c.task_args,
+                ],
+            ),
+            (
+                "src.eval",
+                lambda c, ch=change: [
+                    f"tasks={_edited_task(ch)(c)}",
+                    f"dataset.root={c.data}",
+                    *c.task_args,
+                ],
+            ),
+            ("src.compress", lambda c, ch=change: [str(_edited_task(ch)(c))]),
+        )
+        if not (command == "src.compress" and case == "head-wrong-shape")  # reads no backbone
+    ],
     (
         "eval-batch",
         "src.eval",

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from src.masking.taskfile import TaskFile, backbone_fingerprint, check_compatible
-from src.methods.registry import HostedTask, method_of
+from src.methods.registry import HostedTask, check_head_fits, method_of
 from src.methods.tasks import read_task
 from src.models import build_backbone, classifier_name
 from src.models.surgery import linear_from_state, prunable_weights, replace_module
@@ -165,6 +165,7 @@ class MultiTaskModel:
         """A task's classifier on this host's device, frozen."""
         if "weight" not in state:
             raise UserError(f"task file {path} has no classifier; re-export it")
+        check_head_fits(state, self._base_head, path)
         return linear_from_state(state).to(self.device).eval().requires_grad_(False)
 
     def _keep_original(self, name: str) -> torch.Tensor:

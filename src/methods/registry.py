@@ -76,8 +76,21 @@ class TaskMethod:
         names = tf.meta.get("class_names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise UserError(f"task file {tf.path}: class_names is not a list of names; corrupt")
-        if "weight" not in self.head_state(tf, str(tf.meta.get("classifier", ""))):
+        head = self.head_state(tf, str(tf.meta.get("classifier", "")))
+        if "weight" not in head:
             raise UserError(f"task file {tf.path} has no classifier; re-export it")
+        weight, bias = head["weight"], head.get("bias")
+        if weight.ndim != 2 or (bias is not None and list(bias.shape) != [weight.shape[0]]):
+            raise UserError(
+                f"task file {tf.path}: its classifier's weight {list(weight.shape)} and bias "
+                f"{None if bias is None else list(bias.shape)} do not make a Linear layer; "
+                "the file is corrupt"
+            )
+        if names and len(names) != weight.shape[0]:
+            raise UserError(
+                f"task file {tf.path} names {len(names)} classes but its classifier has "
+                f"{weight.shape[0]} outputs; the file is inconsistent"
+            )
 
     def head_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
         return unprefixed(tf.tensors, "classifier.")
@@ -91,7 +104,9 @@ class TaskMethod:
     def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
         """Fold a verified task into a plain backbone in place (compatibility checked first):
         its classifier, then the state entries it replaces."""
-        head = linear_from_state(self.head_state(tf, classifier))
+        state = self.head_state(tf, classifier)
+        check_head_fits(state, model.get_submodule(classifier), tf.path)
+        head = linear_from_state(state)
         replace_module(model, classifier, head.to(next(model.parameters()).device))
         state = self.task_state(tf, classifier)
         current = model.state_dict()
@@ -134,6 +149,16 @@ class TaskMethod:
     def mask_stats(self, tf: TaskFile) -> dict[str, Any]:
         """Masked weights and densities, as training records them."""
         return dict(NO_MASKS)
+
+
+def check_head_fits(state: dict[str, torch.Tensor], head: nn.Module, path: Path | str) -> None:
+    """A task's classifier takes the features the backbone's classifier takes."""
+    wanted = getattr(head, "in_features", None)
+    if wanted is not None and state["weight"].shape[1] != wanted:
+        raise UserError(
+            f"task file {path}: its classifier takes {state['weight'].shape[1]} features, this "
+            f"backbone gives {wanted}; the file was made for another backbone or is corrupt"
+        )
 
 
 METHODS: dict[str, TaskMethod] = {}  # by method name

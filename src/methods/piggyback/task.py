@@ -53,11 +53,18 @@ def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) ->
     return mask
 
 
-def check_mask(tf: TaskFile, name: str, shape: list[int], weight: torch.Tensor | None) -> None:
-    """A stored mask must fit the weight it masks: present here, same shape, whole bytes."""
-    if weight is None:
+def check_mask(
+    tf: TaskFile,
+    name: str,
+    shape: list[int],
+    weight: torch.Tensor | None,
+    check_weight: bool = True,
+) -> None:
+    """A stored mask must fit the weight it masks (present here, same shape) and hold the
+    bytes its shape needs; ``check_weight=False``: the bytes alone (no backbone in hand)."""
+    if check_weight and weight is None:
         raise UserError(f"task file {tf.path} masks weight {name}, absent here")
-    if list(weight.shape) != list(shape):
+    if check_weight and list(weight.shape) != list(shape):
         raise UserError(
             f"task file {tf.path}: mask for layer {name} has shape {shape}, "
             f"the backbone's is {list(weight.shape)}"
@@ -77,6 +84,27 @@ class PiggybackTask(TaskMethod):
         "no published Decathlon recipe (no Piggyback Decathlon script is public); "
         "the paper's fine-grained recipe"
     )
+
+    def check(self, tf: TaskFile) -> None:
+        """Per masked layer: a shape and a density in the metadata, its bits as whole bytes."""
+        super().check(tf)
+        layers = tf.meta.get("layers")
+        if not isinstance(layers, dict) or not layers:
+            raise UserError(f"task file {tf.path} lists no masked layers; it is corrupt")
+        for name, entry in layers.items():
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
+                raise UserError(f"task file {tf.path}: layer {name} has no shape; corrupt")
+            if not isinstance(entry.get("density"), (int, float)):
+                raise UserError(f"task file {tf.path}: layer {name} has no density; corrupt")
+            for prefix in BIT_PREFIXES:
+                packed = tf.tensors.get(f"{prefix}{name}")
+                if packed is not None and packed.dtype != torch.uint8:
+                    raise UserError(
+                        f"task file {tf.path}: {prefix}{name} is {packed.dtype}, not packed bits "
+                        "(uint8); the file is corrupt"
+                    )
+            check_mask(tf, name, shape, None, check_weight=False)
 
     def layers(self, tf: TaskFile) -> dict[str, list[int]]:
         return {name: entry["shape"] for name, entry in tf.meta["layers"].items()}
