@@ -100,6 +100,15 @@ def _corrupt_task(c: Ctx) -> Path:
     return c.file("broken.safetensors", c.task.read_bytes()[: c.task.stat().st_size // 2])
 
 
+def _good_and_corrupt(c: Ctx) -> Path:
+    """A folder of two task files: the trained one (sorted first) and a truncated one."""
+    folder = c.tmp / "inputs" / "tasks"
+    folder.mkdir(parents=True)
+    (folder / "a_good.safetensors").write_bytes(c.task.read_bytes())
+    (folder / "b_broken.safetensors").write_bytes(c.task.read_bytes()[:1000])
+    return folder
+
+
 def _edited_task(change):
     """The trained task rewritten with ``change(meta, tensors)``: a valid digest over bad
     contents, as an old exporter or another tool might write it."""
@@ -277,6 +286,12 @@ CASES = [
         )
         if not (command == "src.compress" and case == "head-wrong-shape")  # reads no backbone
     ],
+    (
+        "eval-folder-good-then-corrupt",
+        "src.eval",
+        lambda c: [f"tasks={_good_and_corrupt(c)}", f"dataset.root={c.data}", *c.task_args],
+        "b_broken.safetensors",
+    ),
     (
         "eval-batch",
         "src.eval",

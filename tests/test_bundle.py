@@ -69,6 +69,29 @@ def test_verify_reports_tampering_and_wrong_weights(
         verify_bundle(out, str(other))
 
 
+def test_verify_covers_the_manifest_itself(
+    task_dir: Path, minicnn_weights: Path, tmp_path: Path
+) -> None:
+    """An edited accuracy or bits per weight fails, and so does a manifest whose structure
+    changed (one error, not a crash)."""
+    out = tmp_path / "bundle"
+    export_bundle(out, task_dir, str(minicnn_weights), None)
+    path = out / "manifest.json"
+    original = json.loads(path.read_text())
+    assert verify_bundle(out)["tasks"] == len(original["tasks"])
+    edited = json.loads(path.read_text())
+    entry = next(e for e in edited["tasks"] if "compressed_bits_per_weight" in e)
+    entry["compressed_bits_per_weight"] /= 2  # a better number than the file gives
+    path.write_text(json.dumps(edited))
+    with pytest.raises(UserError, match="edited after export") as err:
+        verify_bundle(out)
+    assert "compressed_bits_per_weight" in str(err.value)  # the task entry is named too
+    for broken in ({**original, "tasks": {"a": 1}}, {**original, "backbone": "x"}):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(UserError, match="bundle"):
+            verify_bundle(out)
+
+
 def test_export_refuses_weights_the_tasks_were_not_trained_on(
     task_dir: Path, tmp_path: Path
 ) -> None:

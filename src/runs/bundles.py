@@ -39,6 +39,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 over the manifest's own content (its ``sha256`` left out): an edited
+    accuracy or bits-per-weight fails verification like an edited task file."""
+    content = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+STORAGE_KEYS = ("bits_per_weight", "compressed_bits_per_weight", "entropy_bits_per_weight")
+
+
 def default_weights(backbone: str) -> str | None:
     """The weights reference conf/backbone/<name>.yaml gives (what training used by default)."""
     weights = compose([f"backbone={backbone}"]).backbone.weights
@@ -116,6 +126,7 @@ def export_bundle(
         },
         "tasks": entries,
     }
+    manifest["sha256"] = manifest_digest(manifest)
     with atomic_dir(out) as tmp:
         (tmp / "tasks").mkdir()
         for tf in files:
@@ -138,10 +149,23 @@ def verify_bundle(folder: str | Path, weights: str | None = None) -> dict[str, A
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}); re-export the bundle") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"{path} is not a bundle manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise UserError(f"{path} is not a bundle manifest (format {found!r})")
+    try:
+        return _verify(folder, manifest, weights)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise UserError(
+            f"{path} is not a well-formed bundle manifest ({type(err).__name__}: {err}); "
+            "re-export the bundle"
+        ) from None
+
+
+def _verify(folder: Path, manifest: dict[str, Any], weights: str | None) -> dict[str, Any]:
     bb = manifest["backbone"]
     problems = []
+    if manifest.get("sha256") != manifest_digest(manifest):
+        problems.append(f"{MANIFEST} was edited after export (its digest does not match)")
     for entry in manifest["tasks"]:
         file = folder / entry["file"]
         if not file.is_file():
@@ -162,6 +186,11 @@ def verify_bundle(folder: str | Path, weights: str | None = None) -> dict[str, A
                                 f"{expected[key]!r}")  # fmt: skip
         if tf.class_names != entry["classes"]:
             problems.append(f"{entry['file']}: class names differ from the manifest")
+        storage = method_of(tf).storage(tf)
+        for key in STORAGE_KEYS:
+            if key in storage and storage[key] != entry.get(key):
+                problems.append(f"{entry['file']}: {key} is {storage[key]!r}, manifest says "
+                                f"{entry.get(key)!r}")  # fmt: skip
         if entry["fingerprint"] != bb["fingerprint"]:
             problems.append(
                 f"{entry['file']} was made for other backbone weights than the bundle's"

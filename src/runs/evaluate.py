@@ -98,10 +98,10 @@ class Evaluator:
             host.add_task(tf, name=name)
         return host, name
 
-    def evaluate(self, path: Path, batch_size: int) -> list[tuple[str, dict[str, Any]]]:
+    def evaluate(self, tf: TaskFile, batch_size: int) -> list[tuple[str, dict[str, Any]]]:
         """(record file stem, record) per task in the file: one, or each task of a file that
         holds its own network (a PackNet state)."""
-        tf = read_task(path)
+        path = tf.path
         if method_of(tf).shared_network:
             host = MultiTaskModel.from_file(tf, self.strategy, self.device)
             return [
@@ -195,13 +195,14 @@ def evaluate_tasks(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str, 
     ``overrides`` (of the training config) apply to each task's config. Returns the records."""
     if not cfg.tasks:
         raise UserError("name the task files: tasks=<file>[,<file>...] or tasks=<folder>")
-    paths = task_paths(str(cfg.tasks))
     batch_size = check_integer("batch_size", cfg.batch_size)
     evaluator = Evaluator(overrides, pick_device(str(cfg.device)), str(cfg.strategy))
     out = Path(cfg.out or Path(cfg.paths.results_dir) / "evals")
+    files = [read_task(p) for p in task_paths(str(cfg.tasks))]  # every file, before any work
     records = []
-    for path in paths:
-        for stem, record in evaluator.evaluate(path, batch_size):
+    for tf in files:
+        path = tf.path
+        for stem, record in evaluator.evaluate(tf, batch_size):
             write_record(out / f"{stem}.json", record, device=evaluator.device)
             train = record["train_top1"]
             delta = f" (training record: {train:.2f}%)" if train is not None else ""
