@@ -194,3 +194,39 @@ def test_the_record_says_the_precision_that_ran(
     assert proc.returncode == 0, proc.stderr[-2000:]
     [record] = _records(tmp_path)
     assert json.loads(record.read_text())["precision"] == "bf16-mixed"
+
+
+def test_first_runs_at_once_pretrain_the_base_once(tmp_path: Path, monkeypatch) -> None:
+    """Three first runs started together: one pretrains, the others wait for its file."""
+    import threading
+    import time
+
+    from omegaconf import OmegaConf
+
+    import src.runs.pretraining as pretraining
+    from src.runs.builders import ensure_backbone_weights
+
+    weights = tmp_path / "pretrained" / "base.safetensors"
+    calls = []
+
+    def slow_pretrain(backbone, data_dir, out, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"weights")
+        return {"wall_time_s": 0.5}
+
+    monkeypatch.setattr(pretraining, "pretrain", slow_pretrain)
+    cfg = OmegaConf.create(
+        {"backbone": {"name": "minicnn", "pretrain": True, "weights": str(weights)},
+         "paths": {"data_dir": str(tmp_path)}}
+    )  # fmt: skip
+    spent = []
+    runs = [threading.Thread(target=lambda: spent.append(ensure_backbone_weights(cfg)))
+            for _ in range(3)]  # fmt: skip
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert len(calls) == 1 and sorted(spent) == [0.0, 0.0, 0.5]
+    assert weights.read_bytes() == b"weights"

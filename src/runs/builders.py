@@ -61,9 +61,14 @@ def ensure_backbone_weights(cfg: DictConfig) -> float:
     if not (bb.get("pretrain") and bb.weights and not Path(bb.weights).exists()):
         return 0.0
     from src.runs.pretraining import pretrain
+    from src.runs.resume import run_lock
 
-    log.info("base weights %s missing: pretraining them once", bb.weights)
-    return pretrain(bb.name, cfg.paths.data_dir, Path(bb.weights))["wall_time_s"]
+    path = Path(bb.weights)
+    with run_lock(path.with_suffix(""), wait=True):  # first runs at once: one pretrains
+        if path.exists():  # the run waited for made them
+            return 0.0
+        log.info("base weights %s missing: pretraining them once", bb.weights)
+        return pretrain(bb.name, cfg.paths.data_dir, path)["wall_time_s"]
 
 
 def scores_pretrained(cfg: DictConfig) -> bool:

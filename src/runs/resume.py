@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from src.utils.errors import UserError
+from src.utils.output import say
 
 
 def resumable_checkpoint(path: Path, rid: str) -> str | None:
@@ -33,12 +34,13 @@ def resumable_checkpoint(path: Path, rid: str) -> str | None:
 
 
 @contextlib.contextmanager
-def run_lock(folder: Path) -> Iterator[None]:
+def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
     """Hold ``<folder>.lock`` while the run works; a second run of the same id is refused
     with the process that holds it (the lock dies with its process, so a killed run never
     blocks the next). Runs lock beside their record (``<runs_dir>/<run id>.lock``), so two
     runs that would write one record exclude each other whatever their log folders. Only
-    rank 0 locks: DDP's other ranks are its children."""
+    rank 0 locks: DDP's other ranks are its children. ``wait``: wait for the holder to
+    finish instead (work that the holder's result makes unnecessary, e.g. pretraining)."""
     from pytorch_lightning.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:
@@ -47,11 +49,18 @@ def run_lock(folder: Path) -> Iterator[None]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f"{folder.name}.lock"
     with open(path, "a+") as fh:
+        holder = None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
+        if holder is not None and wait:
+            say(f"waiting for process {holder}, which holds {path}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+            return
+        if holder is not None:
             raise UserError(
                 f"this run is already running (process {holder} holds {path}); wait for it "
                 "to finish, or stop it"
