@@ -269,6 +269,12 @@ class ImageFolderDataModule(SplitDataModule):
             self.val_set = self.test_set if self.protocol == "faithful" else None
             return
         n_val = max(1, round(len(train_full) * self.val_fraction))
+        if n_val >= len(train_full):
+            raise UserError(
+                f"dataset {self.name!r}: val_fraction={self.val_fraction} holds out {n_val} of "
+                f"its {len(train_full)} training images, leaving none to train on; lower "
+                "val_fraction (or use protocol=faithful)"
+            )
         order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(self.seed))
         val_idx, train_idx = order[:n_val].tolist(), order[n_val:].tolist()
         self.train_set = Subset(train_full, train_idx)

@@ -62,7 +62,23 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> N
         key = override.get_key_element()
         for value in override.sweep_string_iterator():
             compose([*fixed, f"{key}={value}"], config_name)
-    compose(fixed, config_name)
+    check_log_dir(compose(fixed, config_name))
+
+
+def check_log_dir(cfg: DictConfig) -> None:
+    """Hydra writes its job folder under ``paths.log_dir`` before the app runs: a folder that
+    cannot be written is one error line here, not Hydra's traceback."""
+    from src.runs.preflight import check_paths, try_writing
+
+    check_paths(cfg)
+    folder = Path(cfg.paths.log_dir)
+    try:
+        try_writing(folder)
+    except OSError as err:
+        raise UserError(
+            f"paths.log_dir: cannot write to {folder} ({err.strerror or err}); pass "
+            "paths.log_dir=<a writable folder>"
+        ) from None
 
 
 def with_dataset(cfg: DictConfig, dataset: str) -> DictConfig:

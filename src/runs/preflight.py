@@ -17,10 +17,32 @@ from src.methods.base import check_schedule
 from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES, build_backbone, use_backbone
 from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
+MAX_SEED = 2**32 - 1  # numpy's seeds (seed_everything seeds numpy too)
+LOGGED_METRICS = ("val/top1", "val/top5", "train/loss")  # what src/methods/base.py logs
+
 
 def check_values(cfg: DictConfig) -> None:
     """Types and ranges of the keys every run reads."""
     check_integer("seed", cfg.seed, 0)
+    if cfg.seed > MAX_SEED:
+        raise UserError(f"seed must be <= {MAX_SEED} (numpy's range; got {cfg.seed})")
+    limit = cfg.trainer.get("limit_train_batches")
+    if limit is not None and (
+        isinstance(limit, bool)
+        or not isinstance(limit, (int, float))
+        or (isinstance(limit, int) and limit < 1)
+        or (isinstance(limit, float) and not 0.0 < limit <= 1.0)
+    ):
+        raise UserError(
+            f"trainer.limit_train_batches must be a count >= 1 or a share in (0, 1] "
+            f"(got {limit!r}); with none, nothing would be trained"
+        )
+    monitor = OmegaConf.select(cfg, "callbacks.model_checkpoint.monitor")
+    if monitor is not None and monitor not in LOGGED_METRICS:
+        raise UserError(
+            f"callbacks.model_checkpoint.monitor={monitor!r} names no metric a run logs; "
+            f"choose one of: {', '.join(LOGGED_METRICS)}"
+        )
     check_integer("num_workers", cfg.num_workers, 0)
     check_choice("protocol", cfg.protocol, PROTOCOLS)
     fraction = cfg.val_fraction
@@ -38,7 +60,7 @@ def check_values(cfg: DictConfig) -> None:
         check_schedule(method.lr_decay_every, method.get("lr_milestones"))
 
 
-def _try_writing(folder: Path) -> None:
+def try_writing(folder: Path) -> None:
     """Create ``folder`` and a file in it, then remove what was created."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
@@ -73,7 +95,7 @@ def check_writable(cfg: DictConfig) -> None:
     for key in ("runs_dir", "tasks_dir", "checkpoint_dir"):
         folder = Path(cfg.paths[key])
         try:
-            _try_writing(folder)
+            try_writing(folder)
         except OSError as err:
             raise UserError(
                 f"paths.{key}: cannot write to {folder} ({err.strerror or err}); pass "
