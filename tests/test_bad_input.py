@@ -182,6 +182,14 @@ CASES = [
     ("classes-differ", "src.train", _classes_differ, "class folders of"),
     ("diverged-nan", "src.train", _train("method=finetune", "method.lr=1e9"), "the run diverged"),
     ("seed-beyond-numpy", "src.train", _train(f"seed={2**40}"), "numpy's range"),
+    ("group-typo-added", "src.train", _train("+datset=cub"), "did you mean dataset=cub"),
+    ("launcher-unknown", "src.train", _train("-m", "hydra/launcher=nope"), "unknown launcher"),
+    (
+        "launcher-jobs-text",
+        "src.train",
+        _train("-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=abc"),
+        "n_jobs must be an integer",
+    ),
     (
         "limit-train-zero",
         "src.train",

@@ -3,9 +3,11 @@ stored dataset name maps back to its config."""
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -52,11 +54,13 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> N
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "--hydra-help", "--info", "-i") for a in args):
         return
+    check_hydra_keys([a for a in args if a.startswith(("hydra/launcher=", "hydra.launcher."))])
     plain = [a for a in args if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
     except HydraException as err:
         raise UserError(f"bad command line: {one_line(err)}") from None
+    check_key_names(parsed, config_name)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     for override in (o for o in parsed if o.is_sweep_override()):
         key = override.get_key_element()
@@ -79,6 +83,41 @@ def check_log_dir(cfg: DictConfig) -> None:
             f"paths.log_dir: cannot write to {folder} ({err.strerror or err}); pass "
             "paths.log_dir=<a writable folder>"
         ) from None
+
+
+HYDRA_LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")  # installed ones
+
+
+def check_hydra_keys(args: Sequence[str]) -> None:
+    """The launcher and its job count, which Hydra would refuse in several lines."""
+    ours = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "hydra/launcher" and value not in (*ours, *HYDRA_LAUNCHERS):
+            raise UserError(
+                f"unknown launcher hydra/launcher={value}; choose one of: "
+                f"{', '.join([*ours, *HYDRA_LAUNCHERS])}"
+            )
+        if key == "hydra.launcher.n_jobs" and not value.lstrip("-").isdigit():
+            raise UserError(f"hydra.launcher.n_jobs must be an integer (got {value!r})")
+
+
+def check_key_names(overrides: Sequence[Any], config_name: str) -> None:
+    """A key that is not in the config but close to one is a typo: ``+datset=cub`` would
+    add an unused key and train the default dataset. Name the key it resembles."""
+    known = {*OmegaConf.load(CONF_DIR / f"{config_name}.yaml"), *compose([], config_name)}
+    known |= {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    for override in overrides:
+        key = override.get_key_element().lstrip("+~")
+        top = key.split(".")[0].split("/")[0].split("@")[0]
+        if top in known:
+            continue
+        close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.75)
+        if close:
+            fixed = override.input_line.lstrip("+~").replace(top, close[0], 1)
+            raise UserError(
+                f"unknown key {top!r} in {override.input_line!r}; did you mean {fixed}?"
+            )
 
 
 def with_dataset(cfg: DictConfig, dataset: str) -> DictConfig:
