@@ -230,3 +230,25 @@ def test_first_runs_at_once_pretrain_the_base_once(tmp_path: Path, monkeypatch) 
         run.join()
     assert len(calls) == 1 and sorted(spent) == [0.0, 0.0, 0.5]
     assert weights.read_bytes() == b"weights"
+
+
+def test_a_write_that_fails_after_training_leaves_neither_file_and_keeps_the_checkpoints(
+    tmp_path: Path, minicnn_weights: Path, tiny_folder: Path, monkeypatch
+) -> None:
+    import errno
+
+    import src.runs.single as single
+    from src.utils.errors import UserError
+    from tests.conftest import train_in_process
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(single, "write_record", full_disk)
+    args = [*tiny_overrides(tmp_path, minicnn_weights, tiny_folder),
+            f"paths.output_dir={tmp_path / 'outputs' / 'job'}"]  # fmt: skip
+    with pytest.raises(UserError, match=r"results cannot be written \(No space left"):
+        train_in_process(*args)
+    assert not list((tmp_path / "results").rglob("*.safetensors"))  # no task file alone
+    assert _records(tmp_path) == []
+    assert list((tmp_path / "outputs" / "checkpoints").rglob("last.ckpt"))  # kept to resume

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from src.runs.records import run_record, write_record
 from src.runs.resume import resumable_checkpoint, run_lock
 from src.runs.wandb_summary import log_run_summary
 from src.utils.distributed import all_ranks_agree
+from src.utils.errors import UserError
 from src.utils.output import say
 
 
@@ -61,6 +64,9 @@ def run_single(cfg: DictConfig) -> dict[str, Any] | None:
     pretrain_s = ensure_backbone_weights(cfg)  # before seeding: pretraining draws numbers
     rid, config = run_identity(cfg)
     record_path = Path(cfg.paths.runs_dir) / f"{rid}.json"
+    for path in (record_path, Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"):
+        if path.is_dir():
+            raise UserError(f"{path} is a folder, where this run writes a file; move it away")
     if not cfg.force and existing_record(record_path) is not None:
         return None
     ckpt_dir = Path(cfg.paths.checkpoint_dir) / rid
@@ -133,38 +139,39 @@ def _train(
         "num_classes": datamodule.num_classes,
         "run_id": rid,
     }
-    task_bytes = method.export_task(task_path, task_meta)
-    report = state_report(method, task_bytes)
-    record = run_record(
-        run_id=rid,
-        source="train",
-        dataset=cfg.dataset.name,
-        backbone=cfg.backbone.name,
-        method=cfg.method.name,
-        seed=cfg.seed,
-        protocol=cfg.protocol,
-        top1=100.0 * float(test["test/top1"]) if tested else None,
-        top5=100.0 * float(test["test/top5"]) if tested else None,
-        weights_fingerprint=config["weights_fingerprint"],
-        backbone_fingerprint=method.fingerprint,
-        task_file=str(task_path),
-        task_state_bytes=report.pop("task_state_bytes"),
-        wall_time_s=train_s,
-        val_top1=best_val,
-        eval_split=eval_split(datamodule),
-        world_size=trainer.world_size,
-        precision=str(trainer.precision),  # as it ran (16-mixed on a CPU runs bf16-mixed)
-        ranks_agree=ranks_agree,
-        epochs=trainer.current_epoch,
-        pretrained_as_is=as_is,
-        skipped_images=getattr(datamodule, "skipped_images", []),
-        best_checkpoint=best_name,
-        at_chance=at_chance,
-        **report,
-        config=config,
-        pretrain_time_s=round(pretrain_s, 2),
-    )
-    write_record(record_path, record, device=method.device)
+    with written_together(task_path, ckpt_dir):
+        task_bytes = method.export_task(task_path, task_meta)
+        report = state_report(method, task_bytes)
+        record = run_record(
+            run_id=rid,
+            source="train",
+            dataset=cfg.dataset.name,
+            backbone=cfg.backbone.name,
+            method=cfg.method.name,
+            seed=cfg.seed,
+            protocol=cfg.protocol,
+            top1=100.0 * float(test["test/top1"]) if tested else None,
+            top5=100.0 * float(test["test/top5"]) if tested else None,
+            weights_fingerprint=config["weights_fingerprint"],
+            backbone_fingerprint=method.fingerprint,
+            task_file=str(task_path),
+            task_state_bytes=report.pop("task_state_bytes"),
+            wall_time_s=train_s,
+            val_top1=best_val,
+            eval_split=eval_split(datamodule),
+            world_size=trainer.world_size,
+            precision=str(trainer.precision),  # as it ran (16-mixed on a CPU runs bf16-mixed)
+            ranks_agree=ranks_agree,
+            epochs=trainer.current_epoch,
+            pretrained_as_is=as_is,
+            skipped_images=getattr(datamodule, "skipped_images", []),
+            best_checkpoint=best_name,
+            at_chance=at_chance,
+            **report,
+            config=config,
+            pretrain_time_s=round(pretrain_s, 2),
+        )
+        write_record(record_path, record, device=method.device)
     log_run_summary(trainer.loggers, record, Path(cfg.paths.output_dir) / "mask_density.png")
     score_text = (
         f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%"
@@ -176,6 +183,24 @@ def _train(
         f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {record_path}"
     )
     return record
+
+
+@contextlib.contextmanager
+def written_together(task_path: Path, ckpt_dir: Path) -> Iterator[None]:
+    """The task file and the record are written together or not at all: a write that fails
+    after training (a full disk, a folder where the record goes) leaves neither, says so in
+    one line, and keeps the checkpoints to finish from."""
+    existed = task_path.exists()
+    try:
+        yield
+    except OSError as err:
+        if not existed:
+            task_path.unlink(missing_ok=True)
+        raise UserError(
+            f"the run trained, but its results cannot be written ({err.strerror or err}: "
+            f"{err.filename}); its checkpoints stay in {ckpt_dir}. Make room or fix that "
+            "path, then run the same command again"
+        ) from None
 
 
 def _val_top1(
