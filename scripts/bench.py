@@ -10,10 +10,14 @@ median of 3 steps; on CPU each step takes seconds). The figures are in benchmark
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# torch.profiler's kineto logs its stages and, with no GPU, "gpuGetDeviceCount failed" to
+# stderr: quiet below fatal (read when the profiler first starts).
+os.environ.setdefault("KINETO_LOG_LEVEL", "99")
 
 import torch
 from benchmarks import FIGURES, RUNNERS, Settings, device_slug, run_figures, write_results
