@@ -154,3 +154,25 @@ def test_train_step_is_timed_at_both_shapes_and_tabled_twice(quick: Settings) ->
     assert len(table) == 2
     assert "(minicnn, batch 2, 32x32)" in table[0]
     assert "paper's shape (minicnn, batch 4, 48x48)" in table[1]
+
+
+def test_the_gpu_check_runs_its_throughput_part_on_a_cpu(tmp_path) -> None:
+    """scripts/gpu_check.sh is ready for a GPU: its shell parses, and its throughput script
+    (Piggyback against finetuning, images/s and peak memory) runs as a tiny CPU smoke."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")]).returncode == 0
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_throughput.py"), "--quick", "--device",
+         "cpu", "--fp32", "--steps", "1", "--warmup", "0", "--batch", "2", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "throughput.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["piggyback", "finetune"]
+    assert result["rows"][1]["images_per_s_vs_finetune"] == 1.0
+    assert all(r["images_per_s"] > 0 for r in result["rows"]) and result["measured_at"]
