@@ -491,7 +491,7 @@ def test_decathlon_table_dry_run_with_resnet26(tmp_path: Path, resnet26_weights:
     ]
     recipe = finetune["config"]["method"]
     assert (recipe["lr"], recipe["lr_milestones"], recipe["optimizer"]["weight_decay"]) == (
-        0.1, [80, 100], 5e-4)  # fmt: skip
+        0.1, [80, 100], 1e-4)  # fmt: skip
     scores = run_module("src.decathlon", "--runs", str(tmp_path / "results" / "runs"))
     assert "recipe of finetune: Rebuffi et al. 2017" in scores.stdout
     assert "recipe of piggyback: no published Decathlon recipe" in scores.stdout
