@@ -3,8 +3,10 @@ stored dataset name maps back to its config."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,8 +74,6 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> N
 def check_log_dir(cfg: DictConfig) -> None:
     """Hydra writes its job folder under ``paths.log_dir`` before the app runs: a folder that
     cannot be written is one error line here, not Hydra's traceback."""
-    from src.runs.preflight import check_paths, try_writing
-
     check_paths(cfg)
     folder = Path(cfg.paths.log_dir)
     try:
@@ -156,3 +156,31 @@ def dataset_config_for(dataset: str) -> str | None:
         if OmegaConf.load(DATASET_CONF / f"{config}.yaml").get("name") == dataset:
             return config
     return None
+
+
+def try_writing(folder: Path) -> None:
+    """Create ``folder`` and a file in it, then remove what was created."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    finally:
+        for path in missing:  # deepest first: leave the tree as it was
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+ROOT_PATHS = ("data_dir", "results_dir", "log_dir")  # the folders the others are made from
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """No path is empty: ``paths.results_dir=`` would put records under the filesystem's
+    root (``/runs``)."""
+    for key in ROOT_PATHS:
+        value = cfg.paths.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(
+                f"paths.{key} is empty ({value!r}); pass a folder, e.g. paths.{key}="
+                f"{ {'data_dir': 'data', 'results_dir': 'results', 'log_dir': 'outputs'}[key] }"
+            )

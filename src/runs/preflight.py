@@ -3,8 +3,6 @@ folders writable, backbone weights resolvable. A problem is a UserError naming t
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.datamodule import PROTOCOLS
 from src.methods.base import check_schedule
 from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES, build_backbone, use_backbone
+from src.runs.config import check_paths, try_writing
 from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
 MAX_SEED = 2**32 - 1  # numpy's seeds (seed_everything seeds numpy too)
@@ -58,34 +57,6 @@ def check_values(cfg: DictConfig) -> None:
         check_positive("method.classifier_lr", method.classifier_lr)
     if "lr_decay_every" in method:
         check_schedule(method.lr_decay_every, method.get("lr_milestones"))
-
-
-def try_writing(folder: Path) -> None:
-    """Create ``folder`` and a file in it, then remove what was created."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    finally:
-        for path in missing:  # deepest first: leave the tree as it was
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-
-ROOT_PATHS = ("data_dir", "results_dir", "log_dir")  # the folders the others are made from
-
-
-def check_paths(cfg: DictConfig) -> None:
-    """No path is empty: ``paths.results_dir=`` would put records under the filesystem's
-    root (``/runs``)."""
-    for key in ROOT_PATHS:
-        value = cfg.paths.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise UserError(
-                f"paths.{key} is empty ({value!r}); pass a folder, e.g. paths.{key}="
-                f"{ {'data_dir': 'data', 'results_dir': 'results', 'log_dir': 'outputs'}[key] }"
-            )
 
 
 def check_writable(cfg: DictConfig) -> None:

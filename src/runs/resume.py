@@ -46,6 +46,7 @@ def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
     if rank_zero_only.rank != 0:
         yield
         return
+    made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f"{folder.name}.lock"
     with open(path, "a+") as fh:
@@ -73,3 +74,6 @@ def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
             yield
         finally:
             path.unlink(missing_ok=True)
+            for parent in made:  # deepest first: a run that wrote nothing leaves no folder
+                with contextlib.suppress(OSError):
+                    parent.rmdir()

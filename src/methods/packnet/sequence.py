@@ -42,8 +42,8 @@ from src.utils.output import say
 
 # Method keys of the sequence itself; the rest configure each task's PackNet module.
 SEQUENCE_KEYS = (
-    "tasks", "task_prune", "retrain_epochs", "retrain_lr", "base_prune", "base_weights",
-    "base_retrain",
+    "tasks", "task_prune", "retrain_epochs", "retrain_lr", "retrain_lr_decay_every",
+    "retrain_lr_decay_factor", "base_prune", "base_weights", "base_retrain",
 )  # fmt: skip
 ModuleFactory = Callable[..., PackNet]  # (num_classes, model, **overrides) -> PackNet
 TrainerFactory = Callable[..., pl.Trainer]  # (epochs, callbacks=(), **kwargs) -> Trainer
@@ -250,7 +250,7 @@ def retrain_base(
         state.model,
         owners=state.owners,
         owner=BASE,
-        train_bias_bn=True,
+        train_bias_bn=bool(rc.train_bias_bn),
         lr=rc.lr,
         classifier_lr=None,
         lr_decay_every=rc.lr_decay_every,
@@ -321,7 +321,11 @@ def train_task(
     if not last:
         prune_owner(model, state.owners, head_name, owner, float(settings.task_prune))
         if settings.retrain_epochs > 0:
-            module.set_schedule(settings.retrain_lr, settings.retrain_epochs, 1.0)
+            module.set_schedule(
+                settings.retrain_lr,
+                settings.retrain_lr_decay_every,
+                settings.retrain_lr_decay_factor,
+            )
             trainer = make_trainer(
                 settings.retrain_epochs, callbacks=[best] if data.selects else []
             )
