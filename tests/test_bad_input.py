@@ -182,6 +182,15 @@ CASES = [
     ("classes-differ", "src.train", _classes_differ, "class folders of"),
     ("diverged-nan", "src.train", _train("method=finetune", "method.lr=1e9"), "the run diverged"),
     ("seed-beyond-numpy", "src.train", _train(f"seed={2**40}"), "numpy's range"),
+    (
+        "data-dir-not-writable",
+        "src.train",
+        lambda c: [
+            *(a for a in c.train if not a.startswith(("dataset.root", "paths.data_dir"))),
+            f"paths.data_dir={c.file('not_a_folder')}",
+        ],
+        "cannot write it under",
+    ),
     ("group-typo-added", "src.train", _train("+datset=cub"), "did you mean dataset=cub"),
     ("launcher-unknown", "src.train", _train("-m", "hydra/launcher=nope"), "unknown launcher"),
     (

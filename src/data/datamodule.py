@@ -294,7 +294,13 @@ class MiniTaskDataModule(ImageFolderDataModule):
     def check(self) -> None:
         from src.data.mini import prepare_mini_task
 
-        prepare_mini_task(self.name, self.data_dir)
+        try:
+            prepare_mini_task(self.name, self.data_dir)
+        except OSError as err:  # a read-only data folder, a full disk
+            raise UserError(
+                f"dataset {self.name!r}: cannot write it under {self.data_dir} "
+                f"({err.strerror or err}); pass paths.data_dir=<a writable folder>"
+            ) from None
         super().check()
 
     def setup(self, stage: str | None = None) -> None:

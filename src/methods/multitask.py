@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from src.masking.taskfile import TaskFile, backbone_fingerprint, check_compatible
-from src.methods.registry import HostedTask, check_head_fits, method_of
+from src.methods.registry import HostedTask, check_head_fits, check_state_fits, method_of
 from src.methods.tasks import read_task
 from src.models import build_backbone, classifier_name
 from src.models.surgery import linear_from_state, prunable_weights, replace_module
@@ -146,13 +146,7 @@ class MultiTaskModel:
     def _register(self, task: HostedTask) -> None:
         if task.name in self.tasks:
             raise UserError(f"two tasks are named {task.name!r}; rename one of the files")
-        current = self.model.state_dict()
-        unknown = sorted(set(task.state) - set(current))
-        if unknown:
-            raise UserError(f"task {task.name} ({task.path}) sets unknown state {unknown[:3]}")
-        for key, value in task.state.items():
-            if value.shape != current[key].shape:
-                raise UserError(f"task {task.name} ({task.path}): {key} has the wrong shape")
+        check_state_fits(task.state, self.model.state_dict(), task.path)
         task.state = {k: v.to(self.device) for k, v in task.state.items()}
         if task.class_names and len(task.class_names) != task.head.out_features:
             raise UserError(

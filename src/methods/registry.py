@@ -110,12 +110,8 @@ class TaskMethod:
         replace_module(model, classifier, head.to(next(model.parameters()).device))
         state = self.task_state(tf, classifier)
         current = model.state_dict()
-        unknown = sorted(set(state) - set(current))
-        if unknown:
-            raise UserError(f"task file {tf.path} sets state {unknown[:3]} this backbone lacks")
+        check_state_fits(state, current, tf.path)
         for key, value in state.items():
-            if value.shape != current[key].shape:
-                raise UserError(f"task file {tf.path}: {key} has the wrong shape")
             current[key].copy_(value)
         return model
 
@@ -159,6 +155,18 @@ def check_head_fits(state: dict[str, torch.Tensor], head: nn.Module, path: Path 
             f"task file {path}: its classifier takes {state['weight'].shape[1]} features, this "
             f"backbone gives {wanted}; the file was made for another backbone or is corrupt"
         )
+
+
+def check_state_fits(
+    state: dict[str, torch.Tensor], current: dict[str, torch.Tensor], path: Path | str
+) -> None:
+    """The state entries a task replaces exist in the backbone, with their shapes."""
+    unknown = sorted(set(state) - set(current))
+    if unknown:
+        raise UserError(f"task file {path} sets state {unknown[:3]} this backbone lacks")
+    for key, value in state.items():
+        if value.shape != current[key].shape:
+            raise UserError(f"task file {path}: {key} has the wrong shape")
 
 
 METHODS: dict[str, TaskMethod] = {}  # by method name

@@ -31,6 +31,8 @@ class PackNetTask(TaskMethod):
                 raise UserError(f"PackNet state {tf.path} has no {key!r}; it is corrupt")
 
     def _state(self, tf: TaskFile) -> PackNetState:
+        """The state the file holds, built once per read file: ``network`` and ``hosted``
+        serve one host from the same network."""
         cached = getattr(tf, "_packnet_state", None)
         if cached is None:
             cached = PackNetState.from_task_file(tf)
