@@ -459,8 +459,14 @@ def test_the_matrix_covers_forty_bad_inputs() -> None:
     assert len({c[1] for c in CASES}) >= 10  # entry points and scripts
 
 
+# The task-file schema through src.eval and src.compress as well: slow (each case is a
+# process); the default run keeps every schema case through src.predict.
+SLOW = {c[0] for c in CASES if c[0].startswith(("src.eval-task-", "src.compress-task-"))}
+
+
 @pytest.mark.parametrize(
-    "target, make_args, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+    "target, make_args, needle",
+    [pytest.param(*c[1:], id=c[0], marks=[pytest.mark.slow] * (c[0] in SLOW)) for c in CASES],
 )
 def test_bad_input_is_one_error_line_exit_2_nothing_written(
     ctx: Ctx, target: str, make_args, needle: str
