@@ -11,7 +11,6 @@ registers the same way when its module is imported.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,12 +203,3 @@ def method_of(tf: TaskFile) -> TaskMethod:
         f"task file {tf.path} is of kind {tf.meta.get('kind')!r}, which no registered method "
         f"stores (known kinds: {kinds}); import the package that defines its method"
     )
-
-
-def density_stats(layers: dict[str, dict]) -> dict[str, Any]:
-    """Masked weights and densities from a task's per-layer ``{shape, density}`` metadata."""
-    sizes = {name: math.prod(e["shape"]) for name, e in layers.items()}
-    density = {name: e["density"] for name, e in layers.items()}
-    total = sum(sizes.values())
-    overall = sum(density[n] * sizes[n] for n in sizes) / total if total else None
-    return {"masked_weights": total, "mask_density": density, "mask_density_overall": overall}

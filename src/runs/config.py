@@ -75,14 +75,7 @@ def check_log_dir(cfg: DictConfig) -> None:
     """Hydra writes its job folder under ``paths.log_dir`` before the app runs: a folder that
     cannot be written is one error line here, not Hydra's traceback."""
     check_paths(cfg)
-    folder = Path(cfg.paths.log_dir)
-    try:
-        try_writing(folder)
-    except OSError as err:
-        raise UserError(
-            f"paths.log_dir: cannot write to {folder} ({err.strerror or err}); pass "
-            "paths.log_dir=<a writable folder>"
-        ) from None
+    check_writable_folder(cfg, "log_dir")
 
 
 HYDRA_LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")  # installed ones
@@ -171,7 +164,21 @@ def try_writing(folder: Path) -> None:
                 path.rmdir()
 
 
-ROOT_PATHS = ("data_dir", "results_dir", "log_dir")  # the folders the others are made from
+def check_writable_folder(cfg: DictConfig, key: str, also: str = "") -> None:
+    """``paths.<key>`` can be written (made and removed again if missing), else one
+    UserError naming the key; ``also``: the other keys that set it."""
+    folder = Path(cfg.paths[key])
+    try:
+        try_writing(folder)
+    except OSError as err:
+        raise UserError(
+            f"paths.{key}: cannot write to {folder} ({err.strerror or err}); pass "
+            f"paths.{key}=<a writable folder>{also}"
+        ) from None
+
+
+# The folders the others are made from, with the defaults conf/paths/default.yaml gives.
+ROOT_PATHS = {"data_dir": "data", "results_dir": "results", "log_dir": "outputs"}
 
 
 def check_paths(cfg: DictConfig) -> None:
@@ -181,6 +188,6 @@ def check_paths(cfg: DictConfig) -> None:
         value = cfg.paths.get(key)
         if not isinstance(value, str) or not value.strip():
             raise UserError(
-                f"paths.{key} is empty ({value!r}); pass a folder, e.g. paths.{key}="
-                f"{ {'data_dir': 'data', 'results_dir': 'results', 'log_dir': 'outputs'}[key] }"
+                f"paths.{key} is empty ({value!r}); pass a folder, e.g. "
+                f"paths.{key}={ROOT_PATHS[key]}"
             )

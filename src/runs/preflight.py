@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.datamodule import PROTOCOLS
 from src.methods.base import check_schedule
 from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES, build_backbone, use_backbone
-from src.runs.config import check_paths, try_writing
+from src.runs.config import check_paths, check_writable_folder
 from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
 MAX_SEED = 2**32 - 1  # numpy's seeds (seed_everything seeds numpy too)
@@ -64,14 +64,7 @@ def check_writable(cfg: DictConfig) -> None:
     nothing is left behind."""
     check_paths(cfg)
     for key in ("runs_dir", "tasks_dir", "checkpoint_dir"):
-        folder = Path(cfg.paths[key])
-        try:
-            try_writing(folder)
-        except OSError as err:
-            raise UserError(
-                f"paths.{key}: cannot write to {folder} ({err.strerror or err}); pass "
-                f"paths.{key}=<a writable folder> (or paths.results_dir / paths.log_dir)"
-            ) from None
+        check_writable_folder(cfg, key, " (or paths.results_dir / paths.log_dir)")
 
 
 def check_weights(cfg: DictConfig) -> None:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from src.masking.compress import binary_entropy, coded_sizes
-from src.masking.model_surgery import is_masked, masked_layers
+from src.masking.model_surgery import is_masked, masked_layers, overall_density
 from src.masking.taskfile import TaskFile, pack_bits, prefixed, unpacked_bits
-from src.methods.registry import HostedTask, TaskMethod, density_stats
+from src.methods.registry import HostedTask, TaskMethod
 from src.models.surgery import norm_layers, prunable_weights
 from src.utils.errors import UserError
 
@@ -53,28 +53,26 @@ def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) ->
     return mask
 
 
-def check_mask(
-    tf: TaskFile,
-    name: str,
-    shape: list[int],
-    weight: torch.Tensor | None,
-    check_weight: bool = True,
-) -> None:
-    """A stored mask must fit the weight it masks (present here, same shape) and hold the
-    bytes its shape needs; ``check_weight=False``: the bytes alone (no backbone in hand)."""
-    if check_weight and weight is None:
-        raise UserError(f"task file {tf.path} masks weight {name}, absent here")
-    if check_weight and list(weight.shape) != list(shape):
-        raise UserError(
-            f"task file {tf.path}: mask for layer {name} has shape {shape}, "
-            f"the backbone's is {list(weight.shape)}"
-        )
+def check_mask_bytes(tf: TaskFile, name: str, shape: list[int]) -> None:
+    """A stored mask (and sign, when ternary) holds the bytes its shape needs."""
     for prefix in BIT_PREFIXES:
         packed = tf.tensors.get(f"{prefix}{name}")
         if (prefix == "mask." or packed is not None) and (
             packed is None or packed.numel() != math.ceil(math.prod(shape) / 8)
         ):
             raise UserError(f"task file {tf.path}: mask for layer {name} is corrupt")
+
+
+def check_mask(tf: TaskFile, name: str, shape: list[int], weight: torch.Tensor | None) -> None:
+    """A stored mask fits the weight it masks: present here, the same shape, whole bytes."""
+    if weight is None:
+        raise UserError(f"task file {tf.path} masks weight {name}, absent here")
+    if list(weight.shape) != list(shape):
+        raise UserError(
+            f"task file {tf.path}: mask for layer {name} has shape {shape}, "
+            f"the backbone's is {list(weight.shape)}"
+        )
+    check_mask_bytes(tf, name, shape)
 
 
 class PiggybackTask(TaskMethod):
@@ -104,7 +102,7 @@ class PiggybackTask(TaskMethod):
                         f"task file {tf.path}: {prefix}{name} is {packed.dtype}, not packed bits "
                         "(uint8); the file is corrupt"
                     )
-            check_mask(tf, name, shape, None, check_weight=False)
+            check_mask_bytes(tf, name, shape)
 
     def layers(self, tf: TaskFile) -> dict[str, list[int]]:
         return {name: entry["shape"] for name, entry in tf.meta["layers"].items()}
@@ -188,4 +186,9 @@ class PiggybackTask(TaskMethod):
         return {"layers": layers, "overall": overall}
 
     def mask_stats(self, tf: TaskFile) -> dict:
-        return density_stats(tf.meta["layers"])
+        """Masked weights and densities from the per-layer ``{shape, density}`` metadata."""
+        layers = tf.meta["layers"]
+        sizes = {name: math.prod(e["shape"]) for name, e in layers.items()}
+        density = {name: e["density"] for name, e in layers.items()}
+        return {"masked_weights": sum(sizes.values()), "mask_density": density,
+                "mask_density_overall": overall_density(density, sizes)}  # fmt: skip
