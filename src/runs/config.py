@@ -98,8 +98,12 @@ def check_hydra_keys(args: Sequence[str]) -> None:
 def check_key_names(overrides: Sequence[Any], config_name: str) -> None:
     """A key that is not in the config but close to one is a typo: ``+datset=cub`` would
     add an unused key and train the default dataset. Name the key it resembles."""
-    known = {*OmegaConf.load(CONF_DIR / f"{config_name}.yaml"), *compose([], config_name)}
-    known |= {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    # the app's keys, the training config's (eval and predict include it), and the groups
+    known = {
+        *OmegaConf.load(CONF_DIR / f"{config_name}.yaml"),
+        *OmegaConf.load(CONF_DIR / "config.yaml"),
+    }
+    known = (known | {p.name for p in CONF_DIR.iterdir() if p.is_dir()}) - {"defaults"}
     for override in overrides:
         key = override.get_key_element().lstrip("+~")
         top = key.split(".")[0].split("/")[0].split("@")[0]
