@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
+from src.models import build_backbone
 from tests.conftest import CONF
 
 GROUPS = {
@@ -78,3 +82,54 @@ def test_paper_datasets(name: str, classes: int) -> None:
     ds = _compose(f"dataset={name}").dataset
     assert ds.num_classes == classes and ds.transforms.size == 224
     assert ds.transforms.style == ("resize_exact" if name in ("cub", "cars") else "resize_crop")
+
+
+def _left_to_right_ramp() -> Image.Image:
+    ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (80, 1))
+    return Image.fromarray(np.stack([ramp] * 3, axis=-1))
+
+
+def _flipped(t: torch.Tensor) -> bool:
+    """A ramp that grows left to right comes out growing right to left."""
+    half = t.shape[-1] // 2
+    return bool(t[..., :half].mean() > t[..., half:].mean())
+
+
+@pytest.mark.parametrize(
+    "dataset", ["cub", "cars", "flowers", "wikiart", "sketch", "imagenet", "decathlon/aircraft"]
+)
+def test_a_dataset_that_flips_in_training_never_flips_at_test_time(dataset: str) -> None:
+    from src.data.decathlon import decathlon_transforms
+    from src.data.transforms import build_transforms
+
+    transforms = _compose(f"dataset={dataset}").dataset.transforms
+    assert transforms.flip is True  # the published training augmentation
+    stats = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    if dataset.startswith("decathlon/"):
+        train, test = decathlon_transforms(transforms, **stats)
+    else:
+        train, test = build_transforms(transforms, stats)
+    torch.manual_seed(0)
+    image = _left_to_right_ramp()
+    outputs = [test(image) for _ in range(16)]
+    assert not any(_flipped(t) for t in outputs)
+    assert all(torch.equal(t, outputs[0]) for t in outputs)
+    assert any(_flipped(train(image)) for _ in range(16))  # the ramp shows a flip
+
+
+@pytest.mark.parametrize("method", ["piggyback", "finetune"])
+def test_classifier_lr_reaches_the_classifier_alone(method: str) -> None:
+    from tests.conftest import method_for
+
+    model = build_backbone("minicnn", None, 4)
+    task = method_for(model, method, 4, "method.lr=1e-4", "method.classifier_lr=3e-3")
+    optimizer, _ = task.recipe()
+    head = {id(p) for p in task.head.parameters()}
+    for group in optimizer.param_groups:
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1  # a group is the classifier's or the trunk's, never both
+        assert group["lr"] == (3e-3 if in_head == {True} else 1e-4)
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-4, 3e-3}
+    unset = ("method.lr=2e-4", "method.classifier_lr=null")
+    same = method_for(build_backbone("minicnn", None, 4), method, 4, *unset)
+    assert {g["lr"] for g in same.recipe()[0].param_groups} == {2e-4}  # null: lr

@@ -31,6 +31,26 @@ def test_binarizer_and_ternarizer_values_and_identity_gradient() -> None:
     assert torch.equal(m.grad, g)
 
 
+def test_a_mask_exactly_at_the_threshold_is_off() -> None:
+    """The published rule is m_r > 5e-3 (not >=): the threshold itself masks the weight."""
+    at = torch.tensor([5e-3, 5.0001e-3])
+    assert Binarizer.apply(at, 5e-3).tolist() == [0, 1]
+    assert Ternarizer.apply(at, 5e-3).tolist() == [0, 1]
+    zero = torch.tensor([0.0, -1e-7])
+    assert Ternarizer.apply(zero, 5e-3).tolist() == [0, -1]  # -1 only strictly below 0
+
+
+def test_mask_inits_start_at_their_published_values() -> None:
+    """'1s': every m_r is mask_scale (1e-2) itself; weight_based_1s: the layer's mean |W|."""
+    torch.manual_seed(0)
+    ones, based = nn.Sequential(nn.Linear(6, 4)), nn.Sequential(nn.Linear(6, 4))
+    add_masks(ones, published_mask(), "none")
+    add_masks(based, published_mask(mask_init="weight_based_1s"), "none")
+    (one,), (weighted,) = masked_layers(ones).values(), masked_layers(based).values()
+    assert torch.equal(one.mask_real, torch.full((4, 6), 1e-2))
+    assert torch.equal(weighted.mask_real, torch.full((4, 6), weighted.weight.abs().mean().item()))
+
+
 @pytest.mark.parametrize("layer", [nn.Linear(7, 5), nn.Conv2d(3, 4, 3, padding=1)])
 def test_straight_through_gradient_is_dL_dWeff_times_W(layer: nn.Module) -> None:
     torch.manual_seed(0)
@@ -64,6 +84,21 @@ def test_average_gradient_scaling_divides_by_mean_abs_weight() -> None:
     (plain_mask,), (scaled_mask,) = masked_layers(plain).values(), masked_layers(scaled).values()
     torch.testing.assert_close(
         scaled_mask.mask_real.grad, plain_mask.mask_real.grad / plain_mask.weight.abs().mean()
+    )
+
+
+def test_individual_gradient_scaling_divides_each_entry_by_its_abs_weight() -> None:
+    torch.manual_seed(0)
+    dense = nn.Linear(6, 4)
+    plain, scaled = nn.Sequential(dense), nn.Sequential(copy.deepcopy(dense))
+    add_masks(plain, published_mask(), "none")
+    add_masks(scaled, published_mask(scale_gradients="individual"), "none")
+    x = torch.randn(3, 6)
+    plain(x).sum().backward()
+    scaled(x).sum().backward()
+    (plain_mask,), (scaled_mask,) = masked_layers(plain).values(), masked_layers(scaled).values()
+    torch.testing.assert_close(
+        scaled_mask.mask_real.grad, plain_mask.mask_real.grad / plain_mask.weight.abs()
     )
 
 

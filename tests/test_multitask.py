@@ -36,7 +36,9 @@ def make_task(
         method = method_for(model, "piggyback", classes, *overrides)
         for layer in masked_layers(model).values():
             keep = torch.rand_like(layer.mask_real) < density
-            layer.mask_real.data = torch.where(keep, 1e-2, -1e-2 if seed % 2 else 0.0)
+            # off entries below 0: a ternary task then holds -1s, sign-flipped weights that
+            # leaving the task must restore too
+            layer.mask_real.data = torch.where(keep, 1e-2, -1e-2)
         if method.hparams.train_bn:
             for bn in norm_layers(model).values():
                 bn.running_mean.add_(torch.randn_like(bn.running_mean))
@@ -66,6 +68,8 @@ def tasks(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> di
     }  # fmt: skip
     nets = {name: make_task(folder / f"{name}.safetensors", minicnn_weights, **spec)
             for name, spec in specs.items()}  # fmt: skip
+    ternary = nets["pig_b_ternary_bn"]
+    assert all(bool(m.mask().eq(-1).any()) for m in masked_layers(ternary).values())
     return {"folder": folder, "nets": nets, "weights": minicnn_weights}
 
 

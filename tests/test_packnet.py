@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,18 @@ def test_prune_frees_exact_share_of_smallest_weights() -> None:
     assert freed["fc.0"] == round(0.5 * own.numel()) == int(own.eq(FREE).sum())
     assert before[own.eq(FREE)].max() <= before[own.eq(BASE)].min()
     assert bool(model.fc[0].weight[own.eq(FREE)].eq(0).all())
+
+
+def test_prune_count_rounds_halves_up_as_the_official_code() -> None:
+    """round(prune_perc * numel) under Python 2 (the official prune.py's): 2.5 -> 3, 7.5 -> 8,
+    4.2 -> 4; neither floor nor Python 3's half-to-even gives all three."""
+    linear = torch.nn.Linear
+    layers = {"a": linear(5, 1, bias=False), "b": linear(3, 5), "c": linear(7, 6)}
+    model = torch.nn.Sequential(OrderedDict(**layers, head=linear(2, 2)))
+    owners = init_owners(model, "head")
+    assert prune_owner(model, owners, "head", BASE, 0.5) == {"a": 3, "b": 8, "c": 21}
+    owners = init_owners(model, "head")
+    assert prune_owner(model, owners, "head", BASE, 0.1) == {"a": 1, "b": 2, "c": 4}
 
 
 def _sequence_cfg(train_bias_bn: bool):

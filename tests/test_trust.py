@@ -8,7 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
+from src.models import build_backbone
 from src.runs.config import compose
 from src.runs.identity import run_identity
 from src.runs.resume import run_lock
@@ -30,6 +33,10 @@ def test_num_workers_and_the_base_weights_change_the_run_id(
     other = tmp_path / "copy.safetensors"
     other.write_bytes(minicnn_weights.read_bytes())  # the same tensors: the same run
     assert run_identity(compose([f"backbone.weights={other}", "paths.output_dir=x"]))[0] == rid
+    torch.manual_seed(1)  # other tensors under the same file name: another run
+    save_file(build_backbone("minicnn", None, 10).state_dict(), str(other))
+    assert run_identity(compose([f"backbone.weights={other}", "paths.output_dir=x"]))[0] != rid
+    assert run_identity(compose(["backbone.weights=null", "paths.output_dir=x"]))[0] != rid
     # where things go and how they are shown do not change what a run computes
     shown = compose(
         [*base, "num_workers=2", "paths.results_dir=elsewhere", "keep_checkpoints=true"]

@@ -82,13 +82,15 @@ def prune_owner(
     """Free the ``fraction`` of ``owner``'s weights with the smallest magnitude, per layer.
 
     Freed weights are set to exactly zero and their owner to FREE. Returns the number freed
-    per layer (round(fraction * owned); ties broken by position, so the count is exact).
+    per layer: ``fraction * owned`` rounded half up, as the official prune.py's
+    ``round(prune_perc * numel)`` does under the Python 2 it ran on (Python 3's ``round``
+    takes halves to even); ties in magnitude broken by position, so the count is exact.
     """
     freed = {}
     for name, stored in prunable_weights(model, classifier).items():
         flat_owner = owners[name].view(-1)
         owned = flat_owner.eq(owner).nonzero().squeeze(1)
-        k = round(fraction * owned.numel())
+        k = math.floor(fraction * owned.numel() + 0.5)
         freed[name] = k
         if k == 0:
             continue
