@@ -1,0 +1,263 @@
+"""Mutation testing of the core with cosmic-ray: which one-line bugs do the tests catch?
+
+    python scripts/mutation.py [--scope src/masking/threshold.py ...] [--workers 2]
+
+Each scope is one core module and the test files written for it. The script runs those
+tests once under coverage with per-test contexts, so that each mutant is then tested by
+only the tests that execute its line (lines run at import time get all of the scope's
+tests). cosmic-ray edits files in place, so every worker mutates its own copy of the
+working tree under results/mutation/; the checkout is never touched. Mutants no test
+executes are reported apart ("not covered") and count as survivors.
+
+Prints the score per scope and overall, and writes results/mutation/report.md with every
+surviving mutant's diff. Not part of CI (about an hour on 2 cores); docs/testing.md keeps
+the last score and the reason for each survivor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "results" / "mutation"
+
+# module -> the tests written for it (in-process tests; coverage picks, per line, which run)
+SCOPES: dict[str, list[str]] = {
+    "src/masking/threshold.py": ["tests/test_masking.py"],
+    "src/masking/layers.py": ["tests/test_masking.py", "tests/test_properties.py"],
+    "src/masking/model_surgery.py": ["tests/test_masking.py", "tests/test_properties.py"],
+    "src/masking/taskfile.py": ["tests/test_piggyback_taskfile.py", "tests/test_properties.py"],
+    "src/methods/piggyback/task.py": [
+        "tests/test_piggyback_taskfile.py",
+        "tests/test_multitask.py",
+        "tests/test_bundle.py",
+    ],
+    "src/methods/piggyback/module.py": ["tests/test_configs.py", "tests/test_masking.py"],
+    "src/methods/packnet/state.py": ["tests/test_packnet.py", "tests/test_properties.py"],
+    "src/methods/multitask.py": ["tests/test_multitask.py"],
+    "src/methods/base.py": ["tests/test_configs.py", "tests/test_api.py"],
+    "src/runs/identity.py": ["tests/test_trust.py"],
+    "src/runs/records.py": ["tests/test_tables.py", "tests/test_properties.py"],
+    "src/data/transforms.py": ["tests/test_configs.py"],
+    "src/reporting/tables.py": ["tests/test_tables.py"],
+    "src/reporting/decathlon.py": ["tests/test_decathlon.py"],
+}
+
+# Binary-operator swaps outside + - * / mostly raise a TypeError on tensors and floats (a
+# kill that says nothing); cosmic-ray's variable operators rename names at random.
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_(?!(Add|Sub|Mul|Div|FloorDiv)_(Add|Sub|Mul|Div)$).*",
+    r"core/Variable.*",
+]
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+TIMEOUT_S = 300.0
+
+
+def tracked_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, check=True, text=True,
+    ).stdout  # fmt: skip
+    return [f for f in listed.split("\0") if f and (ROOT / f).is_file()]
+
+
+def make_copy(dest: Path) -> Path:
+    """The working tree as git sees it (tracked and unignored files), under ``dest``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    for name in tracked_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    return dest
+
+
+def covering_tests(work: Path, module: str, tests: list[str]) -> dict[str, list[str]]:
+    """Line number (as a string) -> the test node ids that execute it; "0": every test of
+    the scope (for lines that run at import time, under no test's context)."""
+    data_file = work / ".coverage"
+    data_file.unlink(missing_ok=True)
+    run = subprocess.run(
+        [*PYTEST, f"--basetemp={work / '.tmp'}", f"--cov={work / Path(module).parent}",
+         "--cov-context=test", "--cov-report=", *tests],
+        cwd=work, capture_output=True, text=True,
+    )  # fmt: skip
+    if run.returncode != 0:
+        tail = "\n".join(run.stdout.splitlines()[-15:])
+        sys.exit(f"error: the tests of {module} fail before any mutation:\n{tail}")
+    from coverage import CoverageData
+
+    data = CoverageData(basename=str(data_file))
+    data.read()
+    path = str((work / module).resolve())
+    lines: dict[str, list[str]] = {}
+    for line, contexts in (data.contexts_by_lineno(path) or {}).items():
+        ids = sorted({c.rsplit("|", 1)[0] for c in contexts if c})
+        lines[str(line)] = ids if ids else ["*"]
+    lines["0"] = tests
+    return lines
+
+
+def changed_lines(original: str, mutated: str) -> set[int]:
+    matcher = difflib.SequenceMatcher(a=original.splitlines(), b=mutated.splitlines())
+    changed: set[int] = set()
+    for tag, i1, i2, _, _ in matcher.get_opcodes():
+        if tag != "equal":
+            changed.update(range(i1 + 1, max(i2, i1 + 1) + 1))
+    return changed
+
+
+def test_mutant(scope: str) -> int:
+    """cosmic-ray's test command: the tests that execute the mutated lines, in the copy."""
+    work = Path.cwd()
+    state = json.loads((work / ".mutation" / "scope.json").read_text())
+    original = (work / ".mutation" / "original.py").read_text()
+    mutated = (work / scope).read_text()
+    selected: set[str] = set()
+    for line in changed_lines(original, mutated):
+        ids = state["lines"].get(str(line), [])
+        selected.update(state["lines"]["0"] if "*" in ids else ids)
+    if not selected:
+        print("not covered: no test executes the mutated line")
+        return 0
+    return subprocess.run(
+        [*PYTEST, "-x", f"--basetemp={work / '.tmp'}", *sorted(selected)]
+    ).returncode
+
+
+def mutate_scope(scope: str, work: Path) -> dict:
+    """Run every mutant of one module in the copy ``work``; its results by outcome."""
+    (work / ".mutation").mkdir(exist_ok=True)
+    shutil.copy2(work / scope, work / ".mutation" / "original.py")
+    lines = covering_tests(work, scope, SCOPES[scope])
+    (work / ".mutation" / "scope.json").write_text(json.dumps({"lines": lines}))
+    name = scope.replace("/", "_").removesuffix(".py")
+    config, db = work / ".mutation" / f"{name}.toml", OUT / f"{name}.sqlite"
+    excluded = ", ".join(json.dumps(e) for e in EXCLUDED_OPERATORS)
+    config.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{scope}"\n'
+        f"timeout = {TIMEOUT_S}\n"
+        "excluded-modules = []\n"
+        f'test-command = "{sys.executable} {ROOT / "scripts" / "mutation.py"} --test {scope}"\n'
+        '[cosmic-ray.distributor]\nname = "local"\n'
+        f"[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n"
+    )
+    db.unlink(missing_ok=True)
+    bin_dir = Path(sys.executable).parent
+    for step in (
+        ["cosmic-ray", "init", config, db],
+        ["cr-filter-operators", db, config],
+        ["cr-filter-pragma", db],  # lines marked "# pragma: no mutate"
+    ):
+        command = [str(bin_dir / step[0]), *map(str, step[1:])]
+        subprocess.run(command, cwd=work, check=True, capture_output=True)
+    start = time.monotonic()
+    subprocess.run([str(bin_dir / "cosmic-ray"), "exec", str(config), str(db)], cwd=work,
+                   check=True, capture_output=True)  # fmt: skip
+    result = read_results(db, lines)
+    result["seconds"] = round(time.monotonic() - start)
+    print(f"{scope}: {summary_line(result)} in {result['seconds']} s", flush=True)
+    return result
+
+
+def read_results(db: Path, lines: dict[str, list[str]]) -> dict:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    result: dict = {"killed": 0, "survived": [], "not_covered": [], "skipped": 0, "errors": 0}
+    with use_db(str(db), WorkDB.Mode.open) as work_db:
+        for item, outcome in work_db.completed_work_items:
+            if outcome.worker_outcome == WorkerOutcome.SKIPPED:
+                result["skipped"] += 1
+            elif outcome.worker_outcome != WorkerOutcome.NORMAL:
+                result["errors"] += 1
+            elif outcome.test_outcome == TestOutcome.SURVIVED:
+                mutation = item.mutations[0]
+                entry = {"operator": mutation.operator_name,
+                         "line": mutation.start_pos[0], "diff": outcome.diff}  # fmt: skip
+                uncovered = "not covered" in (outcome.output or "")
+                result["not_covered" if uncovered else "survived"].append(entry)
+            else:  # killed, timed out or incompetent (an import error): the tests noticed
+                result["killed"] += 1
+    return result
+
+
+def score(result: dict) -> float | None:
+    alive = len(result["survived"]) + len(result["not_covered"])
+    total = result["killed"] + alive
+    return 100.0 * result["killed"] / total if total else None
+
+
+def summary_line(result: dict) -> str:
+    s = score(result)
+    return (
+        f"{result['killed']} killed, {len(result['survived'])} survived, "
+        f"{len(result['not_covered'])} not covered"
+        + (f" -> {s:.1f}%" if s is not None else "")
+        + (f" ({result['errors']} worker errors)" if result["errors"] else "")
+    )
+
+
+def write_report(results: dict[str, dict], path: Path) -> None:
+    total = {"killed": 0, "survived": [], "not_covered": [], "errors": 0}
+    out = ["# Mutation report", "", "| module | killed | survived | not covered | score |",
+           "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for scope, r in results.items():
+        s = score(r)
+        out.append(
+            f"| {scope} | {r['killed']} | {len(r['survived'])} | {len(r['not_covered'])} | "
+            f"{'' if s is None else f'{s:.1f}%'} |"
+        )
+        for key in ("killed", "errors"):
+            total[key] += r[key]
+        total["survived"] += r["survived"]
+        total["not_covered"] += r["not_covered"]
+    out += ["", f"Overall: {summary_line(total)}", ""]
+    for scope, r in results.items():
+        for kind in ("survived", "not_covered"):
+            for m in r[kind]:
+                out += [f"## {scope}:{m['line']} {m['operator']} ({kind.replace('_', ' ')})",
+                        "", "```diff", (m["diff"] or "").strip(), "```", ""]  # fmt: skip
+    path.write_text("\n".join(out))
+    print(f"overall: {summary_line(total)}\nreport: {path.relative_to(ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scope", nargs="*", choices=sorted(SCOPES), default=sorted(SCOPES))
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--test", help=argparse.SUPPRESS)  # cosmic-ray's test command
+    args = parser.parse_args()
+    if args.test:
+        sys.exit(test_mutant(args.test))
+    OUT.mkdir(parents=True, exist_ok=True)
+    copies = [make_copy(OUT / f"work-{i}") for i in range(args.workers)]
+    free = list(copies)
+
+    def run(scope: str) -> dict:
+        work = free.pop()
+        try:
+            return mutate_scope(scope, work)
+        finally:
+            shutil.copy2(ROOT / scope, work / scope)  # the pristine module, for the next scope
+            free.append(work)
+
+    with ThreadPoolExecutor(args.workers) as pool:
+        results = dict(zip(args.scope, pool.map(run, args.scope), strict=True))
+    write_report(results, OUT / "report.md")
+    for work in copies:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
