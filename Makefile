@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install data-deps train test test-all lint format bench tables reference-tables clean
+.PHONY: install data-deps train test test-all lint format bench mutation tables reference-tables clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
+
+# Mutation testing of the core (cosmic-ray; not in CI: about an hour on 2 cores). Prints the
+# score; results/mutation/report.md lists the surviving mutants (docs/testing.md).
+MUTATION_STAMP := $(VENV)/.installed-mutation
+$(MUTATION_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,mutation]'
+	@touch $@
+
+mutation: $(MUTATION_STAMP)
+	$(PY) scripts/mutation.py $(ARGS)
 
 # Tables and figures from your runs (results/runs/) into results/tables/, results/figures/.
 tables: $(STAMP)

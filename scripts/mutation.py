@@ -81,14 +81,17 @@ def make_copy(dest: Path) -> Path:
     return dest
 
 
-def covering_tests(work: Path, module: str, tests: list[str]) -> dict[str, list[str]]:
-    """Line number (as a string) -> the test node ids that execute it; "0": every test of
-    the scope (for lines that run at import time, under no test's context)."""
-    data_file = work / ".coverage"
+def covering_tests(
+    work: Path, module: str, tests: list[str]
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """(line number as a string -> the test node ids that execute it, with "0": every test
+    of the scope, for lines that run at import time under no test's context; each test's
+    seconds in that run)."""
+    data_file, junit = work / ".coverage", work / ".mutation" / "baseline.xml"
     data_file.unlink(missing_ok=True)
     run = subprocess.run(
         [*PYTEST, f"--basetemp={work / '.tmp'}", f"--cov={work / Path(module).parent}",
-         "--cov-context=test", "--cov-report=", *tests],
+         "--cov-context=test", "--cov-report=", f"--junitxml={junit}", *tests],
         cwd=work, capture_output=True, text=True,
     )  # fmt: skip
     if run.returncode != 0:
@@ -104,7 +107,18 @@ def covering_tests(work: Path, module: str, tests: list[str]) -> dict[str, list[
         ids = sorted({c.rsplit("|", 1)[0] for c in contexts if c})
         lines[str(line)] = ids if ids else ["*"]
     lines["0"] = tests
-    return lines
+    return lines, test_durations(junit)
+
+
+def test_durations(junit: Path) -> dict[str, float]:
+    """Node id -> seconds, from the baseline run's JUnit XML (to run the fastest first)."""
+    import xml.etree.ElementTree as ET
+
+    durations = {}
+    for case in ET.parse(junit).iter("testcase"):
+        path = case.get("classname", "").replace(".", "/") + ".py"
+        durations[f"{path}::{case.get('name')}"] = float(case.get("time", 0))
+    return durations
 
 
 def changed_lines(original: str, mutated: str) -> set[int]:
@@ -138,8 +152,9 @@ def mutate_scope(scope: str, work: Path) -> dict:
     """Run every mutant of one module in the copy ``work``; its results by outcome."""
     (work / ".mutation").mkdir(exist_ok=True)
     shutil.copy2(work / scope, work / ".mutation" / "original.py")
-    lines = covering_tests(work, scope, SCOPES[scope])
-    (work / ".mutation" / "scope.json").write_text(json.dumps({"lines": lines}))
+    lines, durations = covering_tests(work, scope, SCOPES[scope])
+    state = {"lines": lines, "durations": durations}
+    (work / ".mutation" / "scope.json").write_text(json.dumps(state))
     name = scope.replace("/", "_").removesuffix(".py")
     config, db = work / ".mutation" / f"{name}.toml", OUT / f"{name}.sqlite"
     excluded = ", ".join(json.dumps(e) for e in EXCLUDED_OPERATORS)

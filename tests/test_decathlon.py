@@ -250,6 +250,42 @@ def test_bad_input_messages(mini_root: Path, mini_stats: Path) -> None:
         build_backbone("resnet26", str(mini_root / "absent.safetensors"), 10)
 
 
+def test_undecodable_images_are_refused_or_skipped_as_for_imagefolders(
+    mini_root: Path, mini_stats: Path
+) -> None:
+    bad = mini_root / "data" / "gtsrb" / "train" / "000004.png"
+    bad.write_bytes(b"not a png")
+    settings = {"domain_stats": False, "normalisation": NORMALISE}
+    args = (mini_root, "gtsrb", CLASSES, {"resize": 8, "size": 8}, mini_stats)
+    with pytest.raises(UserError, match=r"1 image\(s\) cannot be decoded: .*000004\.png"):
+        DecathlonDataModule(*args, **settings).setup("fit")
+    dm = DecathlonDataModule(*args, **settings, skip_bad_images=True)
+    dm.setup("fit")
+    assert dm.skipped_images == [str(bad)] and len(dm.train_set) == 5
+    kept = dm.train_set.split
+    assert str(bad.relative_to(mini_root)) not in kept.files and len(kept.labels) == 5
+    unchecked = DecathlonDataModule(*args, **settings, verify_images=False)
+    unchecked.setup("fit")
+    assert len(unchecked.train_set) == 6
+
+
+def test_val_fraction_does_not_change_a_decathlon_run_id() -> None:
+    from src.runs.config import compose
+    from src.runs.identity import run_identity
+
+    base = [
+        "dataset=decathlon/gtsrb",
+        "backbone=resnet26",
+        "backbone.weights=null",
+        "paths.output_dir=x",
+    ]
+    rid = run_identity(compose(base))[0]
+    assert run_identity(compose([*base, "val_fraction=0.3"]))[0] == rid  # its own val split
+    assert run_identity(compose([*base, "skip_bad_images=true"]))[0] != rid
+    mini = ["backbone.weights=null", "paths.output_dir=x"]
+    assert run_identity(compose([*mini, "val_fraction=0.3"]))[0] != run_identity(compose(mini))[0]
+
+
 def test_submission_cli_refuses_missing_domains(tmp_path: Path, capsys) -> None:
     (tmp_path / "runs").mkdir()
     with pytest.raises(SystemExit) as exit_info:

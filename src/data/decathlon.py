@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset
 from torchvision import transforms as T
 
-from src.data.datamodule import SplitDataModule
+from src.data.datamodule import SplitDataModule, find_undecodable, undecodable_message
 from src.utils.errors import UserError
 
 DOMAINS = (
@@ -273,10 +273,16 @@ class DecathlonDataModule(SplitDataModule):
         seed: int = 0,
         domain_stats: bool = True,
         normalisation: Mapping | None = None,
+        verify_images: bool = True,
+        skip_bad_images: bool = False,
     ) -> None:
         """``domain_stats``: normalise with the domain's own mean/std (the stats file), as
-        published; false: with ``normalisation``, the backbone's (imagenet12, its own data)."""
+        published; false: with ``normalisation``, the backbone's (imagenet12, its own data).
+        ``verify_images``/``skip_bad_images``: as for ImageFolder datasets."""
         super().__init__(batch_size, num_workers, protocol, seed)
+        self.verify_images = verify_images
+        self.skip_bad_images = skip_bad_images
+        self.skipped_images: list[str] = []
         domain_index(domain)
         self.root = Path(root)
         self.domain = domain
@@ -298,6 +304,26 @@ class DecathlonDataModule(SplitDataModule):
         check_files(self.root, s)
         return s
 
+    def _decodable(self, split: Split) -> Split:
+        """``split`` once every image decodes, or (skip_bad_images) without those that do
+        not; the check is cached as for ImageFolder datasets."""
+        if not self.verify_images:
+            return split
+        paths = [str(self.root / f) for f in split.files]
+        bad = set(find_undecodable(paths, self.root / f".verified_{self.domain}_{split.split}"))
+        if bad and not self.skip_bad_images:
+            raise UserError(undecodable_message(self.name, sorted(bad)))
+        if not bad:
+            return split
+        self.skipped_images += sorted(bad)
+        keep = [i for i, path in enumerate(paths) if path not in bad]
+        return replace(
+            split,
+            image_ids=[split.image_ids[i] for i in keep],
+            files=[split.files[i] for i in keep],
+            labels=None if split.labels is None else [split.labels[i] for i in keep],
+        )
+
     def check(self) -> None:
         if not self.root.is_dir():
             fix = f"; prepare it with: {self.prepare_hint}" if self.prepare_hint else ""
@@ -308,7 +334,7 @@ class DecathlonDataModule(SplitDataModule):
         if self.class_names:
             return
         self.check()
-        train, val = self._split("train"), self._split("val")
+        train, val = (self._decodable(self._split(s)) for s in ("train", "val"))
         has_test = labelled_test_available(self.root, self.domain)
         if self.protocol == "faithful" and not has_test:
             raise UserError(
@@ -319,7 +345,8 @@ class DecathlonDataModule(SplitDataModule):
         self.class_names = train.class_names
         val_set = DecathlonDataset(self.root, val, self.test_tf)
         if has_test:
-            self.test_set = DecathlonDataset(self.root, self._split("test"), self.test_tf)
+            test = self._decodable(self._split("test"))
+            self.test_set = DecathlonDataset(self.root, test, self.test_tf)
             self.eval_split = "test"
         elif self.protocol != "final":  # val doubles as the test split
             self.test_set, self.eval_split = val_set, "val"

@@ -13,6 +13,10 @@ from src.runs.records import read_record, run_id
 from src.utils.errors import UserError
 from src.utils.output import say
 
+# Root keys that datasets read through their datamodule config (``val_fraction: ${val_fraction}``);
+# a Visual Decathlon domain has its own val split and reads no val_fraction.
+DATA_KEYS = ("val_fraction", "verify_images", "skip_bad_images")
+
 
 def weights_fingerprint(weights: str | None) -> str | None:
     """SHA-256 (first 16 hex digits) over a weights file's tensors, not its bytes (a file's
@@ -35,6 +39,9 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     fingerprint = weights_fingerprint(cfg.backbone.weights)
     config["weights_fingerprint"] = fingerprint
     hashed = {**config, "backbone": {**config["backbone"], "weights": fingerprint}}
+    for key in DATA_KEYS:  # a root data key the dataset's loader does not read changes nothing
+        if key not in config["dataset"]:
+            hashed.pop(key, None)
     return run_id(hashed), config
 
 
