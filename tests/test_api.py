@@ -83,3 +83,26 @@ def test_every_method_wraps_with_its_config_defaults() -> None:
         assert head <= names and (method == "finetune") == (len(names) > len(head))
     with pytest.raises(UserError, match="unknown method"):
         wrap(resnet18(), "lora_typo", classifier="fc")
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_classifier_only_stores_norm_statistics_only_when_it_trains_them(
+    tmp_path: Path, train_bn: bool
+) -> None:
+    """The published classifier-only baseline keeps BN in eval mode; with train_bn the
+    running statistics follow the data and the task carries them, so it folds exactly."""
+    task = wrap(resnet18(), "classifier_only", classifier="fc", num_classes=3, train_bn=train_bn)
+    optimizer, _ = task.recipe()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    task.train()
+    before = task.model.bn1.running_mean.clone()
+    optimizer.zero_grad()
+    F.cross_entropy(task(x), torch.tensor([0, 1, 2, 0])).backward()
+    optimizer.step()
+    assert torch.equal(task.model.bn1.running_mean, before) != train_bn
+    assert task.model.bn1.weight.grad is None  # norms are never optimised
+    path = tmp_path / "head.safetensors"
+    export_task(task, path, CLASSES)
+    task.eval()
+    with torch.no_grad():
+        assert torch.equal(fold_task(resnet18(), path)(x), task(x))

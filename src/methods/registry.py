@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from src.masking.taskfile import TaskFile, unprefixed
-from src.models.surgery import linear_from_state, replace_module
+from src.models.surgery import linear_from_state, norm_layers, replace_module
 from src.utils.errors import UserError
 
 NO_MASKS = {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
@@ -95,7 +95,7 @@ class TaskMethod:
         return unprefixed(tf.tensors, "classifier.")
 
     def task_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
-        """Model state entries the task replaces, by state_dict key."""
+        """Model state entries the task replaces, by state_dict key (``norm_tensors``)."""
         return unprefixed(tf.tensors, "bn.")
 
     # --- folding into a plain backbone ----------------------------------------------
@@ -144,6 +144,16 @@ class TaskMethod:
     def mask_stats(self, tf: TaskFile) -> dict[str, Any]:
         """Masked weights and densities, as training records them."""
         return dict(NO_MASKS)
+
+
+def norm_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every norm layer's state (parameters and running statistics) as a task stores it
+    when it trains them, under ``bn.<layer>.``: what ``TaskMethod.task_state`` reads."""
+    return {
+        f"bn.{name}.{key}": value
+        for name, norm in norm_layers(model).items()
+        for key, value in norm.state_dict().items()
+    }
 
 
 def check_head_fits(state: dict[str, torch.Tensor], head: nn.Module, path: Path | str) -> None:

@@ -8,13 +8,17 @@ from torch import nn
 from src.masking.taskfile import prefixed
 from src.methods.base import TaskModule
 from src.methods.classifier_only.task import ClassifierOnlyTask
+from src.methods.registry import norm_tensors
 
 
 class ClassifierOnly(TaskModule):
+    """Only the classifier is optimised. With ``train_bn`` the norm layers run in train
+    mode, so their running statistics follow the task's data (the official ``--train_bn``
+    with ``--finetune_layers classifier``) and the task stores them."""
+
     task_method = ClassifierOnlyTask
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
-        kwargs["train_bn"] = False
         super().__init__(model, classifier, **kwargs)
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith(classifier + "."))
@@ -23,4 +27,5 @@ class ClassifierOnly(TaskModule):
         return [{"params": list(self.head.parameters())}]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
-        return prefixed(self.head.state_dict(), "classifier.")
+        head = prefixed(self.head.state_dict(), "classifier.")
+        return {**head, **(norm_tensors(self.model) if self.hparams.train_bn else {})}

@@ -16,8 +16,8 @@ from torch import nn
 from src.masking.compress import binary_entropy, coded_sizes
 from src.masking.model_surgery import is_masked, masked_layers, overall_density
 from src.masking.taskfile import TaskFile, pack_bits, prefixed, unpacked_bits
-from src.methods.registry import HostedTask, TaskMethod
-from src.models.surgery import norm_layers, prunable_weights
+from src.methods.registry import HostedTask, TaskMethod, norm_tensors
+from src.models.surgery import prunable_weights
 from src.utils.errors import UserError
 
 BIT_PREFIXES = ("mask.", "sign.")
@@ -33,10 +33,7 @@ def piggyback_tensors(model: nn.Module, classifier: str, train_bn: bool) -> dict
             if layer.mask_config.threshold_fn == "ternarizer":
                 tensors[f"sign.{name}"] = pack_bits(mask < 0)
     tensors.update(prefixed(model.get_submodule(classifier).state_dict(), "classifier."))
-    if train_bn:
-        for name, norm in norm_layers(model).items():
-            tensors.update(prefixed(norm.state_dict(), f"bn.{name}."))
-    return tensors
+    return {**tensors, **(norm_tensors(model) if train_bn else {})}
 
 
 def layer_mask(tensors: dict[str, torch.Tensor], name: str, shape: list[int]) -> torch.Tensor:
