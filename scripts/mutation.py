@@ -17,6 +17,7 @@ the last score and the reason for each survivor.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import json
 import os
@@ -25,31 +26,45 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "mutation"
 
-# module -> the tests written for it (in-process tests; coverage picks, per line, which run)
-SCOPES: dict[str, list[str]] = {
-    "src/masking/threshold.py": ["tests/test_masking.py"],
-    "src/masking/layers.py": ["tests/test_masking.py", "tests/test_properties.py"],
-    "src/masking/model_surgery.py": ["tests/test_masking.py", "tests/test_properties.py"],
-    "src/masking/taskfile.py": ["tests/test_piggyback_taskfile.py", "tests/test_properties.py"],
-    "src/methods/piggyback/task.py": [
-        "tests/test_piggyback_taskfile.py",
-        "tests/test_multitask.py",
-        "tests/test_bundle.py",
-    ],
-    "src/methods/piggyback/module.py": ["tests/test_configs.py", "tests/test_masking.py"],
-    "src/methods/packnet/state.py": ["tests/test_packnet.py", "tests/test_properties.py"],
-    "src/methods/multitask.py": ["tests/test_multitask.py"],
-    "src/methods/base.py": ["tests/test_configs.py", "tests/test_api.py"],
-    "src/runs/identity.py": ["tests/test_trust.py"],
-    "src/runs/records.py": ["tests/test_tables.py", "tests/test_properties.py"],
-    "src/data/transforms.py": ["tests/test_configs.py"],
-    "src/reporting/tables.py": ["tests/test_tables.py"],
-    "src/reporting/decathlon.py": ["tests/test_decathlon.py"],
+
+@dataclass(frozen=True)
+class Scope:
+    """A core module, the test files written for it (coverage picks, per line, which of
+    their tests run) and, for a large module, the functions that are the core."""
+
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+
+
+SCOPES: dict[str, Scope] = {
+    "src/masking/threshold.py": Scope(("tests/test_masking.py",)),
+    "src/masking/layers.py": Scope(("tests/test_masking.py", "tests/test_properties.py")),
+    "src/masking/model_surgery.py": Scope(("tests/test_masking.py", "tests/test_properties.py")),
+    "src/masking/taskfile.py": Scope(
+        ("tests/test_piggyback_taskfile.py", "tests/test_properties.py")
+    ),
+    "src/methods/piggyback/task.py": Scope(
+        ("tests/test_piggyback_taskfile.py", "tests/test_multitask.py", "tests/test_bundle.py")
+    ),
+    "src/methods/piggyback/module.py": Scope(("tests/test_configs.py", "tests/test_masking.py")),
+    "src/methods/packnet/state.py": Scope(("tests/test_packnet.py", "tests/test_properties.py")),
+    "src/methods/multitask.py": Scope(("tests/test_multitask.py", "tests/test_properties.py")),
+    "src/methods/base.py": Scope(("tests/test_configs.py", "tests/test_api.py")),
+    "src/runs/identity.py": Scope(("tests/test_trust.py", "tests/test_properties.py")),
+    "src/runs/records.py": Scope(("tests/test_tables.py", "tests/test_properties.py")),
+    "src/data/transforms.py": Scope(("tests/test_configs.py",)),
+    "src/reporting/tables.py": Scope(
+        ("tests/test_tables.py",), ("summarize", "storage_frame", "decathlon_scores")
+    ),
+    "src/reporting/decathlon.py": Scope(
+        ("tests/test_decathlon.py",), ("domain_points", "decathlon_score", "score_records")
+    ),
 }
 
 # Binary-operator swaps outside + - * / mostly raise a TypeError on tensors and floats (a
@@ -121,6 +136,20 @@ def test_durations(junit: Path) -> dict[str, float]:
     return durations
 
 
+def function_lines(path: Path, functions: tuple[str, ...]) -> list[str]:
+    """Line spans ("start-end") of the named top-level functions; every line without names."""
+    tree = ast.parse(path.read_text())
+    if not functions:
+        return [f"1-{len(path.read_text().splitlines())}"]
+    spans = {
+        n.name: f"{n.lineno}-{n.end_lineno}" for n in tree.body if isinstance(n, ast.FunctionDef)
+    }
+    missing = sorted(set(functions) - set(spans))
+    if missing:
+        sys.exit(f"error: {path.name} has no function {', '.join(missing)}; update SCOPES")
+    return [spans[f] for f in functions]
+
+
 def changed_lines(original: str, mutated: str) -> set[int]:
     matcher = difflib.SequenceMatcher(a=original.splitlines(), b=mutated.splitlines())
     changed: set[int] = set()
@@ -152,12 +181,13 @@ def mutate_scope(scope: str, work: Path) -> dict:
     """Run every mutant of one module in the copy ``work``; its results by outcome."""
     (work / ".mutation").mkdir(exist_ok=True)
     shutil.copy2(work / scope, work / ".mutation" / "original.py")
-    lines, durations = covering_tests(work, scope, SCOPES[scope])
+    lines, durations = covering_tests(work, scope, list(SCOPES[scope].tests))
     state = {"lines": lines, "durations": durations}
     (work / ".mutation" / "scope.json").write_text(json.dumps(state))
     name = scope.replace("/", "_").removesuffix(".py")
     config, db = work / ".mutation" / f"{name}.toml", OUT / f"{name}.sqlite"
     excluded = ", ".join(json.dumps(e) for e in EXCLUDED_OPERATORS)
+    spans = function_lines(work / scope, SCOPES[scope].functions)
     config.write_text(
         "[cosmic-ray]\n"
         f'module-path = "{scope}"\n'
@@ -166,6 +196,7 @@ def mutate_scope(scope: str, work: Path) -> dict:
         f'test-command = "{sys.executable} {ROOT / "scripts" / "mutation.py"} --test {scope}"\n'
         '[cosmic-ray.distributor]\nname = "local"\n'
         f"[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n"
+        f"[cosmic-ray.filters.line-filter.lines]\n{json.dumps(scope)} = {json.dumps(spans)}\n"
     )
     db.unlink(missing_ok=True)
     bin_dir = Path(sys.executable).parent
@@ -173,6 +204,7 @@ def mutate_scope(scope: str, work: Path) -> dict:
         ["cosmic-ray", "init", config, db],
         ["cr-filter-operators", db, config],
         ["cr-filter-pragma", db],  # lines marked "# pragma: no mutate"
+        ["cr-filter-lines", "--config", config, db],  # the scope's functions only
     ):
         command = [str(bin_dir / step[0]), *map(str, step[1:])]
         subprocess.run(command, cwd=work, check=True, capture_output=True)

@@ -16,6 +16,7 @@ from src.masking import (
     mask_densities,
     masked_layers,
 )
+from src.masking.model_surgery import keep_all_weights, overall_density, plain_state_dict
 from src.models import build_backbone
 from src.models.surgery import freeze_norms
 from src.utils.errors import UserError
@@ -151,8 +152,83 @@ def test_freeze_norms_keeps_batchnorm_statistics() -> None:
         ({"threshold_fn": "sigmoid"}, "unknown threshold function 'sigmoid'"),
         ({"scale_gradients": "max"}, "unknown scale_gradients"),
         ({"mask_scale": 1e-3}, "must exceed the threshold"),
+        ({"mask_scale": 5e-3}, "must exceed the threshold"),  # equal: every mask starts at 0
+        ({"mask_scale": 0.0, "mask_init": "uniform"}, "mask_scale must be > 0"),
     ],
 )
 def test_bad_mask_config_is_a_clear_user_error(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         published_mask(**kwargs)
+
+
+def test_mask_configs_at_the_edges_that_are_fine() -> None:
+    """A uniform init may start below the threshold; the config is immutable once made."""
+    import dataclasses
+
+    config = published_mask(mask_init="uniform", mask_scale=1e-3)
+    assert config.mask_scale < config.threshold
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.threshold = 1.0  # one config is shared by every layer's mask
+
+
+def _config_string(text: str) -> str:
+    """The string as a config gives it: equal to the literal, not the same object."""
+    return "".join(list(text))
+
+
+def test_uniform_init_draws_both_signs_within_mask_scale() -> None:
+    torch.manual_seed(0)
+    holder = nn.Sequential(nn.Linear(40, 30))
+    add_masks(holder, published_mask(mask_init=_config_string("uniform")), "none")
+    (mask,) = masked_layers(holder).values()
+    m = mask.mask_real.detach()
+    assert m.abs().max() <= 1e-2 and m.min() < -5e-3 and m.max() > 5e-3
+    assert 0.2 < float(mask.mask().detach().mean()) < 0.3  # P(U(-s, s) > s/2) = 1/4
+
+
+@pytest.mark.parametrize(
+    "scaling, weight, expected",
+    [
+        ("average", [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]),
+        ("individual", [0.0, 1.0, 2.0], [0.0, 1.0, 1.0]),
+    ],
+)
+def test_gradient_scaling_is_finite_on_a_zero_weight(scaling, weight, expected) -> None:
+    """A weight of exactly 0 (pruned, or all of a dead filter) divides by 1e-12, not by 0:
+    dL/dm = dL/dW_eff * W = W here, then divided by |W| (or its mean)."""
+    layer = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([weight]))
+    holder = nn.Sequential(layer)
+    add_masks(holder, published_mask(scale_gradients=_config_string(scaling)), "none")
+    (mask,) = masked_layers(holder).values()
+    holder(torch.ones(1, 3)).sum().backward()
+    assert torch.equal(mask.mask_real.grad, torch.tensor([expected]))
+
+
+def test_plain_state_dict_is_the_unmasked_models_state() -> None:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 4)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    add_masks(model, published_mask(), "classifier")
+    state = plain_state_dict(model)
+    assert state.keys() == plain.keys()
+    assert all(torch.equal(state[k], plain[k]) for k in plain)
+
+
+def test_keep_all_weights_keeps_every_weight_of_any_init() -> None:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    add_masks(model, published_mask(mask_init="uniform"), "classifier")
+    keep_all_weights(model)
+    assert all(d == 1.0 for d in mask_densities(model).values())
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+
+
+def test_overall_density_weights_each_layer_by_its_size() -> None:
+    assert overall_density({"a": 0.5, "b": 1.0}, {"a": 2, "b": 6}) == 0.875
+    assert overall_density({}, {}) is None

@@ -220,14 +220,18 @@ def test_first_time_pretraining_does_not_change_the_run(tmp_path, tiny_folder, m
     """A run that pretrains its base in-process equals one that finds the base cached."""
     from safetensors.torch import save_file
 
-    import src.pretrain
+    import src.runs.pretraining
     from tests.conftest import train_in_process
+
+    calls = []
 
     def fake_pretrain(backbone, data_dir, out, **kwargs):  # draws random numbers, as training does
         torch.rand(1000)
         save_file(build_backbone(backbone, None, 10).state_dict(), str(out))
+        calls.append(out)
+        return {"wall_time_s": 0.0}
 
-    monkeypatch.setattr(src.pretrain, "pretrain", fake_pretrain)
+    monkeypatch.setattr(src.runs.pretraining, "pretrain", fake_pretrain)
     weights = tmp_path / "base.safetensors"
     results = []
     for name in ("first", "cached"):  # the first run pretrains, the second finds the file
@@ -236,6 +240,7 @@ def test_first_time_pretraining_does_not_change_the_run(tmp_path, tiny_folder, m
         train_in_process(*args, f"paths.output_dir={tmp_path / name / 'out'}")
         results.append(_final_state(tmp_path / name / "results"))
     assert results[0] == results[1]
+    assert calls == [weights]  # the first run pretrained (here: a stand-in), the second not
 
 
 def test_random_states_survive_a_json_round_trip() -> None:
