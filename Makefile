@@ -39,11 +39,14 @@ data-deps:
 train: $(STAMP) data-deps
 	$(PY) -m src.train $(ARGS)
 
+# The suite runs on every core (pytest-xdist; TEST_WORKERS=0 runs it in one process).
+TEST_WORKERS ?= auto
+
 test: $(STAMP) data-deps  ## default suite (slow tests deselected)
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 test-all: $(STAMP) data-deps
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

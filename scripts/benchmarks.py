@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from src.models import build_backbone, classifier_name
+from src.models.surgery import prunable_weights
 from src.runs.builders import build_method, build_trainer, channels_last, precision
 from src.runs.config import compose
 from src.utils.errors import UserError
@@ -57,6 +58,7 @@ FIGURES = {
     7: "peak memory of a training step: Piggyback / finetune",
     8: "transformer train step: Piggyback / finetune",
     9: "transformer inference: folded Piggyback task / plain backbone",
+    10: "every method: train step / finetune, and stored bits per weight per task",
 }
 NO_TARGET = "none (issue 10 sets none)"
 FUSED = "++method.optimizer.fused=true"  # Adam's update in one kernel per tensor (add or set)
@@ -739,6 +741,54 @@ def fig_transformer_inference(s: Settings) -> dict:
     return fig_inference(s.transformer_shape)
 
 
+def single_task_methods() -> list[str]:
+    """Every method with a config that trains one task per run (PackNet trains a sequence)."""
+    from src.methods import method_named
+
+    configs = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+    return [m for m in configs if method_named(m) is not None and not method_named(m).sequence]
+
+
+def fig_methods(s: Settings) -> dict:
+    """10. Each single-task method's training step against finetuning's (same backbone,
+    batch and input, interleaved reps) and the bits its task file stores per prunable trunk
+    weight (classifier and header included), so a new method gets its row by registering."""
+    import tempfile
+
+    from src.methods.api import export_task
+    from src.methods.tasks import read_task
+
+    methods = single_task_methods()
+    modules = {m: task_module(m, s.backbone, s.device) for m in methods}
+    times = interleaved({m: train_step(module, s) for m, module in modules.items()}, s)
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for method, module in modules.items():
+            path = Path(folder) / f"{method}.safetensors"
+            size = export_task(module.cpu(), path)
+            tf = read_task(path)
+            trunk = sum(
+                w.numel() for w in prunable_weights(module.model, module.classifier).values()
+            )
+            rows[method] = {
+                "step_ratio": round(paired_ratio(times, method, "finetune"), 3),
+                "step_ms": median_ms(times[method]),
+                "file_bits_per_weight": round(8 * size / trunk, 4),
+                "kind": tf.meta["kind"],
+            }
+    return {
+        "value": "; ".join(
+            f"{m} {r['step_ratio']}x, {r['file_bits_per_weight']:g} bits" for m, r in rows.items()
+        ),
+        "target": NO_TARGET,
+        "met": None,
+        "methods": rows,
+        "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, {numerics(s)}, random "
+        f"weights; median of {s.reps} per-step ratios after {s.warmup} warm-up step(s); "
+        "bits: the task file's size over the prunable trunk weights",
+    }
+
+
 RUNNERS: dict[int, Callable[[Settings], dict]] = {
     1: fig_train_step,
     2: fig_framework_overhead,
@@ -749,6 +799,7 @@ RUNNERS: dict[int, Callable[[Settings], dict]] = {
     7: fig_memory,
     8: fig_transformer_train_step,
     9: fig_transformer_inference,
+    10: fig_methods,
 }
 
 

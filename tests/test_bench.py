@@ -176,3 +176,11 @@ def test_the_gpu_check_runs_its_throughput_part_on_a_cpu(tmp_path) -> None:
     assert [r["method"] for r in result["rows"]] == ["piggyback", "finetune"]
     assert result["rows"][1]["images_per_s_vs_finetune"] == 1.0
     assert all(r["images_per_s"] > 0 for r in result["rows"]) and result["measured_at"]
+
+
+def test_every_single_task_method_gets_a_step_ratio_and_its_bits(quick: Settings) -> None:
+    rows = benchmarks.fig_methods(quick)["methods"]
+    assert set(rows) == set(benchmarks.single_task_methods()) >= {"piggyback", "bitfit"}
+    assert rows["finetune"]["step_ratio"] == 1.0 and rows["finetune"]["file_bits_per_weight"] > 32
+    assert 1.0 < rows["piggyback"]["file_bits_per_weight"] < 2.0  # 1 bit + classifier, header
+    assert rows["classifier_only"]["file_bits_per_weight"] < rows["bitfit"]["file_bits_per_weight"]

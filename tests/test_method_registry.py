@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import tests.tiny_method  # noqa: F401  (registers tiny_bias)
+import tests.tiny_method  # noqa: F401  (registers tiny_scale)
 from src.masking import read_task_file
 from src.methods import method_names, method_of
 from src.methods.multitask import MultiTaskModel
@@ -26,7 +26,7 @@ SEARCHPATH = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> dict[str, Path]:
-    """A tiny_bias task and a Piggyback task trained on the same data and backbone."""
+    """A tiny_scale task and a Piggyback task trained on the same data and backbone."""
     root = tmp_path_factory.mktemp("registry")
     data = make_image_folder(root / "data", classes=3, per_class=4, size=32)
     base = [
@@ -34,7 +34,7 @@ def tasks(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> di
         f"paths.output_dir={root / 'outputs' / 'job'}",
         "protocol=faithful",
     ]
-    for method in ("tiny_bias", "piggyback"):
+    for method in ("tiny_scale", "piggyback"):
         train_in_process(SEARCHPATH, f"method={method}", *base)
     return {read_task_file(p).meta["method"]: p for p in (root / "results" / "tasks").glob("*")} | {
         "root": root,
@@ -44,42 +44,42 @@ def tasks(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> di
 
 
 def test_the_method_trains_and_writes_its_own_task_file(tasks) -> None:
-    assert "tiny_bias" in method_names()
-    tf = read_task_file(tasks["tiny_bias"])
-    assert tf.kind == "tiny_bias" and method_of(tf).name == "tiny_bias"
-    assert {k.split(".")[0] for k in tf.tensors} == {"bias", "classifier"}
+    assert "tiny_scale" in method_names()
+    tf = read_task_file(tasks["tiny_scale"])
+    assert tf.kind == "tiny_scale" and method_of(tf).name == "tiny_scale"
+    assert {k.split(".")[0] for k in tf.tensors} == {"scale", "classifier"}
     [record] = [
-        r for r in read_records(tasks["root"] / "results" / "runs") if r["method"] == "tiny_bias"
+        r for r in read_records(tasks["root"] / "results" / "runs") if r["method"] == "tiny_scale"
     ]
-    assert record["task_file"] == str(tasks["tiny_bias"]) and record["top1"] is not None
+    assert record["task_file"] == str(tasks["tiny_scale"]) and record["top1"] is not None
 
 
 def test_src_eval_scores_it_as_training_did(tasks) -> None:
     root = tasks["root"]
     [record] = evaluate(
         [
-            f"tasks={tasks['tiny_bias']}",
+            f"tasks={tasks['tiny_scale']}",
             f"out={root / 'evals'}",
             f"paths.results_dir={root / 'results'}",
             f"dataset.root={tasks['data']}",
             f"backbone.weights={tasks['weights']}",
         ]
     )
-    assert record["method"] == "tiny_bias" and record["top1"] == record["train_top1"]
+    assert record["method"] == "tiny_scale" and record["top1"] == record["train_top1"]
 
 
 def test_it_switches_exactly_beside_a_piggyback_task(tasks) -> None:
     host = MultiTaskModel(
-        "minicnn", str(tasks["weights"]), [tasks["tiny_bias"], tasks["piggyback"]]
+        "minicnn", str(tasks["weights"]), [tasks["tiny_scale"], tasks["piggyback"]]
     )
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     folded = {}
-    for method in ("tiny_bias", "piggyback"):
+    for method in ("tiny_scale", "piggyback"):
         model = build_backbone("minicnn", str(tasks["weights"]), 1)
         tf = read_task_file(tasks[method])
         folded[method] = apply_task(model, tf, "classifier").eval()(x)
     names = {m: Path(tasks[m]).stem for m in folded}
-    for method in ("tiny_bias", "piggyback", "tiny_bias"):  # A -> B -> A
+    for method in ("tiny_scale", "piggyback", "tiny_scale"):  # A -> B -> A
         assert torch.equal(host.predict(x, names[method]), folded[method])
     host.select(None)
     plain = build_backbone("minicnn", str(tasks["weights"]), 1)
@@ -89,9 +89,9 @@ def test_it_switches_exactly_beside_a_piggyback_task(tasks) -> None:
 
 def test_a_kind_or_name_is_registered_once() -> None:
     class Clash(TaskMethod):
-        name, kind = "other", "tiny_bias"
+        name, kind = "other", "tiny_scale"
 
-    with pytest.raises(ValueError, match="kind 'tiny_bias'"):
+    with pytest.raises(ValueError, match="kind 'tiny_scale'"):
         register(Clash())
 
 
@@ -99,7 +99,7 @@ def test_an_unknown_kind_is_one_error(tmp_path: Path, tasks) -> None:
     from src.masking import write_task_file
     from src.methods.tasks import read_task
 
-    tf = read_task_file(tasks["tiny_bias"])
+    tf = read_task_file(tasks["tiny_scale"])
     path = tmp_path / "foreign.safetensors"
     write_task_file(path, tf.tensors, {**tf.meta, "kind": "nobody"})
     with pytest.raises(UserError, match=r"kind 'nobody'.*import the package"):

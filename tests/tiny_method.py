@@ -1,5 +1,6 @@
-"""A method defined outside src/ (as a user's own package would be): it trains the biases
-and the classifier, and its task stores just those. Importing this module registers it."""
+"""A method defined outside src/ (as a user's own package would be): it trains the norm
+layers' scales and the classifier, and its task stores just those. Importing this module
+registers it."""
 
 from __future__ import annotations
 
@@ -9,41 +10,37 @@ from torch import nn
 from src.masking.taskfile import TaskFile, prefixed, unprefixed
 from src.methods.base import TaskModule
 from src.methods.registry import TaskMethod, register
+from src.models.surgery import norm_layers
 
 
-def biases(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
-    return {
-        name: p
-        for name, p in model.named_parameters()
-        if name.endswith("bias") and not name.startswith(classifier + ".")
-    }
+def norm_scales(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {f"{name}.weight": norm.weight for name, norm in norm_layers(model).items()}
 
 
-class TinyBiasTask(TaskMethod):
-    name = "tiny_bias"
-    kind = "tiny_bias"
+class TinyScaleTask(TaskMethod):
+    name = "tiny_scale"
+    kind = "tiny_scale"
 
     def task_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
-        return unprefixed(tf.tensors, "bias.")
+        return unprefixed(tf.tensors, "scale.")
 
 
-class TinyBias(TaskModule):
-    task_method = TinyBiasTask
+class TinyScale(TaskModule):
+    task_method = TinyScaleTask
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         super().__init__(model, classifier, **kwargs)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in [*biases(model, classifier).values(), *self.head.parameters()]:
+        model.requires_grad_(False)
+        for p in [*norm_scales(model).values(), *self.head.parameters()]:
             p.requires_grad_(True)
 
     def param_groups(self) -> list[dict]:
-        trunk = list(biases(self.model, self.classifier).values())
-        return [{"params": trunk}, {"params": list(self.head.parameters())}]
+        return [{"params": list(norm_scales(self.model).values())},
+                {"params": list(self.head.parameters())}]  # fmt: skip
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
-        state = {k: p.detach() for k, p in biases(self.model, self.classifier).items()}
-        return {**prefixed(self.head.state_dict(), "classifier."), **prefixed(state, "bias.")}
+        scales = {k: p.detach() for k, p in norm_scales(self.model).items()}
+        return {**prefixed(self.head.state_dict(), "classifier."), **prefixed(scales, "scale.")}
 
 
-register(TinyBiasTask())
+register(TinyScaleTask())

@@ -1,0 +1,49 @@
+"""A BitFit task as stored: every trunk bias (``bias.<state key>``) and the classifier.
+
+Folding copies the biases into a plain backbone; a MultiTaskModel swaps them in as state,
+so entering and leaving a task is exact. Storage is counted per prunable trunk weight (the
+count is in the metadata, ``trunk_weights``), the unit the other methods' figures use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from src.masking.taskfile import TaskFile, unprefixed
+from src.methods.registry import TaskMethod
+from src.models.surgery import prunable_weights
+from src.utils.errors import UserError
+
+
+def trunk_biases(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
+    """Every bias outside the classifier: conv, linear, attention and norm biases."""
+    return {
+        name: p
+        for name, p in model.named_parameters()
+        if name.rpartition(".")[2].endswith("bias") and not name.startswith(classifier + ".")
+    }
+
+
+def trunk_weight_count(model: nn.Module, classifier: str) -> int:
+    return sum(w.numel() for w in prunable_weights(model, classifier).values())
+
+
+class BitFitTask(TaskMethod):
+    name = "bitfit"
+    kind = "bitfit"
+
+    def check(self, tf: TaskFile) -> None:
+        super().check(tf)
+        if not self.task_state(tf, str(tf.meta.get("classifier", ""))):
+            raise UserError(f"task file {tf.path} holds no biases; it is corrupt")
+        if not isinstance(tf.meta.get("trunk_weights"), int) or tf.meta["trunk_weights"] < 1:
+            raise UserError(f"task file {tf.path} has no trunk_weights count; corrupt")
+
+    def task_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
+        return unprefixed(tf.tensors, "bias.")
+
+    def storage(self, tf: TaskFile) -> dict:
+        biases = [t for k, t in tf.tensors.items() if k.startswith("bias.")]
+        stored = sum(t.numel() * t.element_size() for t in biases)
+        return {"masked_weights": None, "bits_per_weight": 8 * stored / tf.meta["trunk_weights"]}
