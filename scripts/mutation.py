@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -255,7 +256,7 @@ def summary_line(result: dict) -> str:
     )
 
 
-def write_report(results: dict[str, dict], path: Path) -> None:
+def write_report(results: dict[str, dict], path: Path, final: bool = False) -> None:
     total = {"killed": 0, "survived": [], "not_covered": [], "errors": 0}
     out = ["# Mutation report", "", "| module | killed | survived | not covered | score |",
            "|---|---:|---:|---:|---:|"]  # fmt: skip
@@ -276,12 +277,13 @@ def write_report(results: dict[str, dict], path: Path) -> None:
                 out += [f"## {scope}:{m['line']} {m['operator']} ({kind.replace('_', ' ')})",
                         "", "```diff", (m["diff"] or "").strip(), "```", ""]  # fmt: skip
     path.write_text("\n".join(out))
-    print(f"overall: {summary_line(total)}\nreport: {path.relative_to(ROOT)}")
+    if final:
+        print(f"overall: {summary_line(total)}\nreport: {path.relative_to(ROOT)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scope", nargs="*", choices=sorted(SCOPES), default=sorted(SCOPES))
+    parser.add_argument("--scope", nargs="*", choices=list(SCOPES), default=list(SCOPES))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--test", help=argparse.SUPPRESS)  # cosmic-ray's test command
     args = parser.parse_args()
@@ -289,19 +291,23 @@ def main() -> None:
         sys.exit(test_mutant(args.test))
     OUT.mkdir(parents=True, exist_ok=True)
     copies = [make_copy(OUT / f"work-{i}") for i in range(args.workers)]
-    free = list(copies)
+    free, lock = list(copies), threading.Lock()
+    results: dict[str, dict] = {}
 
-    def run(scope: str) -> dict:
+    def run(scope: str) -> None:
         work = free.pop()
         try:
-            return mutate_scope(scope, work)
+            result = mutate_scope(scope, work)
         finally:
             shutil.copy2(ROOT / scope, work / scope)  # the pristine module, for the next scope
             free.append(work)
+        with lock:  # the report so far: a run stopped early keeps what it measured
+            results[scope] = result
+            write_report({s: results[s] for s in args.scope if s in results}, OUT / "report.md")
 
     with ThreadPoolExecutor(args.workers) as pool:
-        results = dict(zip(args.scope, pool.map(run, args.scope), strict=True))
-    write_report(results, OUT / "report.md")
+        list(pool.map(run, args.scope))
+    write_report({s: results[s] for s in args.scope}, OUT / "report.md", final=True)
     for work in copies:
         shutil.rmtree(work)
 

@@ -45,11 +45,13 @@ def is_masked(model: nn.Module) -> bool:
 
 
 def masked_layers(model: nn.Module) -> dict[str, WeightMask]:
-    """The mask of every masked weight, by key."""
+    """The mask of every masked weight, by key (other parametrizations, e.g. LoRA's, are
+    not masks)."""
     return {
         key: module.parametrizations[param][0]
         for key, module, param in prunable_slots(model, classifier="")
         if parametrize.is_parametrized(module, param)
+        and isinstance(module.parametrizations[param][0], WeightMask)
     }
 
 

@@ -156,6 +156,22 @@ def norm_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def stored_bits_per_weight(tf: TaskFile, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """Storage of a task whose trunk state is the tensors under ``prefixes``, per prunable
+    trunk weight (``meta["trunk_weights"]``, written at export): what bundles report."""
+    stored = sum(
+        t.numel() * t.element_size() for k, t in tf.tensors.items() if k.startswith(prefixes)
+    )
+    return {"masked_weights": None, "bits_per_weight": 8 * stored / tf.meta["trunk_weights"]}
+
+
+def check_trunk_weights(tf: TaskFile) -> None:
+    """A task that counts its storage per trunk weight names how many there are."""
+    count = tf.meta.get("trunk_weights")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise UserError(f"task file {tf.path} has no trunk_weights count; it is corrupt")
+
+
 def check_head_fits(state: dict[str, torch.Tensor], head: nn.Module, path: Path | str) -> None:
     """A task's classifier takes the features the backbone's classifier takes."""
     wanted = getattr(head, "in_features", None)

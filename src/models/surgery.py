@@ -59,6 +59,11 @@ def prunable_weights(model: nn.Module, classifier: str) -> dict[str, nn.Paramete
     return {key: stored_weight(m, p) for key, m, p in prunable_slots(model, classifier)}
 
 
+def prunable_weight_count(model: nn.Module, classifier: str) -> int:
+    """How many prunable trunk weights there are: the unit of bits per weight per task."""
+    return sum(w.numel() for w in prunable_weights(model, classifier).values())
+
+
 def prunable_biases(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
     """The biases added after the prunable weights, by state_dict key (PackNet's extras)."""
     biases = {}

@@ -7,7 +7,8 @@ from torch import nn
 
 from src.masking.taskfile import prefixed
 from src.methods.base import TaskModule
-from src.methods.bitfit.task import BitFitTask, trunk_biases, trunk_weight_count
+from src.methods.bitfit.task import BitFitTask, trunk_biases
+from src.models.surgery import prunable_weight_count
 
 
 class BitFit(TaskModule):
@@ -33,4 +34,4 @@ class BitFit(TaskModule):
         return {**prefixed(self.head.state_dict(), "classifier."), **prefixed(biases, "bias.")}
 
     def task_meta(self) -> dict:
-        return {"trunk_weights": trunk_weight_count(self.model, self.classifier)}
+        return {"trunk_weights": prunable_weight_count(self.model, self.classifier)}

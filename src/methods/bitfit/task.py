@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from src.masking.taskfile import TaskFile, unprefixed
-from src.methods.registry import TaskMethod
-from src.models.surgery import prunable_weights
+from src.methods.registry import TaskMethod, check_trunk_weights, stored_bits_per_weight
 from src.utils.errors import UserError
 
 
@@ -25,10 +24,6 @@ def trunk_biases(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
     }
 
 
-def trunk_weight_count(model: nn.Module, classifier: str) -> int:
-    return sum(w.numel() for w in prunable_weights(model, classifier).values())
-
-
 class BitFitTask(TaskMethod):
     name = "bitfit"
     kind = "bitfit"
@@ -37,13 +32,10 @@ class BitFitTask(TaskMethod):
         super().check(tf)
         if not self.task_state(tf, str(tf.meta.get("classifier", ""))):
             raise UserError(f"task file {tf.path} holds no biases; it is corrupt")
-        if not isinstance(tf.meta.get("trunk_weights"), int) or tf.meta["trunk_weights"] < 1:
-            raise UserError(f"task file {tf.path} has no trunk_weights count; corrupt")
+        check_trunk_weights(tf)
 
     def task_state(self, tf: TaskFile, classifier: str) -> dict[str, torch.Tensor]:
         return unprefixed(tf.tensors, "bias.")
 
     def storage(self, tf: TaskFile) -> dict:
-        biases = [t for k, t in tf.tensors.items() if k.startswith("bias.")]
-        stored = sum(t.numel() * t.element_size() for t in biases)
-        return {"masked_weights": None, "bits_per_weight": 8 * stored / tf.meta["trunk_weights"]}
+        return stored_bits_per_weight(tf, ("bias.",))

@@ -1,0 +1,97 @@
+"""A LoRA task as stored: each adapted weight's A and B (``lora_A.<key>``, ``lora_B.<key>``),
+the classifier, the norms when trained, and in the metadata r, lora_alpha and each layer's
+shape.
+
+Folding writes W + (lora_alpha / r) * B A once, the sum training computed at every step, so
+the folded network gives the trained one's outputs. A MultiTaskModel computes that sum from
+its kept copy of W on entering, and puts W back on leaving.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from src.masking.model_surgery import is_masked
+from src.masking.taskfile import TaskFile
+from src.methods.lora.layer import folded
+from src.methods.registry import (
+    HostedTask,
+    TaskMethod,
+    check_trunk_weights,
+    stored_bits_per_weight,
+)
+from src.models.surgery import prunable_weights
+from src.utils.errors import UserError
+
+PREFIXES = ("lora_A.", "lora_B.")
+
+
+class LoRATask(TaskMethod):
+    name = "lora"
+    kind = "lora"
+
+    def check(self, tf: TaskFile) -> None:
+        """Per layer: a shape, and A (r x fan-in) and B (out x r) that make it."""
+        super().check(tf)
+        check_trunk_weights(tf)
+        layers, r = tf.meta.get("layers"), tf.meta.get("r")
+        if not isinstance(layers, dict) or not layers or not isinstance(r, int) or r < 1:
+            raise UserError(f"task file {tf.path} lists no adapted layers or no rank; corrupt")
+        if not isinstance(tf.meta.get("lora_alpha"), (int, float)):
+            raise UserError(f"task file {tf.path} has no lora_alpha; it is corrupt")
+        for key, shape in layers.items():
+            a, b = tf.tensors.get(f"lora_A.{key}"), tf.tensors.get(f"lora_B.{key}")
+            if (
+                not isinstance(shape, list)
+                or a is None
+                or b is None
+                or list(a.shape) != [r, math.prod(shape[1:])]
+                or list(b.shape) != [shape[0], r]
+            ):
+                raise UserError(f"task file {tf.path}: the LoRA update of {key} is corrupt")
+
+    def scaling(self, tf: TaskFile) -> float:
+        return tf.meta["lora_alpha"] / tf.meta["r"]
+
+    def update(self, tf: TaskFile, key: str, weight: torch.Tensor) -> torch.Tensor:
+        """The task's weight for ``key`` from the backbone's ``weight``."""
+        a = tf.tensors[f"lora_A.{key}"].to(weight.device, weight.dtype)
+        b = tf.tensors[f"lora_B.{key}"].to(weight.device, weight.dtype)
+        return folded(weight, a, b, self.scaling(tf))
+
+    def check_fits(self, tf: TaskFile, weights: dict[str, torch.Tensor]) -> None:
+        for key, shape in tf.meta["layers"].items():
+            if key not in weights or list(weights[key].shape) != shape:
+                raise UserError(
+                    f"task file {tf.path} adapts weight {key} of shape {shape}, which this "
+                    "backbone lacks; it was made for another backbone"
+                )
+
+    @torch.no_grad()
+    def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
+        if is_masked(model):  # peft's merge drops an update on a parametrized weight: never
+            raise ValueError("fold expects a plain backbone, not a masked model")
+        super().fold(model, tf, classifier)
+        weights = prunable_weights(model, classifier)
+        self.check_fits(tf, weights)
+        for key in tf.meta["layers"]:
+            weights[key].copy_(self.update(tf, key, weights[key]))
+        return model
+
+    def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
+        (task,) = super().hosted(tf, host, name)
+        self.check_fits(tf, host.weights)
+
+        def fold(key: str, weight: torch.Tensor, source: torch.Tensor) -> None:
+            weight.copy_(self.update(tf, key, source))
+
+        task.layers = tuple(tf.meta["layers"])
+        task.fold = fold
+        task.changed = lambda key: torch.ones_like(host.weights[key], dtype=torch.bool)
+        return [task]
+
+    def storage(self, tf: TaskFile) -> dict:
+        return stored_bits_per_weight(tf, PREFIXES)
