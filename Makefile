@@ -45,7 +45,12 @@ TEST_WORKERS ?= auto
 test: $(STAMP) data-deps  ## default suite (slow tests deselected)
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
-test-all: $(STAMP) data-deps
+REFERENCE_STAMP := $(VENV)/.installed-reference
+$(REFERENCE_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,reference]'
+	@touch $@
+
+test-all: $(REFERENCE_STAMP) data-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 lint: $(STAMP)

@@ -9,7 +9,6 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from src.methods.api import wrap
@@ -25,7 +24,10 @@ def network() -> nn.Sequential:
     ))  # fmt: skip
 
 
+@pytest.mark.slow  # peft comes with make test-all (the reference extra)
 def test_forward_and_gradients_match_peft_on_the_same_weights() -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
     ours, theirs = network(), network()
     assert add_lora(ours, "head", r=4, lora_alpha=8) == ["conv", "fc"]
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["conv", "fc"])

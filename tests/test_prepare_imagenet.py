@@ -181,6 +181,7 @@ def test_bad_input(tmp_path: Path, case: str, needle: str) -> None:
     assert _empty(out)
 
 
+@pytest.mark.slow  # the command line over the miniature archives; its steps run above
 def test_cli(tmp_path: Path) -> None:
     """--download names where to get the files; a prepared run goes through the CLI."""
     script = str(REPO / "scripts" / "prepare_data.py")
