@@ -133,3 +133,21 @@ def test_classifier_lr_reaches_the_classifier_alone(method: str) -> None:
     unset = ("method.lr=2e-4", "method.classifier_lr=null")
     same = method_for(build_backbone("minicnn", None, 4), method, 4, *unset)
     assert {g["lr"] for g in same.recipe()[0].param_groups} == {2e-4}  # null: lr
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_piggyback_makes_only_masks_head_and_asked_for_norms_trainable(train_bn: bool) -> None:
+    from src.models.surgery import norm_layers
+    from tests.conftest import method_for
+
+    task = method_for(build_backbone("minicnn", None, 4), "piggyback", 4,
+                      f"method.train_bn={train_bn}")  # fmt: skip
+    trainable = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    every = {n for n, _ in task.model.named_parameters()}
+    masks = {n for n in every if n.endswith("mask_real")}
+    norms = {f"{name}.{k}" for name, m in norm_layers(task.model).items()
+             for k, _ in m.named_parameters()}  # fmt: skip
+    assert masks and norms
+    assert trainable == masks | {"classifier.weight", "classifier.bias"} | (
+        norms if train_bn else set()
+    )
