@@ -60,6 +60,11 @@ SCOPES: dict[str, Scope] = {
     "src/runs/identity.py": Scope(("tests/test_trust.py", "tests/test_properties.py")),
     "src/runs/records.py": Scope(("tests/test_tables.py", "tests/test_properties.py")),
     "src/data/transforms.py": Scope(("tests/test_configs.py",)),
+    "src/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
+    "src/methods/lora/layer.py": Scope(("tests/test_lora.py", "tests/test_new_methods.py")),
+    "src/methods/lora/task.py": Scope(("tests/test_new_methods.py",)),
+    "src/methods/ssf/layer.py": Scope(("tests/test_ssf.py", "tests/test_new_methods.py")),
+    "src/methods/ssf/task.py": Scope(("tests/test_new_methods.py",)),
     "src/reporting/tables.py": Scope(
         ("tests/test_tables.py",), ("summarize", "storage_frame", "decathlon_scores")
     ),
