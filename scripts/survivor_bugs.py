@@ -9,6 +9,7 @@ touched (the copy is under results/mutation/survivors/). Not part of CI.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,7 @@ BUGS = [
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     if WORK.exists():
         shutil.rmtree(WORK)
     listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
