@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from src.masking import backbone_fingerprint, write_task_file
 from src.methods.registry import TaskMethod
-from src.models.surgery import freeze_norms, set_norms_eval
+from src.models.surgery import freeze_norms, norm_layers, set_norms_eval
 from src.utils.errors import UserError, check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
@@ -147,6 +147,17 @@ class TaskModule(pl.LightningModule):
     def task_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors a task file stores for this method."""
         raise NotImplementedError
+
+    def head_and_norm_groups(self) -> list[dict]:
+        """The classifier's group at ``classifier_lr`` (default: ``lr``) and, with
+        ``train_bn``, the norms' group at the same rate: what a method training a trunk
+        adapter adds after the adapter's own group."""
+        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
+        groups = [{"params": list(self.head.parameters()), "lr": classifier_lr}]
+        if self.hparams.train_bn:
+            norms = [p for m in norm_layers(self.model).values() for p in m.parameters()]
+            groups.append({"params": norms, "lr": classifier_lr})
+        return groups
 
     def task_meta(self) -> dict:
         """Method-specific metadata for the task file and the run record."""

@@ -56,16 +56,8 @@ class LoRA(TaskModule):
                 norm.requires_grad_(True)
 
     def param_groups(self) -> list[dict]:
-        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
         adapters = [p for d in lora_layers(self.model).values() for p in (d.lora_A, d.lora_B)]
-        groups = [
-            {"params": adapters},
-            {"params": list(self.head.parameters()), "lr": classifier_lr},
-        ]
-        if self.hparams.train_bn:
-            norms = [p for m in norm_layers(self.model).values() for p in m.parameters()]
-            groups.append({"params": norms, "lr": classifier_lr})
-        return groups
+        return [{"params": adapters}, *self.head_and_norm_groups()]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
         tensors = prefixed(self.head.state_dict(), "classifier.")

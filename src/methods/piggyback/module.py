@@ -39,15 +39,7 @@ class Piggyback(TaskModule):
                     p.requires_grad_(True)
 
     def param_groups(self) -> list[dict]:
-        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
-        groups = [
-            {"params": mask_parameters(self.model)},
-            {"params": list(self.head.parameters()), "lr": classifier_lr},
-        ]
-        if self.hparams.train_bn:
-            norms = [p for m in norm_layers(self.model).values() for p in m.parameters()]
-            groups.append({"params": norms, "lr": classifier_lr})
-        return groups
+        return [{"params": mask_parameters(self.model)}, *self.head_and_norm_groups()]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
         return piggyback_tensors(self.model, self.classifier, self.hparams.train_bn)
