@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF, run_module, tiny_overrides
@@ -82,3 +83,21 @@ def test_experiment_presets_compose(experiment: str) -> None:
         assert len(cfg.method.tasks) >= 4 and set(cfg.method.tasks) <= set(dataset_config_names())
     else:
         assert cfg.hydra.sweeper.params
+
+
+def _batch_count_with_two_loader_workers() -> int:
+    from torch.utils.data import TensorDataset
+
+    from src.data.datamodule import SplitDataModule
+
+    data = SplitDataModule(batch_size=4, num_workers=2, protocol="clean", seed=0)
+    return sum(1 for _ in data._loader(TensorDataset(torch.zeros(12, 3)), shuffle=False))
+
+
+def test_loader_workers_start_inside_a_joblib_worker() -> None:
+    """hydra/launcher=local_parallel runs each job in a loky process, whose start method
+    cannot start DataLoader workers (AttributeError: 'Process' object has no attribute 'env')."""
+    from joblib import Parallel, delayed
+
+    jobs = [delayed(_batch_count_with_two_loader_workers)() for _ in range(2)]
+    assert Parallel(n_jobs=2, backend="loky")(jobs) == [3, 3]

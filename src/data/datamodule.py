@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,15 @@ def eval_split(datamodule: Any) -> str:
     labels); "none" (protocol=final without test labels: nothing is tested). Data without
     the attribute (ImageFolder trees, plain loaders) tests on "test"."""
     return getattr(datamodule, "eval_split", "test")
+
+
+def worker_start_method() -> str | None:
+    """How loader workers start: the platform's way (None), except inside a joblib worker
+    (``hydra/launcher=local_parallel``), whose start method ``loky`` cannot start them, where
+    they fork as in any other run on Linux (spawn where fork is missing)."""
+    if multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver"):
+        return None
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class EpochSeededSampler(RandomSampler):
@@ -147,6 +157,7 @@ class SplitDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            multiprocessing_context=worker_start_method() if self.num_workers > 0 else None,
         )
 
     def check(self) -> None:
