@@ -532,3 +532,24 @@ def test_decathlon_table_dry_run_with_resnet26(tmp_path: Path, resnet26_weights:
     scores = run_module("src.decathlon", "--runs", str(tmp_path / "results" / "runs"))
     assert "recipe of finetune: Rebuffi et al. 2017" in scores.stdout
     assert "recipe of piggyback: no published Decathlon recipe" in scores.stdout
+
+
+@pytest.mark.parametrize("form", ["parallel_adapters", "series_adapters"])
+def test_residual_adapters_train_on_a_decathlon_domain_and_src_eval_agrees(
+    form: str, mini_root: Path, mini_stats: Path, resnet26_weights: Path, tmp_path: Path
+) -> None:
+    """The authors' methods on their network and data: a record, a task file, its score."""
+    record = _train("dtd", mini_root, mini_stats, resnet26_weights, tmp_path, f"method={form}",
+                    "method.epochs=1", "method.batch_size=4")  # fmt: skip
+    assert record["method"] == form and record["backbone"] == "resnet26"
+    from src.runs.evaluate import evaluate
+
+    [evaluated] = evaluate(
+        [
+            f"tasks={record['task_file']}", f"out={tmp_path / 'evals'}", "device=cpu",
+            f"dataset.root={mini_root}", f"++dataset.stats={mini_stats}",
+            f"backbone.weights={resnet26_weights}", "++dataset.transforms.resize=16",
+            "dataset.transforms.size=16", "num_workers=0",
+        ]
+    )  # fmt: skip
+    assert evaluated["top1"] == record["top1"]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from src.methods import method_names
 from src.reporting.decathlon import BASELINE_ACCURACY
 from src.reporting.tables import build_tables, load_published, to_markdown, write_tables
 from src.runs.records import read_records, run_id, write_record
@@ -102,7 +104,8 @@ def test_every_number_in_the_tables(runs: Path, tmp_path: Path) -> None:
 
     # piggyback cub: 3 seeds, two published sources that disagree, both kept
     pig = cell(r50, "piggyback", "cub").set_index("source_id")
-    assert set(pig.index) == {"a", "b"}
+    assert set(pig.index) == {"a", "b", "i"}  # i: the CPG README, which quotes the paper
+    assert pig.published["i"] == pytest.approx(84.59)
     assert (pig.n == 3).all() and pig["mean"].eq(82.0).all()
     assert pig["std"].iloc[0] == pytest.approx(2.0)
     assert pig.published["a"] == pytest.approx(84.59)
@@ -114,10 +117,10 @@ def test_every_number_in_the_tables(runs: Path, tmp_path: Path) -> None:
     # one seed: no std
     cars = cell(r50, "piggyback", "cars")
     assert (cars.n == 1).all() and cars["mean"].eq(90.0).all() and cars["std"].isna().all()
-    assert sorted(cars["diff"].round(2)) == [round(90 - 89.81, 2), round(90 - 89.62, 2)]
+    assert sorted(cars["diff"].round(2)) == [round(90 - 89.81, 2), *[round(90 - 89.62, 2)] * 2]
     # finetune cub: 2 seeds, one source
     ft = cell(r50, "finetune", "cub")
-    assert len(ft) == 1 and ft.n.iloc[0] == 2 and ft["mean"].iloc[0] == 82.5
+    assert len(ft) == 2 and ft.n.iloc[0] == 2 and ft["mean"].iloc[0] == 82.5  # a and i agree
     assert ft["std"].iloc[0] == pytest.approx(math.sqrt(0.5))
     assert ft["diff"].iloc[0] == pytest.approx(82.5 - 82.83)
     # a method absent from the paper: ours only
@@ -154,9 +157,12 @@ def test_every_number_in_the_tables(runs: Path, tmp_path: Path) -> None:
     # the rendered tables carry the same numbers
     md = to_markdown(tables["resnet50"])
     assert "82.00 ± 2.00 (n=3)" in md and "90.00 (n=1)" in md and "82.50 ± 0.71 (n=2)" in md
-    assert "84.59 [a*1] / 81.77 [b]" in md and "-2.59 / +0.23" in md
-    assert "Sources disagree on piggyback cub: 84.59 [a] vs 81.77 [b]" in md
-    assert "| classifier_only | —" in md
+    assert "84.59 [a*1,i] / 81.77 [b]" in md and "-2.59 / +0.23" in md
+    assert "Sources disagree on piggyback cub: 84.59 [a] vs 81.77 [b] vs 84.59 [i]" in md
+    # the CPG README's storage for all six tasks, beside ours; its other methods' rows
+    assert "121 [i*" in md and "551 [i*" in md
+    assert "| cpg " in md and "83.59 [i]" in md and "cpg × cub" not in md  # not ours to run
+    assert re.search(r"\| classifier_only +\| —", md)
     assert "finetune × cars" in md and "newmethod × cars" in md
     mini_md = (tmp_path / "tables" / "minicnn.md").read_text()
     assert "published" not in mini_md.split("\n\n")[1]  # ours only
@@ -202,12 +208,22 @@ def test_fresh_clone_writes_published_columns(tmp_path: Path, capsys) -> None:
     r50 = pd.read_csv(out / "tables" / "resnet50.csv")
     assert (r50.n == 0).all() and r50["mean"].isna().all()
     published = load_published(PAPER)
-    assert r50.published.notna().sum() == (published.backbone == "resnet50").sum()
+    accuracies = published[published.metric != "storage_mb"]
+    assert r50.published.notna().sum() == (accuracies.backbone == "resnet50").sum()
     md = (out / "tables" / "resnet50.md").read_text()
-    assert "84.59 [a*1] / 81.77 [b]" in md and "Not run yet: finetune × imagenet" in md
+    assert "84.59 [a*1,i] / 81.77 [b]" in md and "Not run yet: finetune × imagenet" in md
     assert md.count("Sources disagree on") == 8  # the cells listed in results/paper/README.md
     not_run = pd.read_csv(out / "tables" / "not_run.csv")
-    assert len(not_run) == published[["backbone", "method", "dataset"]].drop_duplicates().shape[0]
+    ours = accuracies[accuracies.method.isin(method_names())]  # a published-only method: no gap
+    assert len(not_run) == ours[["backbone", "method", "dataset"]].drop_duplicates().shape[0]
+    # V-PETL Bench: another protocol, said under its table
+    vit = (out / "tables" / "vit_b16_in21k.md").read_text()
+    assert "90.72 [" in vit and "another protocol: ViT-B/16 pretrained on ImageNet-21k" in vit
+    # the adapters' Decathlon scores, each marked as an aggregator's copy
+    r26 = pd.read_csv(out / "tables" / "resnet26.csv")
+    assert set(cell(r26, "parallel_adapters", "score").published) == {3412}
+    assert set(cell(r26, "series_adapters", "score").published) == {2118, 3159}
+    assert cell(r26, "parallel_adapters", "score").note.str.startswith("[A]").all()
     assert not (out / "figures").exists() or not list((out / "figures").iterdir())
 
 

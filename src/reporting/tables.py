@@ -44,6 +44,7 @@ CELL_COLUMNS = [
     *CELL_KEYS, "n", "mean", "std", "protocol", "split", "task_state_bytes", "published",
     "published_metric", "published_value", "source_id", "source", "note", "diff",
 ]  # fmt: skip
+STORAGE_METRIC = "storage_mb"  # a published storage for all of a method's tasks, in MB
 PAPER_DATASETS = ("imagenet", "cub", "cars", "flowers", "wikiart", "sketch")  # column order
 MISSING = "—"
 MB = 1e6
@@ -274,6 +275,7 @@ class BackboneTable:
     notes: dict[str, int] = field(default_factory=dict)  # note text -> footnote number
     config_notes: list[str] = field(default_factory=list)
     not_run: list[tuple[str, str]] = field(default_factory=list)
+    published_storage: pd.DataFrame | None = None  # storage_mb rows: method, value, source_id
 
     @property
     def has_published(self) -> bool:
@@ -362,18 +364,24 @@ def build_tables(records: list[dict[str, Any]], published: pd.DataFrame) -> list
     tables = []
     for bb in backbones:
         pub = published[published.backbone == bb]
+        pub_storage = pub[pub.metric == STORAGE_METRIC]
+        pub = pub[pub.metric != STORAGE_METRIC]
         ours = summary[summary.backbone == bb]
         tasks = ours[~ours.dataset.isin(["score", "score_val"])]
         methods = _ordered(method_names(), pub.method, sorted(ours.method.unique()))
         found = _ordered(pub.dataset, sorted(ours.dataset.unique()))
         datasets = _ordered([d for d in PAPER_DATASETS if d in found], found)
-        sources = dict(zip(pub.source_id, pub.source, strict=True))
-        notes = {n: i + 1 for i, n in enumerate(dict.fromkeys(x for x in pub.note if x))}
+        sources = dict(zip(pub.source_id, pub.source, strict=True)) | dict(
+            zip(pub_storage.source_id, pub_storage.source, strict=True)
+        )
+        every_note = [*pub.note, *pub_storage.note]
+        notes = {n: i + 1 for i, n in enumerate(dict.fromkeys(x for x in every_note if x))}
         cells = cell_frame(bb, methods, datasets, ours, pub)
         ran = cells[cells.n > 0]
         ran_cells = set(zip(ran.method, ran.dataset, strict=True))
         grid = [(m, d) for m in ran.method.unique() for d in ran.dataset.unique()]
-        expected = list(zip(pub.method, pub.dataset, strict=True))
+        # published cells of methods this project has: a published-only method is no gap
+        expected = [c for c in zip(pub.method, pub.dataset, strict=True) if method_named(c[0])]
         not_run = [c for c in dict.fromkeys([*expected, *grid]) if c not in ran_cells]
         tables.append(
             BackboneTable(
@@ -386,6 +394,7 @@ def build_tables(records: list[dict[str, Any]], published: pd.DataFrame) -> list
                 notes=notes,
                 config_notes=[n for n in config_notes if n.startswith(f"{bb} ")],
                 not_run=sorted(not_run, key=lambda c: (methods.index(c[0]), datasets.index(c[1]))),
+                published_storage=pub_storage,
             )
         )
     return tables
@@ -430,6 +439,16 @@ def display_frame(table: BackboneTable) -> pd.DataFrame:
         st = table.storage[table.storage.method == method].iloc[0]
         row["tasks run"] = str(int(st.tasks))
         row["storage (MB)"] = _fmt(st.storage_mb, ".3f")
+        stored = table.published_storage
+        if stored is not None and len(stored):
+            theirs = stored[stored.method == method]
+            row["storage published (MB)"] = (
+                " / ".join(
+                    f"{v:g} [{','.join(_marks(g, table.notes))}]"
+                    for v, g in theirs.groupby("value", sort=False)
+                )
+                or MISSING
+            )
         row["bits/weight/task"] = _fmt(st.bits_per_weight, ".3f")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -472,6 +491,8 @@ def footnotes(table: BackboneTable) -> list[str]:
             + "."
         )
     used = set(table.cells.source_id.dropna())
+    if table.published_storage is not None:
+        used |= set(table.published_storage.source_id)
     lines += [f"[{sid}] {src}" for sid, src in table.sources.items() if sid in used]
     lines += [f"*{i} {note}" for note, i in table.notes.items()]
     pub = table.cells[table.cells.published.notna()]

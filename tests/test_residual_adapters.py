@@ -1,0 +1,175 @@
+"""Residual adapters compute what the authors' models.py computes (parallel: conv_k(x) +
+conv_1x1(x) with the conv's stride; series: z + conv_1x1(BN(z)) before the conv's norm),
+train what their script trains, and fold into the plain ResNet-26 within 1e-5."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.masking import read_task_file
+from src.methods import method_of
+from src.methods.api import export_task, fold_task, wrap
+from src.methods.residual_adapters.layer import parallel_layers, series_layers
+from src.models.resnet26 import ResNet26
+from src.utils.errors import UserError
+
+FORMS = ["parallel_adapters", "series_adapters"]
+
+
+def resnet26(seed: int = 0) -> ResNet26:
+    torch.manual_seed(seed)
+    return ResNet26(num_classes=5, width=0.25)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_parallel_adapter_is_the_authors_sum_with_their_gradients(stride: int) -> None:
+    torch.manual_seed(0)
+    holder = nn.Sequential(nn.Conv2d(4, 6, 3, stride=stride, padding=1, bias=False))
+    holder.add_module("head", nn.Linear(1, 2))
+    weight = holder[0].weight.detach().clone()
+    task = wrap(holder, "parallel_adapters", classifier="head")
+    (adapter,) = parallel_layers(task.model).values()
+    x = torch.randn(2, 4, 9, 9)
+    ours = holder[0](x)
+    authors = F.conv2d(x, weight, stride=stride, padding=1) + F.conv2d(
+        x, adapter.adapter, stride=stride
+    )  # models.py conv_task.forward: y = conv(x) + parallel_conv(x)
+    torch.testing.assert_close(ours, authors, rtol=0, atol=1e-5)
+    (grad,) = torch.autograd.grad(ours.square().sum(), adapter.adapter)
+    a = adapter.adapter.detach().requires_grad_(True)
+    ref = F.conv2d(x, weight, stride=stride, padding=1) + F.conv2d(x, a, stride=stride)
+    (expected,) = torch.autograd.grad(ref.square().sum(), a)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_series_adapters_follow_every_conv_of_resnet26_before_its_norm() -> None:
+    model = resnet26()
+    task = wrap(model, "series_adapters", classifier="classifier")
+    adapters = series_layers(task.model)
+    assert len(adapters) == 25  # the stem and the 24 block convs, as with proj='11'
+    assert task.norm_after["conv1"] == "bn1"
+    assert task.norm_after["layer2.0.conv2"] == "layer2.0.bn2"
+    block = task.model.layer1[1].eval()
+    x = torch.randn(2, block.conv1.in_channels, 6, 6)
+    z = F.conv2d(x, block.conv1.weight, padding=1)
+    adapter = block.conv1.series_adapter
+    expected = block.bn1(z + adapter.conv(adapter.bn(z)))  # conv1x1 in series mode, then bns
+    torch.testing.assert_close(block.bn1(block.conv1(x)), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_only_the_kxk_convolutions_stay_frozen(form: str) -> None:
+    """train_new_task_adapters.py freezes the 3x3 convs; adapters, every BN and the
+    classifier train, by the authors' SGD recipe."""
+    task = wrap(resnet26(), form, classifier="classifier")
+    trained = {id(p) for g in task.trainable_parameters() for p in g["params"]}
+    frozen = {n for n, p in task.model.named_parameters() if id(p) not in trained}
+    assert frozen and all(p.ndim == 4 and p.shape[-1] == 3 for n, p in
+                          task.model.named_parameters() if n in frozen)  # fmt: skip
+    assert len(frozen) == 25
+    optimizer, schedule = task.recipe()
+    assert type(optimizer) is torch.optim.SGD
+    assert {(g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups} == {
+        (0.1, 0.9, 1e-4)
+    }
+    assert schedule.milestones == {80: 1, 100: 1} and schedule.gamma == 0.1
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_adapters_start_from_the_authors_initialisation(form: str) -> None:
+    task = wrap(resnet26(), form, classifier="classifier")
+    layers = parallel_layers(task.model) if form == FORMS[0] else series_layers(task.model)
+    weights = [a.adapter if form == FORMS[0] else a.conv.weight for a in layers.values()]
+    widest = max(weights, key=lambda w: w.shape[0])  # normal(0, sqrt(2 / out_channels))
+    assert widest.std().item() == pytest.approx(math.sqrt(2 / widest.shape[0]), rel=0.1)
+    if form == "series_adapters":
+        bn = next(iter(layers.values())).bn
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+        assert torch.equal(bn.bias, torch.zeros_like(bn.bias))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_trained_task_folds_into_resnet26_within_1e5(tmp_path: Path, form: str) -> None:
+    task = wrap(resnet26(), form, classifier="classifier", num_classes=3)
+    optimizer, _ = task.recipe()
+    for group in optimizer.param_groups:
+        group["lr"] = 0.01
+    task.train()
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):  # moves the adapters and every BN's statistics off their start
+        x = torch.randn(8, 3, 16, 16, generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(task(x), torch.arange(8) % 3).backward()
+        optimizer.step()
+    task.eval()
+    x = torch.randn(4, 3, 16, 16, generator=generator)
+    with torch.no_grad():
+        expected = task(x)
+    path = tmp_path / f"{form}.safetensors"
+    export_task(task, path, ["a", "b", "c"])
+    tf = read_task_file(path)
+    assert method_of(tf).name == form
+    folded = fold_task(resnet26(), path)
+    assert {k for k in folded.state_dict()} == {k for k in resnet26().state_dict()}
+    if form == "parallel_adapters":  # the folded weight is the one training computed
+        assert torch.equal(folded(x), expected)
+    else:  # the same map, composed in another order: float32 rounding only ...
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)
+        task.double()  # ... as float64 shows: the fold is exact algebra
+        export_task(task, tmp_path / "float64.safetensors", ["a", "b", "c"])
+        tf64 = read_task_file(tmp_path / "float64.safetensors")
+        plain64 = method_of(tf64).fold(resnet26().double(), tf64, "classifier").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(plain64(x.double()), task(x.double()), rtol=0, atol=1e-9)
+    stored = sum(t.numel() for k, t in tf.tensors.items() if k.startswith(("parallel.", "series.")))
+    assert stored == sum(
+        w.numel() for w in (
+            [a.adapter for a in parallel_layers(task.model).values()] if form == FORMS[0]
+            else [a.conv.weight for a in series_layers(task.model).values()])
+    )  # fmt: skip
+
+
+def test_a_task_for_another_width_is_refused(tmp_path: Path) -> None:
+    task = wrap(resnet26(), "parallel_adapters", classifier="classifier")
+    path = tmp_path / "t.safetensors"
+    export_task(task, path, [str(i) for i in range(5)])
+    torch.manual_seed(0)
+    other = ResNet26(num_classes=5, width=0.5)
+    with pytest.raises(UserError, match="made for other resnet26 weights"):
+        fold_task(other, path)
+    tf = read_task_file(path)  # past the fingerprint, the shapes are checked too
+    with pytest.raises(UserError, match=r"adapts conv conv1 of shape .* another backbone"):
+        method_of(tf).fold(other, tf, "classifier")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_backbone_without_a_fitting_conv_is_refused(form: str) -> None:
+    mlp = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(UserError, match="no convolution the adapter fits"):
+        wrap(mlp, form, classifier="2")
+
+
+def test_series_adapters_refuse_a_backbone_fx_cannot_trace() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn, self.fc = (
+                nn.Conv2d(3, 4, 3, padding=1),
+                nn.BatchNorm2d(4),
+                nn.Linear(4, 2),
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow
+                x = -x
+            return self.fc(self.bn(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(UserError, match=r"torch\.fx"):
+        wrap(copy.deepcopy(Branchy()), "series_adapters", classifier="fc")
