@@ -42,7 +42,7 @@ BUGS = [
      '"lr": classifier_lr},', '"lr": self.hparams.lr},',
      "tests/test_configs.py"),
     ("one fingerprint for all weights", "src/runs/identity.py",
-     "fingerprint = weights_fingerprint(cfg.backbone.weights)",
+     "fingerprint = weights_fingerprint(cfg.backbone.name, cfg.backbone.weights)",
      'fingerprint = "0123456789abcdef"', "tests/test_trust.py -k run_id"),
     ("random flip at test time", "src/data/transforms.py",
      "test = [T.Resize((size, size))]", "test = [T.Resize((size, size)), *flip]",

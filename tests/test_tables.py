@@ -217,7 +217,7 @@ def test_fresh_clone_writes_published_columns(tmp_path: Path, capsys) -> None:
     ours = accuracies[accuracies.method.isin(method_names())]  # a published-only method: no gap
     assert len(not_run) == ours[["backbone", "method", "dataset"]].drop_duplicates().shape[0]
     # V-PETL Bench: another protocol, said under its table
-    vit = (out / "tables" / "vit_b16_in21k.md").read_text()
+    vit = (out / "tables" / "vit_base_patch16_224.md").read_text()
     assert "90.72 [" in vit and "another protocol: ViT-B/16 pretrained on ImageNet-21k" in vit
     # the adapters' Decathlon scores, each marked as an aggregator's copy
     r26 = pd.read_csv(out / "tables" / "resnet26.csv")

@@ -4,6 +4,7 @@ Importing the package registers every architecture (torchvision's in registry.py
 ours by ``@register_backbone`` on their classes).
 """
 
+from src.models import efficientnet_lite  # noqa: F401  (registers efficientnet_lite0)
 from src.models.minicnn import MiniCNN
 from src.models.minivit import MiniViT
 from src.models.registry import (
@@ -15,7 +16,9 @@ from src.models.registry import (
     classifier_name,
     load_state_dict_file,
     normalisation,
+    pretrained_state,
     use_backbone,
+    weights_source,
 )
 from src.models.resnet26 import ResNet26
 
@@ -31,5 +34,7 @@ __all__ = [
     "classifier_name",
     "load_state_dict_file",
     "normalisation",
+    "pretrained_state",
     "use_backbone",
+    "weights_source",
 ]

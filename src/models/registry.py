@@ -3,9 +3,16 @@ input normalisation.
 
 Any torchvision classification model is a backbone by its name: its classifier is found
 (the last Linear layer, or the path a backbone config states) and its normalisation is
-the one its default weights were trained with. Adding one is one config file
-(conf/backbone/<name>.yaml); an architecture torchvision does not have adds one
+the one its default weights were trained with. So is any timm classification model
+torchvision lacks (timm installed: ``pip install -e '.[timm]'``): its classifier is
+``get_classifier()``, its normalisation its ``pretrained_cfg``'s. Adding one is one config
+file (conf/backbone/<name>.yaml); an architecture neither library has adds one
 ``@register_backbone`` on its class.
+
+Weights (``backbone.weights``) are, in this order: a file (.safetensors or a weights-only
+torch file), a name the architecture's registration provides (``packaged_weights``: an
+installed package's file, key-mapped), torchvision weights (IMAGENET1K_V1) or a timm
+pretrained tag (augreg_in21k, downloaded from timm's hub).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,9 @@ class BackboneSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     weights_help: str = ""  # how to get a weights file, said when the configured one is missing
+    library: str = ""  # "torchvision" or "timm" for theirs, "" for an architecture of ours
+    # weights names this architecture resolves itself: name -> the state, in its own keys
+    packaged_weights: dict[str, Callable[[], dict[str, torch.Tensor]]] = field(default_factory=dict)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -77,7 +87,54 @@ def _torchvision_spec(name: str, classifier: str | None = None) -> BackboneSpec:
             f"Linear layers: {', '.join(linears[-3:]) or 'none'}"
         )
     default = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-    return BackboneSpec(build, classifier or linears[-1], tuple(default.mean), tuple(default.std))
+    return BackboneSpec(
+        build, classifier or linears[-1], tuple(default.mean), tuple(default.std),
+        library="torchvision",
+    )  # fmt: skip
+
+
+TIMM_MISSING = "timm is not installed: pip install -e '.[timm]' (or pip install timm)"
+
+
+def import_timm(need: str) -> Any:
+    """timm, or one UserError that says what needed it and how to install it."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"{need} needs timm, and {TIMM_MISSING}") from None
+    return timm
+
+
+def timm_classifier(model: nn.Module) -> str:
+    """The dotted path of a timm model's classifier (``get_classifier()``)."""
+    head = model.get_classifier()
+    return next(n for n, m in model.named_modules() if m is head)
+
+
+def _timm_spec(name: str, classifier: str | None = None) -> BackboneSpec:
+    """A timm model's spec: ``get_classifier()`` (or the stated Linear) and the mean/std of
+    its default ``pretrained_cfg``."""
+    timm = import_timm(f"backbone {name}")
+    build = functools.partial(timm.create_model, name, pretrained=False)
+    with torch.device("meta"):
+        model = build()
+    found = timm_classifier(model)
+    classifier = classifier or found
+    if not isinstance(model.get_submodule(classifier), nn.Linear):
+        raise UserError(
+            f"backbone.classifier={classifier!r} is not a Linear layer of timm's {name} (its "
+            f"classifier is {found!r}, a {type(model.get_submodule(found)).__name__})"
+        )
+    cfg = model.pretrained_cfg
+    return BackboneSpec(build, classifier, tuple(cfg["mean"]), tuple(cfg["std"]), library="timm")
+
+
+def _is_timm_model(name: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return timm.is_model(name)
 
 
 def backbone_names() -> list[str]:
@@ -87,10 +144,15 @@ def backbone_names() -> list[str]:
 def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES and name in TORCHVISION_MODELS:
         BACKBONES[name] = _torchvision_spec(name)
+    elif name not in BACKBONES and _is_timm_model(name):
+        BACKBONES[name] = _timm_spec(name)
     if name not in BACKBONES:
         raise UserError(
-            f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())} or any "
-            "torchvision classification model (torchvision.models.list_models())"
+            f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}, any "
+            "torchvision classification model (torchvision.models.list_models()) or any "
+            "timm one (timm.list_models()"
+            + ("" if _is_timm_model("resnet18") else f"; {TIMM_MISSING}")
+            + ")"
         )
     return BACKBONES[name]
 
@@ -100,21 +162,27 @@ def use_backbone(name: str, classifier: str | None = None) -> None:
     spec = _spec(name)
     if classifier is None or classifier == spec.classifier:
         return
-    if name not in TORCHVISION_MODELS:
+    if spec.library not in ("torchvision", "timm"):
         raise UserError(
             f"backbone.classifier={classifier!r}: {name}'s classifier is {spec.classifier!r} "
             "(set where the architecture is registered)"
         )
-    BACKBONES[name] = _torchvision_spec(name, classifier)
+    build = _torchvision_spec if spec.library == "torchvision" else _timm_spec
+    BACKBONES[name] = build(name, classifier)
 
 
 def classifier_name(name: str) -> str:
     return _spec(name).classifier
 
 
-def normalisation(name: str) -> dict[str, list[float]]:
-    """The mean/std the backbone's pretrained weights expect."""
+def normalisation(name: str, weights: str | None = None) -> dict[str, list[float]]:
+    """The mean/std the backbone's pretrained weights expect: a timm tag's own
+    ``pretrained_cfg`` (ImageNet-21k ViTs and ImageNet-1k ones differ), else the spec's."""
     spec = _spec(name)
+    if weights and spec.library == "timm" and weights_source(name, str(weights)) == "timm":
+        cfg = import_timm(f"backbone {name}").models.get_pretrained_cfg(f"{name}.{weights}")
+        if cfg is not None:
+            return {"mean": list(cfg.mean), "std": list(cfg.std)}
     return {"mean": list(spec.mean), "std": list(spec.std)}
 
 
@@ -167,11 +235,69 @@ def _torchvision_weights(name: str, weights: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
-    """The state ``weights`` names: a file (.safetensors or weights-only torch) or
-    torchvision weights of ``name``."""
+def weights_source(name: str, weights: str) -> str:
+    """What ``weights`` names for backbone ``name``: "file", "packaged", "torchvision" or
+    "timm" (a pretrained tag)."""
     if Path(weights).suffix in WEIGHT_FILE_SUFFIXES:
+        return "file"
+    spec = _spec(name)
+    if weights in spec.packaged_weights:
+        return "packaged"
+    if spec.library in ("torchvision", "timm"):
+        return spec.library
+    offered = ", ".join(spec.packaged_weights) or "none"
+    raise UserError(
+        f"backbone.weights={weights!r} is not a weights file (.safetensors, .pth, .pt, .bin) "
+        f"and {name} provides no weights by that name (it provides: {offered})"
+    )
+
+
+def check_weights_name(name: str, weights: str) -> None:
+    """Named (not file) weights that the architecture has; nothing is downloaded here."""
+    source = weights_source(name, weights)
+    if source == "torchvision":
+        available = torchvision.models.get_model_weights(name).__members__
+        if weights not in available:
+            raise UserError(
+                f"backbone.weights: {name} has no weights {weights!r}; choose: "
+                + ", ".join(available)
+            )
+    elif source == "timm":
+        tags = timm_tags(name)
+        if weights not in tags:
+            raise UserError(
+                f"backbone.weights: timm's {name} has no pretrained tag {weights!r}; choose: "
+                + (", ".join(tags) or "none (pass a weights file)")
+            )
+
+
+def timm_tags(name: str) -> list[str]:
+    """The pretrained tags timm lists for ``name`` (its registry, offline)."""
+    timm = import_timm(f"backbone {name}")
+    return [m.partition(".")[2] for m in timm.list_pretrained(f"{name}.*")]
+
+
+def _timm_weights(name: str, tag: str) -> dict[str, torch.Tensor]:
+    timm = import_timm(f"backbone {name}")
+    check_weights_name(name, tag)
+    try:
+        return timm.create_model(f"{name}.{tag}", pretrained=True).state_dict()
+    except Exception as err:
+        raise UserError(
+            f"cannot get timm weights {name}.{tag} ({type(err).__name__}: {err}); without "
+            "network, save them elsewhere as a state_dict file and pass backbone.weights=<file>"
+        ) from err
+
+
+def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
+    """The state ``weights`` names (see the module docstring), in the model's own keys."""
+    source = weights_source(name, weights)
+    if source == "file":
         return load_state_dict_file(weights, _spec(name).weights_help)
+    if source == "packaged":
+        return _spec(name).packaged_weights[weights]()
+    if source == "timm":
+        return _timm_weights(name, weights)
     return _torchvision_weights(name, str(weights))
 
 
@@ -239,7 +365,7 @@ class BackboneFacts:
 @functools.cache
 def backbone_facts(name: str) -> BackboneFacts | None:
     """Sizes of a registered backbone, built on the meta device (no memory, no weights)."""
-    if name not in BACKBONES and name not in TORCHVISION_MODELS:
+    if name not in BACKBONES and name not in TORCHVISION_MODELS and not _is_timm_model(name):
         return None
     spec = _spec(name)
     with torch.device("meta"):

@@ -44,14 +44,17 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     """The dataset's datamodule; images are normalised as the backbone's weights expect
     unless the dataset config says otherwise."""
     return instantiate_checked(
-        cfg.dataset, "dataset", normalisation=normalisation(cfg.backbone.name), _convert_="all"
+        cfg.dataset,
+        "dataset",
+        normalisation=normalisation(cfg.backbone.name, cfg.backbone.weights),
+        _convert_="all",
     )
 
 
 def build_image_transforms(cfg: DictConfig) -> tuple[Any, Any]:
     """(train, test) transforms of an ImageFolder dataset, normalised for the backbone."""
     transforms = OmegaConf.to_container(cfg.dataset.transforms, resolve=True)
-    return build_transforms(transforms, normalisation(cfg.backbone.name))
+    return build_transforms(transforms, normalisation(cfg.backbone.name, cfg.backbone.weights))
 
 
 def ensure_backbone_weights(cfg: DictConfig) -> float:

@@ -85,11 +85,11 @@ class Evaluator:
         self.models: dict[str, MultiTaskModel] = {}
         self.fingerprints: dict[str, str | None] = {}  # per weights reference, read once
 
-    def weights_fingerprint(self, weights: str) -> str | None:
+    def weights_fingerprint(self, backbone: str, weights: str) -> str | None:
         """The run identity's fingerprint of ``weights``: a file is read and hashed once,
         not once per task evaluated on it."""
         if weights not in self.fingerprints:
-            self.fingerprints[weights] = weights_fingerprint(weights)
+            self.fingerprints[weights] = weights_fingerprint(backbone, weights)
         return self.fingerprints[weights]
 
     def host_for(self, tf: TaskFile, cfg: DictConfig) -> tuple[MultiTaskModel, str]:
@@ -167,7 +167,9 @@ class Evaluator:
             protocol=train.get("protocol"),
             top1=100.0 * float(top1.compute()),
             top5=100.0 * float(top5.compute()),
-            weights_fingerprint=self.weights_fingerprint(str(weights)) if weights else None,
+            weights_fingerprint=(
+                self.weights_fingerprint(tf.meta["backbone"], str(weights)) if weights else None
+            ),
             backbone_fingerprint=host.fingerprint,
             task_file=str(tf.path),
             task_state_bytes=tf.path.stat().st_size,

@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from src.masking import state_digest
-from src.models import WEIGHT_FILE_SUFFIXES, load_state_dict_file
+from src.models import load_state_dict_file, pretrained_state, weights_source
 from src.runs.records import read_record, run_id
 from src.utils.errors import UserError
 from src.utils.output import say
@@ -18,25 +18,28 @@ from src.utils.output import say
 DATA_KEYS = ("val_fraction", "verify_images", "skip_bad_images")
 
 
-def weights_fingerprint(weights: str | None) -> str | None:
-    """SHA-256 (first 16 hex digits) over a weights file's tensors, not its bytes (a file's
-    metadata may be written in any order); a torchvision weights name stands for itself
-    (torchvision checks its download against the hash in its URL)."""
+def weights_fingerprint(backbone: str, weights: str | None) -> str | None:
+    """SHA-256 (first 16 hex digits) over the base weights' tensors, not a file's bytes (a
+    file's metadata may be written in any order), for a file and for weights an installed
+    package provides; torchvision weights and timm tags stand for themselves (both
+    libraries check their downloads against a hash)."""
     if not weights:
         return None
-    path = Path(weights)
-    if path.suffix not in WEIGHT_FILE_SUFFIXES:
-        return f"torchvision:{weights}"
-    if not path.is_file():
-        return None  # the builder names the missing file with how to get it
-    return state_digest(load_state_dict_file(path))[:16]
+    source = weights_source(backbone, str(weights))
+    if source == "file":
+        if not Path(weights).is_file():
+            return None  # the builder names the missing file with how to get it
+        return state_digest(load_state_dict_file(weights))[:16]
+    if source == "packaged":
+        return state_digest(pretrained_state(backbone, str(weights)))[:16]
+    return f"{source}:{weights}"
 
 
 def run_identity(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     """(run id, the resolved config as recorded, with the base weights' fingerprint). A
     weights file counts by its tensors, not by where it lies."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    fingerprint = weights_fingerprint(cfg.backbone.weights)
+    fingerprint = weights_fingerprint(cfg.backbone.name, cfg.backbone.weights)
     config["weights_fingerprint"] = fingerprint
     hashed = {**config, "backbone": {**config["backbone"], "weights": fingerprint}}
     for key in DATA_KEYS:  # a root data key the dataset's loader does not read changes nothing

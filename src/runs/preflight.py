@@ -7,12 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import torchvision
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.datamodule import PROTOCOLS
 from src.methods.base import check_schedule
-from src.models import BACKBONES, WEIGHT_FILE_SUFFIXES, build_backbone, use_backbone
+from src.models import BACKBONES, build_backbone, use_backbone, weights_source
+from src.models.registry import check_weights_name
 from src.runs.config import check_paths, check_writable_folder
 from src.utils.errors import UserError, check_choice, check_integer, check_positive
 
@@ -68,28 +68,20 @@ def check_writable(cfg: DictConfig) -> None:
 
 
 def check_weights(cfg: DictConfig) -> None:
-    """backbone.weights names a file that exists (or is pretrained here) or torchvision
-    weights the architecture has; nothing is downloaded here."""
+    """backbone.weights names a file that exists (or is pretrained here), weights the
+    architecture provides, torchvision weights it has or a timm tag it has; nothing is
+    downloaded here."""
     bb = cfg.backbone
     weights = bb.weights
     if not weights:
         return
-    if Path(str(weights)).suffix in WEIGHT_FILE_SUFFIXES:
-        if not Path(weights).is_file() and not bb.get("pretrain"):
-            spec = BACKBONES.get(bb.name)
-            hint = spec.weights_help if spec and spec.weights_help else "check the path"
-            raise UserError(f"backbone.weights: file {weights} does not exist; {hint}")
+    if weights_source(bb.name, str(weights)) != "file":
+        check_weights_name(bb.name, str(weights))
         return
-    try:
-        available = torchvision.models.get_model_weights(bb.name)
-    except (ValueError, KeyError):
-        raise UserError(
-            f"backbone.weights={weights!r} is neither a weights file (.safetensors, .pth, .pt, "
-            f".bin) nor torchvision weights: {bb.name} is not a torchvision model"
-        ) from None
-    if weights not in available.__members__:
-        names = ", ".join(available.__members__)
-        raise UserError(f"backbone.weights: {bb.name} has no weights {weights!r}; choose: {names}")
+    if not Path(weights).is_file() and not bb.get("pretrain"):
+        spec = BACKBONES.get(bb.name)
+        hint = spec.weights_help if spec and spec.weights_help else "check the path"
+        raise UserError(f"backbone.weights: file {weights} does not exist; {hint}")
 
 
 def check_backbone(cfg: DictConfig, task_cfgs: Iterable[DictConfig]) -> None:
@@ -99,7 +91,7 @@ def check_backbone(cfg: DictConfig, task_cfgs: Iterable[DictConfig]) -> None:
     bb = cfg.backbone
     use_backbone(bb.name, bb.get("classifier"))
     with torch.device("meta"):
-        model = build_backbone(bb.name, None, num_classes=1)
+        model = build_backbone(bb.name, None, num_classes=1).eval()  # a batch of 1: no BN
     for config in task_cfgs:
         size = OmegaConf.select(config, "dataset.transforms.size")
         if size is None:

