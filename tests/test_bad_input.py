@@ -244,6 +244,18 @@ CASES = [
     ("unknown-backbone", "src.train", _train("backbone=nope"), "backbone/nope"),
     ("override-syntax", "src.train", _train("method.lr=[1,2"), "bad command line"),
     ("sweep-value", "src.train", _train("-m", "dataset=mini_digits,nope"), "dataset/nope"),
+    (
+        "sweep-cfg",
+        "src.train",
+        lambda c: ["-m", "experiment=mini", "--cfg", "job"],
+        "do not go together",
+    ),
+    (
+        "timm-tag",
+        "src.train",
+        lambda c: ["backbone=convnext_atto", "backbone.weights=nope"],
+        "no pretrained tag 'nope'",
+    ),
     ("precision", "src.train", _train("trainer.precision=17"), "Precision 17"),
     (
         "weights-missing",
@@ -466,7 +478,7 @@ def test_the_matrix_covers_forty_bad_inputs() -> None:
 DEFAULT = {
     # config values, keys and groups
     "backbone-unknown", "epochs-text", "unknown-key", "override-syntax", "group-typo-added",
-    "sweep-value",
+    "sweep-value", "sweep-cfg",
     # paths that cannot be written, and values only the trainer would notice late
     "data-dir-not-writable", "monitor-no-metric", "diverged-nan",
     # data and weights

@@ -54,6 +54,11 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> N
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if {"-m", "--multirun"} & set(args) and {"-c", "--cfg"} & set(args):
+        raise UserError(
+            "-m (run a sweep) and --cfg (print one job's config) do not go together; to check "
+            "a sweep's preset, drop -m and give each swept key one value (--cfg job --resolve)"
+        )
     if any(a in ("-h", "--help", "--hydra-help", "--info", "-i") for a in args):
         return
     check_hydra_keys([a for a in args if a.startswith(("hydra/launcher=", "hydra.launcher."))])
