@@ -1,4 +1,5 @@
-"""Classify images with a stored task: ``python -m src.predict task=<file> images=<files|folder>``.
+"""Classify images with a stored task: ``python -m src.predict task=<file> images=<files|folder>``,
+or with the backbone's own pretrained classifier (no task: ``backbone=efficientnet_lite0``).
 
 Options and defaults: conf/predict.yaml (``--help`` lists them); any key of the training
 config (e.g. ``backbone.weights=...``) applies to the task's config.

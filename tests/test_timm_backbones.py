@@ -132,3 +132,21 @@ def test_piggyback_trains_on_the_real_weights(tmp_path: Path) -> None:
     (record,) = read_records(tmp_path / "results" / "runs")
     assert record["backbone"] == "efficientnet_lite0" and record["masked_weights"] > 3_000_000
     assert record["config"]["weights_fingerprint"] == state_digest(wheel_state())[:16]
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0", "fastvit_t8"])
+def test_re_parameterisable_models_are_refused_with_the_reason(name: str) -> None:
+    with pytest.raises(UserError, match=f"{name} is re-parameterisable"):
+        classifier_name(name)
+
+
+def test_predict_without_a_task_uses_the_backbones_own_classes(tmp_path: Path, capsys) -> None:
+    from src.runs.predict import predict
+
+    for name in ("chelsea", "coffee"):
+        photo(name).save(tmp_path / f"{name}.png")
+    results = predict(["backbone=efficientnet_lite0", f"images={tmp_path}", "topk=1",
+                       "format=jsonl"])  # fmt: skip
+    top = {Path(r["image"]).stem: r["topk"][0]["class"] for r in results}
+    assert top == {"chelsea": "tabby, tabby cat", "coffee": "espresso"}
+    assert '"class": "espresso"' in capsys.readouterr().out

@@ -238,16 +238,24 @@ class MultiTaskModel:
     ) -> list[list[tuple[str, float]]]:
         """Per image, the ``k`` most probable (class name, probability) pairs."""
         logits = self.predict(images, task, batch_size)
-        names = self.tasks[self.active].class_names or [str(i) for i in range(self.num_classes)]
-        probs, idx = logits.softmax(dim=1).topk(min(k, logits.shape[1]), dim=1)
-        return [
-            [(names[j], float(p)) for p, j in zip(row_p, row_i.tolist(), strict=True)]
-            for row_p, row_i in zip(probs, idx, strict=True)
-        ]
+        return top_classes(logits, self.tasks[self.active].class_names, k)
 
     @property
     def num_classes(self) -> int:
         return self.model.get_submodule(self.classifier).out_features
+
+
+def top_classes(
+    logits: torch.Tensor, names: list[str] | None, k: int
+) -> list[list[tuple[str, float]]]:
+    """Per row of ``logits``, the ``k`` most probable (class name, probability) pairs (the
+    class index as its name when there are no names)."""
+    names = names or [str(i) for i in range(logits.shape[1])]
+    probs, idx = logits.softmax(dim=1).topk(min(k, logits.shape[1]), dim=1)
+    return [
+        [(names[j], float(p)) for p, j in zip(row_p, row_i.tolist(), strict=True)]
+        for row_p, row_i in zip(probs, idx, strict=True)
+    ]
 
 
 def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -118,6 +118,13 @@ def _timm_spec(name: str, classifier: str | None = None) -> BackboneSpec:
     build = functools.partial(timm.create_model, name, pretrained=False)
     with torch.device("meta"):
         model = build()
+    if any(hasattr(m, "reparameterize") for m in model.modules()):
+        raise UserError(
+            f"timm's {name} is re-parameterisable: reparameterize() fuses its training-time "
+            "branches into one conv per block, which a mask or an adapter on the branches "
+            "would not survive; call it, save the fused model's state_dict and register "
+            "the fused architecture, or choose another backbone"
+        )
     found = timm_classifier(model)
     classifier = classifier or found
     if not isinstance(model.get_submodule(classifier), nn.Linear):
@@ -299,6 +306,25 @@ def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
     if source == "timm":
         return _timm_weights(name, weights)
     return _torchvision_weights(name, str(weights))
+
+
+def pretrained_class_names(name: str, weights: str) -> list[str]:
+    """The class names of the classifier stored with ``weights``: torchvision's weights
+    metadata, or ImageNet's 1000 (timm's ImageNetInfo) for a timm tag or packaged weights
+    with a 1000-class head."""
+    source = weights_source(name, weights)
+    if source == "torchvision":
+        check_weights_name(name, weights)
+        return list(torchvision.models.get_model_weights(name)[weights].meta["categories"])
+    head = pretrained_classifier(name, weights).get("weight")
+    if source in ("timm", "packaged") and head is not None and head.shape[0] == 1000:
+        info = import_timm("ImageNet's class names").data.ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    outputs = "no classifier" if head is None else f"a {head.shape[0]}-class classifier"
+    raise UserError(
+        f"backbone.weights={weights} hold {outputs} whose class names this project does not "
+        "know; predict with a task instead (task=<file>)"
+    )
 
 
 def pretrained_classifier(name: str, weights: str | None) -> dict[str, torch.Tensor]:

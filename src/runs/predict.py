@@ -14,9 +14,12 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
+from src.masking.taskfile import TaskFile
 from src.methods import method_of
-from src.methods.multitask import TASK_SUFFIX, MultiTaskModel
+from src.methods.multitask import TASK_SUFFIX, MultiTaskModel, top_classes
 from src.methods.tasks import read_task
+from src.models import build_backbone
+from src.models.registry import pretrained_class_names
 from src.runs.builders import build_image_transforms
 from src.runs.config import compose
 from src.runs.evaluate import compose_config, pick_device, training_overrides
@@ -71,29 +74,40 @@ def resolve_task(spec: str, tasks_dir: str) -> Path:
 
 def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
     """Top-k predictions for every readable image (conf/predict.yaml); prints and returns
-    them. ``overrides`` (of the training config) apply to the task's config."""
-    if not cfg.task or not cfg.images:
-        raise UserError("usage: python -m src.predict task=<file> images=<files or folder>")
+    them. ``overrides`` (of the training config) apply to the task's config. With no task,
+    the backbone's own pretrained classifier predicts its own classes."""
+    if not cfg.images:
+        raise UserError(
+            "usage: python -m src.predict [task=<file>] images=<files or folder> (no task: "
+            "the backbone's own classifier, e.g. backbone=efficientnet_lite0)"
+        )
     check_choice("format", cfg.format, FORMATS)
     k = check_integer("topk", cfg.topk)
     batch_size = check_integer("batch_size", cfg.batch_size)
-    tf = read_task(resolve_task(str(cfg.task), cfg.paths.tasks_dir))
-    if method_of(tf).shared_network:
-        raise UserError(
-            f"{tf.path} holds its own network and several tasks (a {method_of(tf).name} "
-            "state); predict takes a single-task file"
-        )
-    task_cfg = compose_config(tf.meta["dataset"], tf.meta["backbone"], overrides)
+    device = pick_device(str(cfg.device))
+    tf = _single_task(cfg) if cfg.task else None
+    if tf is not None:
+        task_cfg = compose_config(tf.meta["dataset"], tf.meta["backbone"], overrides)
+    else:
+        task_cfg = _pretrained_config(cfg, overrides)
     _, transform = build_image_transforms(task_cfg)
     paths, images = load_images(image_paths(str(cfg.images)), transform)
     if images is None:
         raise UserError(f"none of the files in images={cfg.images} is a readable image")
     weights = task_cfg.backbone.weights
-    model = MultiTaskModel(
-        tf.meta["backbone"], str(weights) if weights else None, [tf],
-        device=pick_device(str(cfg.device)),
-    )  # fmt: skip
-    top = model.topk(images, tf.path.stem, k=k, batch_size=batch_size)
+    if tf is not None:
+        host = MultiTaskModel(
+            tf.meta["backbone"], str(weights) if weights else None, [tf], device=device
+        )
+        top = host.topk(images, tf.path.stem, k=k, batch_size=batch_size)
+    else:
+        bb = task_cfg.backbone
+        names = pretrained_class_names(bb.name, str(weights))
+        network = build_backbone(bb.name, str(weights), len(names), keep_classifier=True)
+        network = network.to(device).eval()
+        with torch.no_grad():
+            logits = torch.cat([network(b.to(device)).cpu() for b in images.split(batch_size)])
+        top = top_classes(logits, names, k)
     results = [
         {"image": str(p), "topk": [{"class": c, "prob": round(q, 6)} for c, q in row]}
         for p, row in zip(paths, top, strict=True)
@@ -105,6 +119,30 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
             guesses = "  ".join(f"{t['class']} {t['prob']:.3f}" for t in result["topk"])
             print(f"{result['image']}\t{guesses}")
     return results
+
+
+def _single_task(cfg: DictConfig) -> TaskFile:
+    tf = read_task(resolve_task(str(cfg.task), cfg.paths.tasks_dir))
+    if method_of(tf).shared_network:
+        raise UserError(
+            f"{tf.path} holds its own network and several tasks (a {method_of(tf).name} "
+            "state); predict takes a single-task file"
+        )
+    return tf
+
+
+def _pretrained_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """With no task, the pretrained network predicts as it is; its images are prepared as
+    its base dataset's test split is (``backbone.base_dataset``: ImageNet's resize 256,
+    centre crop 224), and its class names checked first."""
+    bb = cfg.backbone
+    if not bb.weights or not bb.get("base_dataset"):
+        raise UserError(
+            f"backbone {bb.name} has no pretrained classifier to predict with (weights "
+            f"{bb.weights}, base_dataset {bb.get('base_dataset')}); pass task=<file>"
+        )
+    pretrained_class_names(bb.name, str(bb.weights))
+    return compose_config(str(bb.base_dataset), None, overrides)
 
 
 def predict(overrides: Sequence[str]) -> list[dict]:
