@@ -145,7 +145,9 @@ def test_a_task_for_another_width_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="made for other resnet26 weights"):
         fold_task(other, path)
     tf = read_task_file(path)  # past the fingerprint, the shapes are checked too
-    with pytest.raises(UserError, match=r"adapts conv conv1 of shape .* another backbone"):
+    with pytest.raises(
+        UserError, match=r"changes weight conv1, which this backbone lacks or shapes otherwise"
+    ):
         method_of(tf).fold(other, tf, "classifier")
 
 

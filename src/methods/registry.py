@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.masking.model_surgery import is_masked
 from src.masking.taskfile import TaskFile, unprefixed
-from src.models.surgery import linear_from_state, norm_layers, replace_module
+from src.models.surgery import linear_from_state, norm_layers, prunable_weights, replace_module
 from src.utils.errors import UserError
 
 NO_MASKS = {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
@@ -145,6 +146,55 @@ class TaskMethod:
     def mask_stats(self, tf: TaskFile) -> dict[str, Any]:
         """Masked weights and densities, as training records them."""
         return dict(NO_MASKS)
+
+
+class WeightRewriteTask(TaskMethod):
+    """A task that rewrites some prunable weights from the backbone's, W -> f(W) (LoRA's
+    W + s B A, SSF's scale * W, an adapter folded into its conv), plus the classifier and
+    state the base class handles. Subclasses say which weights (``rewrites``), whether a
+    backbone's weight takes the task's tensors (``fits``) and the new weight
+    (``rewritten``); folding and hosting are the same for all of them."""
+
+    def rewrites(self, tf: TaskFile) -> list[str]:
+        raise NotImplementedError
+
+    def fits(self, tf: TaskFile, key: str, weight: torch.Tensor) -> bool:
+        raise NotImplementedError
+
+    def rewritten(self, tf: TaskFile, key: str, weight: torch.Tensor) -> torch.Tensor:
+        """The task's weight for ``key`` from the backbone's ``weight`` (its device, dtype)."""
+        raise NotImplementedError
+
+    def check_fits(self, tf: TaskFile, weights: dict[str, torch.Tensor]) -> None:
+        for key in self.rewrites(tf):
+            if key not in weights or not self.fits(tf, key, weights[key]):
+                raise UserError(
+                    f"task file {tf.path} changes weight {key}, which this backbone lacks or "
+                    "shapes otherwise; it was made for another backbone"
+                )
+
+    @torch.no_grad()
+    def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
+        if is_masked(model):  # any parametrization: peft's merge, say, drops an update there
+            raise ValueError("fold expects a plain backbone, not a parametrized model")
+        weights = prunable_weights(model, classifier)
+        self.check_fits(tf, weights)
+        super().fold(model, tf, classifier)
+        for key in self.rewrites(tf):
+            weights[key].copy_(self.rewritten(tf, key, weights[key]))
+        return model
+
+    def hosted(self, tf: TaskFile, host: Any, name: str | None = None) -> list[HostedTask]:
+        (task,) = super().hosted(tf, host, name)
+        self.check_fits(tf, host.weights)
+
+        def fold(key: str, weight: torch.Tensor, source: torch.Tensor) -> None:
+            weight.copy_(self.rewritten(tf, key, source))
+
+        task.layers = tuple(self.rewrites(tf))
+        task.fold = fold
+        task.changed = lambda key: torch.ones_like(host.weights[key], dtype=torch.bool)
+        return [task]
 
 
 def norm_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

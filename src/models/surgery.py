@@ -54,6 +54,16 @@ def stored_weight(module: nn.Module, param: str) -> nn.Parameter:
     return module._parameters[param]
 
 
+def parametrized_weights(model: nn.Module, kind: type[nn.Module]) -> dict[str, nn.Module]:
+    """The ``kind`` parametrization of every prunable weight that has one, by key."""
+    return {
+        key: module.parametrizations[param][0]
+        for key, module, param in prunable_slots(model, classifier="")
+        if parametrize.is_parametrized(module, param)
+        and isinstance(module.parametrizations[param][0], kind)
+    }
+
+
 def prunable_weights(model: nn.Module, classifier: str) -> dict[str, nn.Parameter]:
     """Every prunable weight of the trunk, as stored, by key."""
     return {key: stored_weight(m, p) for key, m, p in prunable_slots(model, classifier)}

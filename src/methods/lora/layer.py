@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from src.models.surgery import prunable_slots, stored_weight
+from src.models.surgery import parametrized_weights, prunable_slots, stored_weight
 
 
 class LoraDelta(nn.Module):
@@ -79,9 +79,4 @@ def add_lora(
 
 def lora_layers(model: nn.Module) -> dict[str, LoraDelta]:
     """The LoRA update of every adapted weight, by key."""
-    return {
-        key: module.parametrizations[param][0]
-        for key, module, param in prunable_slots(model, classifier="")
-        if parametrize.is_parametrized(module, param)
-        and isinstance(module.parametrizations[param][0], LoraDelta)
-    }
+    return parametrized_weights(model, LoraDelta)

@@ -12,24 +12,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from src.masking.model_surgery import is_masked
 from src.masking.taskfile import TaskFile
 from src.methods.lora.layer import folded
-from src.methods.registry import (
-    HostedTask,
-    TaskMethod,
-    check_trunk_weights,
-    stored_bits_per_weight,
-)
-from src.models.surgery import prunable_weights
+from src.methods.registry import WeightRewriteTask, check_trunk_weights, stored_bits_per_weight
 from src.utils.errors import UserError
 
 PREFIXES = ("lora_A.", "lora_B.")
 
 
-class LoRATask(TaskMethod):
+class LoRATask(WeightRewriteTask):
     name = "lora"
     kind = "lora"
 
@@ -62,36 +54,14 @@ class LoRATask(TaskMethod):
         b = tf.tensors[f"lora_B.{key}"].to(weight.device, weight.dtype)
         return folded(weight, a, b, self.scaling(tf))
 
-    def check_fits(self, tf: TaskFile, weights: dict[str, torch.Tensor]) -> None:
-        for key, shape in tf.meta["layers"].items():
-            if key not in weights or list(weights[key].shape) != shape:
-                raise UserError(
-                    f"task file {tf.path} adapts weight {key} of shape {shape}, which this "
-                    "backbone lacks; it was made for another backbone"
-                )
+    def rewrites(self, tf: TaskFile) -> list[str]:
+        return list(tf.meta["layers"])
 
-    @torch.no_grad()
-    def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
-        if is_masked(model):  # peft's merge drops an update on a parametrized weight: never
-            raise ValueError("fold expects a plain backbone, not a masked model")
-        super().fold(model, tf, classifier)
-        weights = prunable_weights(model, classifier)
-        self.check_fits(tf, weights)
-        for key in tf.meta["layers"]:
-            weights[key].copy_(self.update(tf, key, weights[key]))
-        return model
+    def fits(self, tf: TaskFile, key: str, weight: torch.Tensor) -> bool:
+        return list(weight.shape) == tf.meta["layers"][key]
 
-    def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
-        (task,) = super().hosted(tf, host, name)
-        self.check_fits(tf, host.weights)
-
-        def fold(key: str, weight: torch.Tensor, source: torch.Tensor) -> None:
-            weight.copy_(self.update(tf, key, source))
-
-        task.layers = tuple(tf.meta["layers"])
-        task.fold = fold
-        task.changed = lambda key: torch.ones_like(host.weights[key], dtype=torch.bool)
-        return [task]
+    def rewritten(self, tf: TaskFile, key: str, weight: torch.Tensor) -> torch.Tensor:
+        return self.update(tf, key, weight)
 
     def storage(self, tf: TaskFile) -> dict:
         return stored_bits_per_weight(tf, PREFIXES)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from src.models.surgery import prunable_slots, stored_weight
+from src.models.surgery import parametrized_weights, prunable_slots, stored_weight
 from src.utils.errors import UserError
 
 
@@ -82,12 +82,7 @@ def add_parallel(model: nn.Module, classifier: str) -> list[str]:
 
 
 def parallel_layers(model: nn.Module) -> dict[str, ParallelAdapter]:
-    return {
-        key: module.parametrizations[param][0]
-        for key, module, param in prunable_slots(model, classifier="")
-        if parametrize.is_parametrized(module, param)
-        and isinstance(module.parametrizations[param][0], ParallelAdapter)
-    }
+    return parametrized_weights(model, ParallelAdapter)
 
 
 # --- series ------------------------------------------------------------------------------

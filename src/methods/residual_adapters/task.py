@@ -14,18 +14,10 @@ norms in as state, so switching is exact.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from src.masking.model_surgery import is_masked
 from src.masking.taskfile import TaskFile, unprefixed
-from src.methods.registry import (
-    HostedTask,
-    TaskMethod,
-    check_trunk_weights,
-    stored_bits_per_weight,
-)
+from src.methods.registry import WeightRewriteTask, check_trunk_weights, stored_bits_per_weight
 from src.methods.residual_adapters.layer import with_parallel, with_series
-from src.models.surgery import prunable_weights
 from src.utils.errors import UserError
 
 RECIPE = (
@@ -35,7 +27,7 @@ RECIPE = (
 )
 
 
-class AdapterTask(TaskMethod):
+class AdapterTask(WeightRewriteTask):
     """What both forms share: one tensor per adapted conv, checked against the backbone's
     weight it folds into, and the norms as state."""
 
@@ -63,37 +55,14 @@ class AdapterTask(TaskMethod):
             if list(self.adapters(tf)[key].shape) != self.expected_shape(shape):
                 raise UserError(f"task file {tf.path}: the adapter of {key} is corrupt")
 
-    def check_fits(self, tf: TaskFile, weights: dict[str, torch.Tensor]) -> None:
-        for key, shape in tf.meta["layers"].items():
-            if key not in weights or list(weights[key].shape) != shape:
-                raise UserError(
-                    f"task file {tf.path} adapts conv {key} of shape {shape}, which this "
-                    "backbone lacks; it was made for another backbone"
-                )
+    def rewrites(self, tf: TaskFile) -> list[str]:
+        return list(tf.meta["layers"])
 
-    @torch.no_grad()
-    def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
-        if is_masked(model):
-            raise ValueError("fold expects a plain backbone, not a parametrized model")
-        weights = prunable_weights(model, classifier)
-        self.check_fits(tf, weights)
-        super().fold(model, tf, classifier)
-        for key, adapter in self.adapters(tf).items():
-            weights[key].copy_(self.folded(weights[key], adapter.to(weights[key])))
-        return model
+    def fits(self, tf: TaskFile, key: str, weight: torch.Tensor) -> bool:
+        return list(weight.shape) == tf.meta["layers"][key]
 
-    def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
-        (task,) = super().hosted(tf, host, name)
-        self.check_fits(tf, host.weights)
-        adapters = {k: v.to(host.device) for k, v in self.adapters(tf).items()}
-
-        def fold(key: str, weight: torch.Tensor, source: torch.Tensor) -> None:
-            weight.copy_(self.folded(source, adapters[key].to(source.dtype)))
-
-        task.layers = tuple(adapters)
-        task.fold = fold
-        task.changed = lambda key: torch.ones_like(host.weights[key], dtype=torch.bool)
-        return [task]
+    def rewritten(self, tf: TaskFile, key: str, weight: torch.Tensor) -> torch.Tensor:
+        return self.folded(weight, self.adapters(tf)[key].to(weight))
 
     def storage(self, tf: TaskFile) -> dict:
         return stored_bits_per_weight(tf, (self.prefix, "bn."))
