@@ -65,6 +65,15 @@ SCOPES: dict[str, Scope] = {
     "src/methods/lora/task.py": Scope(("tests/test_new_methods.py",)),
     "src/methods/ssf/layer.py": Scope(("tests/test_ssf.py", "tests/test_new_methods.py")),
     "src/methods/ssf/task.py": Scope(("tests/test_new_methods.py",)),
+    "src/methods/residual_adapters/layer.py": Scope(
+        ("tests/test_residual_adapters.py", "tests/test_new_methods.py")
+    ),
+    "src/methods/residual_adapters/task.py": Scope(
+        ("tests/test_residual_adapters.py", "tests/test_new_methods.py")
+    ),
+    "src/methods/registry.py": Scope(
+        ("tests/test_new_methods.py", "tests/test_method_registry.py")
+    ),
     "src/reporting/tables.py": Scope(
         ("tests/test_tables.py",), ("summarize", "storage_frame", "decathlon_scores")
     ),
