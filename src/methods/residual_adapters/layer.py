@@ -35,13 +35,15 @@ def authors_init(weight: torch.Tensor) -> torch.Tensor:
 
 
 def adaptable(module: nn.Module, param: str, mode: str) -> bool:
-    """A 2-D convolution without groups; for a parallel adapter also an odd square kernel
-    wider than 1 with ``same`` zero padding and no dilation, where the 1x1 is its centre."""
+    """A 2-D convolution without groups with a square kernel wider than 1 (the authors
+    adapt their 3x3 convolutions; a 1x1 one would gain an adapter as large as itself); for
+    a parallel adapter also an odd kernel with ``same`` zero padding and no dilation, where
+    the 1x1 is its centre."""
     if not (isinstance(module, nn.Conv2d) and param == "weight" and module.groups == 1):
         return False
-    if mode == "series":
-        return True
     (kh, kw), (ph, pw) = module.kernel_size, module.padding
+    if mode == "series":
+        return kh == kw > 1
     return (
         kh == kw > 1
         and kh % 2 == 1
