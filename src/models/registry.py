@@ -21,6 +21,7 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import util
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ def _spec(name: str) -> BackboneSpec:
             f"unknown backbone {name!r}; choose one of {', '.join(backbone_names())}, any "
             "torchvision classification model (torchvision.models.list_models()) or any "
             "timm one (timm.list_models()"
-            + ("" if _is_timm_model("resnet18") else f"; {TIMM_MISSING}")
+            + ("" if util.find_spec("timm") else f"; {TIMM_MISSING}")
             + ")"
         )
     return BACKBONES[name]

@@ -134,14 +134,13 @@ def _single_task(cfg: DictConfig) -> TaskFile:
 def _pretrained_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """With no task, the pretrained network predicts as it is; its images are prepared as
     its base dataset's test split is (``backbone.base_dataset``: ImageNet's resize 256,
-    centre crop 224), and its class names checked first."""
+    centre crop 224)."""
     bb = cfg.backbone
     if not bb.weights or not bb.get("base_dataset"):
         raise UserError(
             f"backbone {bb.name} has no pretrained classifier to predict with (weights "
             f"{bb.weights}, base_dataset {bb.get('base_dataset')}); pass task=<file>"
         )
-    pretrained_class_names(bb.name, str(bb.weights))
     return compose_config(str(bb.base_dataset), None, overrides)
 
 
