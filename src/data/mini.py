@@ -30,6 +30,9 @@ FASHION_FILES = [
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
 ]  # fmt: skip
 TRAIN_PER_TASK, TEST_PER_TASK = 1500, 500
+# fashion_mnist_subset: Fashion-MNIST's own train/test split, cut to a 2-core CPU budget
+# (images per class, drawn with a fixed seed from each split).
+SUBSET_TRAIN_PER_CLASS, SUBSET_TEST_PER_CLASS = 150, 100
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 images (N, H, W), int labels (N,)
 
@@ -73,6 +76,29 @@ def _fashion_task(start: int, shift: Callable[[np.ndarray], np.ndarray]):
     return build
 
 
+def _per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The first ``per_class`` indices of each class in a fixed permutation, in that order."""
+    order = np.random.default_rng(1234).permutation(len(labels))
+    picked = [order[labels[order] == c][:per_class] for c in np.unique(labels)]
+    short = [
+        int(c) for c, idx in zip(np.unique(labels), picked, strict=True) if len(idx) < per_class
+    ]
+    if short:
+        raise UserError(f"Fashion-MNIST has fewer than {per_class} images of classes {short}")
+    return np.sort(np.concatenate(picked))
+
+
+def _fashion_subset(data_dir: Path) -> tuple[Split, Split, list[str]]:
+    """Fashion-MNIST's official split, class-balanced: a target for ImageNet backbones (the
+    mini bases are pretrained on its train split, so for them it is no transfer)."""
+    splits = []
+    for train, per_class in ((True, SUBSET_TRAIN_PER_CLASS), (False, SUBSET_TEST_PER_CLASS)):
+        images, labels = load_fashion_mnist(data_dir, train=train)
+        idx = _per_class(labels, per_class)
+        splits.append((images[idx], labels[idx]))
+    return splits[0], splits[1], FASHION_CLASSES
+
+
 def _digits(data_dir: Path) -> tuple[Split, Split, list[str]]:
     from sklearn.datasets import load_digits
 
@@ -91,6 +117,7 @@ MINI_TASKS: dict[str, Callable[[Path], tuple[Split, Split, list[str]]]] = {
     "mini_fashion_rot": _fashion_task(0, lambda x: np.rot90(x, k=1, axes=(1, 2)).copy()),
     "mini_fashion_neg": _fashion_task(2000, lambda x: 255 - x),
     "mini_fashion_flip": _fashion_task(4000, lambda x: x[:, ::-1, :].copy()),
+    "fashion_mnist_subset": _fashion_subset,
 }
 
 
