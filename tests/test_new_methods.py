@@ -21,7 +21,14 @@ from src.runs.evaluate import evaluate
 from src.runs.records import read_records
 from tests.conftest import make_image_folder, tiny_overrides, train_in_process
 
-NEW = ["lora", "bitfit", "ssf", "parallel_adapters", "series_adapters"]  # the chain, in order
+NEW = [
+    "lora",
+    "bitfit",
+    "ssf",
+    "parallel_adapters",
+    "series_adapters",
+    "affine_masks",
+]  # the chain, in order
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,20 @@ from src.models.surgery import prunable_slots, stored_weight
 PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")  # a masked weight's key
 
 
-def add_masks(model: nn.Module, config: MaskConfig, classifier: str) -> list[str]:
-    """Put a mask on every prunable weight outside ``classifier``, in place.
+def add_masks(
+    model: nn.Module,
+    config: MaskConfig,
+    classifier: str,
+    mask_type: type[WeightMask] = WeightMask,
+) -> list[str]:
+    """Put a mask (a ``mask_type``) on every prunable weight outside ``classifier``, in place.
 
     The weights stay where they are (shared, not copied) and frozen. Returns the keys.
     """
     keys = []
     for key, module, param in list(prunable_slots(model, classifier)):
         weight = stored_weight(module, param)
-        parametrize.register_parametrization(module, param, WeightMask(weight, config))
+        parametrize.register_parametrization(module, param, mask_type(weight, config))
         keys.append(key)
     return keys
 

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.masking.taskfile import backbone_fingerprint, check_compatible
@@ -35,7 +35,7 @@ from src.models.surgery import replace_module
 from src.utils.errors import UserError
 
 METHOD_CONF = Path(__file__).resolve().parent.parent.parent / "conf" / "method"
-RUN_KEYS = ("_target_", "name", "epochs", "batch_size", "optimizer", "defaults")
+RUN_KEYS = ("_target_", "name", "epochs", "batch_size", "optimizer")
 
 __all__ = ["MultiTaskModel", "export_task", "fold_task", "method_defaults", "wrap"]
 
@@ -45,13 +45,28 @@ def _target(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def method_config(method: str) -> DictConfig:
+    """conf/method/<method>.yaml with the method configs its defaults list names merged
+    under it (``- piggyback``, ``- /method/finetune@_here_``), in the list's order, as Hydra
+    composes them."""
+    conf = OmegaConf.load(METHOD_CONF / f"{method}.yaml")
+    defaults = list(conf.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for entry in defaults:
+        base = str(entry).removeprefix("/method/").removesuffix("@_here_")
+        merged = OmegaConf.merge(merged, conf if entry == "_self_" else method_config(base))
+    return merged
+
+
 def method_defaults(method: str) -> tuple[type[TaskModule], Any, dict[str, Any]]:
     """(module class, optimizer factory, settings) of conf/method/<method>.yaml."""
     path = METHOD_CONF / f"{method}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in METHOD_CONF.glob("*.yaml"))
         raise UserError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
-    conf = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    conf = OmegaConf.to_container(method_config(method), resolve=False)
     optimizer = dict(conf.get("optimizer") or {})
     factory = functools.partial(
         _target(optimizer.pop("_target_")),

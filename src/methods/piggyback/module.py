@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.masking import MaskConfig, add_masks, mask_densities, mask_parameters, masked_layers
+from src.masking import (
+    MaskConfig,
+    WeightMask,
+    add_masks,
+    mask_densities,
+    mask_parameters,
+    masked_layers,
+)
 from src.methods.base import TaskModule
 from src.methods.piggyback.task import PiggybackTask, piggyback_tensors
 from src.models.surgery import norm_layers
@@ -13,6 +20,7 @@ from src.models.surgery import norm_layers
 
 class Piggyback(TaskModule):
     task_method = PiggybackTask
+    mask_type: type[WeightMask] = WeightMask  # the parametrization each masked weight gets
 
     def __init__(
         self,
@@ -30,7 +38,7 @@ class Piggyback(TaskModule):
         super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
         for p in model.parameters():
             p.requires_grad_(False)
-        add_masks(model, mask, classifier)
+        add_masks(model, mask, classifier, self.mask_type)
         for p in self.head.parameters():
             p.requires_grad_(True)
         if self.hparams.train_bn:

@@ -113,8 +113,20 @@ class PiggybackTask(TaskMethod):
         weights = prunable_weights(model, classifier)
         for name, shape in self.layers(tf).items():
             check_mask(tf, name, shape, weights.get(name))
-            weights[name].mul_(layer_mask(tf.tensors, name, shape).to(weights[name].device))
+            mask = layer_mask(tf.tensors, name, shape).to(weights[name].device)
+            self.masked(tf.tensors, name, weights[name], mask, out=weights[name])
         return model
+
+    def masked(
+        self, tensors: dict, key: str, source: torch.Tensor, mask: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """Write the task's weight for ``key`` into ``out`` from the backbone's ``source``
+        and the layer's mask (``out`` may be ``source``): W * m, as training computed it."""
+        torch.mul(source, mask, out=out)
+
+    def changes(self, tensors: dict, key: str, mask: torch.Tensor) -> torch.Tensor:
+        """The positions ``masked`` changes: those whose mask is not 1."""
+        return mask != 1
 
     def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
         (task,) = super().hosted(tf, host, name)
@@ -131,12 +143,12 @@ class PiggybackTask(TaskMethod):
             return last[key]
 
         def fold(key: str, weight: torch.Tensor, source: torch.Tensor) -> None:
-            torch.mul(source, mask(key), out=weight)  # W * m as training computed it
+            self.masked(tf.tensors, key, source, mask(key), out=weight)
             last.clear()
 
         task.layers = tuple(shapes)
         task.fold = fold
-        task.changed = lambda key: mask(key) != 1
+        task.changed = lambda key: self.changes(tf.tensors, key, mask(key))
         return [task]
 
     def storage(self, tf: TaskFile) -> dict:
