@@ -85,6 +85,27 @@ def test_every_method_wraps_with_its_config_defaults() -> None:
         wrap(resnet18(), "lora_typo", classifier="fc")
 
 
+@pytest.mark.parametrize(
+    "method, base", [("affine_masks", "piggyback"), ("decathlon/finetune", "finetune")]
+)
+def test_a_config_with_a_defaults_list_gets_its_bases_settings_as_src_train_does(
+    method: str, base: str
+) -> None:
+    from src.methods.api import method_defaults
+    from src.runs.config import compose
+
+    cls, optimizer, settings = method_defaults(method)
+    composed = compose([f"method={method}"]).method
+    assert cls.__module__.startswith(composed._target_.rpartition(".")[0])
+    assert optimizer.func.__name__ == composed.optimizer._target_.rpartition(".")[2]
+    assert optimizer.keywords == {
+        k: v for k, v in composed.optimizer.items() if not k.startswith("_")
+    }
+    for key, value in settings.items():
+        assert composed[key] == value, key
+    assert set(method_defaults(base)[2]) <= set(settings)
+
+
 @pytest.mark.parametrize("train_bn", [False, True])
 def test_classifier_only_stores_norm_statistics_only_when_it_trains_them(
     tmp_path: Path, train_bn: bool
