@@ -101,3 +101,18 @@ def test_loader_workers_start_inside_a_joblib_worker() -> None:
 
     jobs = [delayed(_batch_count_with_two_loader_workers)() for _ in range(2)]
     assert Parallel(n_jobs=2, backend="loky")(jobs) == [3, 3]
+
+
+def test_a_presets_dataset_settings_reach_every_task_of_a_sequence() -> None:
+    """experiment=real_transfer sets transforms.size 64 on its dataset; a PackNet sequence
+    composes each task's dataset config anew, and must not fall back to 32 pixels there."""
+    from src.runs.config import compose, with_dataset
+
+    tasks = "method.tasks=[mini_digits,fashion_mnist_subset]"
+    preset = compose(["experiment=real_transfer", "method=packnet", tasks])
+    plain = compose(["method=packnet", tasks])
+    for task in ("mini_digits", "fashion_mnist_subset"):
+        ran = with_dataset(preset, task).dataset
+        assert (ran.name, ran.transforms.size) == (task, 64)
+        assert ran.root == compose([f"dataset={task}"]).dataset.root
+        assert with_dataset(plain, task).dataset.transforms.size == 32

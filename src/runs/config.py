@@ -124,12 +124,38 @@ def check_key_names(overrides: Sequence[Any], config_name: str) -> None:
 
 def with_dataset(cfg: DictConfig, dataset: str) -> DictConfig:
     """A copy of the run config with ``dataset`` composed from conf/dataset/<dataset>.yaml
-    (a PackNet sequence runs one such config per task); the command line's ``dataset.*``
-    overrides apply to it too (e.g. ``dataset.transforms.size=64`` for every task)."""
+    (a PackNet sequence runs one such config per task). What the run changed on its own
+    dataset applies to it too: the command line's ``dataset.*`` overrides and an experiment
+    preset's ``dataset:`` settings (e.g. ``transforms.size: 64`` for every task)."""
     task_cfg = cfg.copy()
     with open_dict(task_cfg):
         task_cfg.dataset = compose([f"dataset={dataset}", *dataset_overrides()]).dataset
+        task_cfg.dataset.merge_with(dataset_changes(cfg))
     return task_cfg
+
+
+def dataset_changes(cfg: DictConfig) -> dict[str, Any]:
+    """The settings in which the run's dataset differs from its config composed with the
+    command line's overrides (what an experiment preset set), as a nested dict."""
+    config = dataset_config_for(str(cfg.dataset.get("name")))
+    if config is None:
+        return {}
+    plain = compose([f"dataset={config}", *dataset_overrides()]).dataset
+    return _changed(
+        OmegaConf.to_container(cfg.dataset, resolve=False),
+        OmegaConf.to_container(plain, resolve=False),
+    )
+
+
+def _changed(ran: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in ran.items():
+        if isinstance(value, dict) and isinstance(plain.get(key), dict):
+            if inner := _changed(value, plain[key]):
+                out[key] = inner
+        elif key not in plain or plain[key] != value:
+            out[key] = value
+    return out
 
 
 def dataset_overrides() -> list[str]:
