@@ -57,9 +57,11 @@ SCOPES: dict[str, Scope] = {
     "src/methods/packnet/state.py": Scope(("tests/test_packnet.py", "tests/test_properties.py")),
     "src/methods/multitask.py": Scope(("tests/test_multitask.py", "tests/test_properties.py")),
     "src/methods/base.py": Scope(("tests/test_configs.py", "tests/test_api.py")),
-    "src/runs/identity.py": Scope(("tests/test_trust.py", "tests/test_properties.py")),
+    "src/runs/identity.py": Scope(
+        ("tests/test_identity.py", "tests/test_trust.py", "tests/test_properties.py")
+    ),
     "src/runs/records.py": Scope(("tests/test_tables.py", "tests/test_properties.py")),
-    "src/data/transforms.py": Scope(("tests/test_configs.py",)),
+    "src/data/transforms.py": Scope(("tests/test_transforms.py", "tests/test_configs.py")),
     "src/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
     "src/methods/lora/layer.py": Scope(("tests/test_lora.py", "tests/test_new_methods.py")),
     "src/methods/lora/task.py": Scope(("tests/test_new_methods.py",)),
