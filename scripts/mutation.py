@@ -74,6 +74,12 @@ SCOPES: dict[str, Scope] = {
     "src/methods/residual_adapters/task.py": Scope(
         ("tests/test_residual_adapters.py", "tests/test_new_methods.py")
     ),
+    "src/methods/affine_masks/layer.py": Scope(
+        ("tests/test_affine_masks.py", "tests/test_new_methods.py")
+    ),
+    "src/methods/affine_masks/task.py": Scope(
+        ("tests/test_affine_masks.py", "tests/test_new_methods.py")
+    ),
     "src/methods/registry.py": Scope(
         ("tests/test_new_methods.py", "tests/test_method_registry.py")
     ),
