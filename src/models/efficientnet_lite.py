@@ -53,14 +53,17 @@ def timm_key(key: str) -> str:
 
 def to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """The wheel's state in ``model``'s keys, every key and shape checked."""
-    try:
-        mapped = {timm_key(k): v for k, v in state.items()}
-    except (KeyError, IndexError):
-        unmapped = [k for k in state if not _maps(k)]
+    mapped, unmapped = {}, []
+    for key, value in state.items():
+        try:
+            mapped[timm_key(key)] = value
+        except (KeyError, IndexError):
+            unmapped.append(key)
+    if unmapped:
         raise UserError(
             f"{WHEEL}: keys no rule maps onto timm's efficientnet_lite0: {unmapped[:3]}; the "
             "file is not the wheel's 0.1.0 one"
-        ) from None
+        )
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(mapped)), sorted(set(mapped) - set(expected))
     wrong = [k for k in expected if k in mapped and mapped[k].shape != expected[k].shape]
@@ -70,14 +73,6 @@ def to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch
             f"left over {extra[:3]}, other shapes {wrong[:3]})"
         )
     return mapped
-
-
-def _maps(key: str) -> bool:
-    try:
-        timm_key(key)
-    except (KeyError, IndexError):
-        return False
-    return True
 
 
 def wheel_file() -> Path:
