@@ -232,3 +232,15 @@ def test_keep_all_weights_keeps_every_weight_of_any_init() -> None:
 def test_overall_density_weights_each_layer_by_its_size() -> None:
     assert overall_density({"a": 0.5, "b": 1.0}, {"a": 2, "b": 6}) == 0.875
     assert overall_density({}, {}) is None
+
+
+@pytest.mark.parametrize("threshold_fn", ["binarizer", "ternarizer"])
+def test_mask_densities_count_the_weights_each_mask_keeps(threshold_fn: str) -> None:
+    """Kept = non-zero: a ternary mask's -1 keeps its weight (sign flipped)."""
+    layer = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2))
+    add_masks(layer, published_mask(threshold_fn=threshold_fn), "1")
+    mask = masked_layers(layer)["0"]
+    with torch.no_grad():  # 8 entries: 3 above the threshold, 2 below -threshold, 3 between
+        mask.mask_real.copy_(torch.tensor([[1, 1, 1, 0, 0, 0, -1, -1]]).view(2, 4) * 1e-2)
+    kept = 3 + (2 if threshold_fn == "ternarizer" else 0)
+    assert mask_densities(layer) == {"0": kept / 8}
