@@ -78,7 +78,8 @@ def test_average_gradient_scaling_divides_by_mean_abs_weight() -> None:
     dense = nn.Linear(6, 4)
     plain, scaled = nn.Sequential(dense), nn.Sequential(copy.deepcopy(dense))
     add_masks(plain, published_mask(), "none")
-    add_masks(scaled, published_mask(scale_gradients="average"), "none")
+    average = "".join(["aver", "age"])  # as a config gives it: equal to, not the literal
+    add_masks(scaled, published_mask(scale_gradients=average), "none")
     x = torch.randn(3, 6)
     plain(x).sum().backward()
     scaled(x).sum().backward()
@@ -154,6 +155,7 @@ def test_freeze_norms_keeps_batchnorm_statistics() -> None:
         ({"mask_scale": 1e-3}, "must exceed the threshold"),
         ({"mask_scale": 5e-3}, "must exceed the threshold"),  # equal: every mask starts at 0
         ({"mask_scale": 0.0, "mask_init": "uniform"}, "mask_scale must be > 0"),
+        ({"mask_scale": -1e-2, "mask_init": "uniform"}, "mask_scale must be > 0"),
     ],
 )
 def test_bad_mask_config_is_a_clear_user_error(kwargs: dict, message: str) -> None:
