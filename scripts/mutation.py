@@ -49,7 +49,11 @@ SCOPES: dict[str, Scope] = {
     "src/masking/layers.py": Scope(("tests/test_masking.py", "tests/test_properties.py")),
     "src/masking/model_surgery.py": Scope(("tests/test_masking.py", "tests/test_properties.py")),
     "src/masking/taskfile.py": Scope(
-        ("tests/test_piggyback_taskfile.py", "tests/test_properties.py")
+        (
+            "tests/test_taskfile_format.py",
+            "tests/test_piggyback_taskfile.py",
+            "tests/test_properties.py",
+        )
     ),
     "src/methods/piggyback/task.py": Scope(
         ("tests/test_piggyback_taskfile.py", "tests/test_multitask.py", "tests/test_bundle.py")
