@@ -56,7 +56,12 @@ SCOPES: dict[str, Scope] = {
         )
     ),
     "src/methods/piggyback/task.py": Scope(
-        ("tests/test_piggyback_taskfile.py", "tests/test_multitask.py", "tests/test_bundle.py")
+        (
+            "tests/test_piggyback_task.py",
+            "tests/test_piggyback_taskfile.py",
+            "tests/test_multitask.py",
+            "tests/test_bundle.py",
+        )
     ),
     "src/methods/piggyback/module.py": Scope(("tests/test_configs.py", "tests/test_masking.py")),
     "src/methods/packnet/state.py": Scope(("tests/test_packnet.py", "tests/test_properties.py")),
