@@ -1,6 +1,8 @@
 """Mutation testing of the core with cosmic-ray: which one-line bugs do the tests catch?
 
     python scripts/mutation.py [--scope src/masking/threshold.py ...] [--workers 2]
+    python scripts/mutation.py --survivors [--scope ...]   # after adding tests: re-run only
+                                                          # the last run's survivors
 
 Each scope is one core module and the test files written for it. The script runs those
 tests once under coverage with per-test contexts, so that each mutant is then tested by
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -252,8 +255,11 @@ def serve(socket_path: Path) -> None:
                 conn.sendall(str(os.waitstatus_to_exitcode(status) or 0).encode())
 
 
-def mutate_scope(scope: str, work: Path) -> dict:
-    """Run every mutant of one module in the copy ``work``; its results by outcome."""
+def mutate_scope(scope: str, work: Path, survivors_only: bool = False) -> dict:
+    """Run every mutant of one module in the copy ``work``; its results by outcome.
+
+    ``survivors_only``: run again only the mutants that survived the last run (after tests
+    were added), keeping every other result; the module must be the one that run mutated."""
     (work / ".mutation").mkdir(exist_ok=True)
     shutil.copy2(work / scope, work / ".mutation" / "original.py")
     lines, durations = covering_tests(work, scope, list(SCOPES[scope].tests))
@@ -273,16 +279,25 @@ def mutate_scope(scope: str, work: Path) -> dict:
         f"[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n"
         f"[cosmic-ray.filters.line-filter.lines]\n{json.dumps(scope)} = {json.dumps(spans)}\n"
     )
-    db.unlink(missing_ok=True)
-    bin_dir = Path(sys.executable).parent
-    for step in (
-        ["cosmic-ray", "init", config, db],
-        ["cr-filter-operators", db, config],
-        ["cr-filter-pragma", db],  # lines marked "# pragma: no mutate"
-        ["cr-filter-lines", "--config", config, db],  # the scope's functions only
-    ):
-        command = [str(bin_dir / step[0]), *map(str, step[1:])]
-        subprocess.run(command, cwd=work, check=True, capture_output=True)
+    source, bin_dir = OUT / f"{name}.source.py", Path(sys.executable).parent
+    if survivors_only:
+        if not db.exists() or not source.exists():
+            sys.exit(f"error: {scope} has no earlier run under {OUT}; run it without --survivors")
+        if source.read_text() != (work / scope).read_text():
+            sys.exit(f"error: {scope} changed since its last run; run it without --survivors")
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    else:
+        db.unlink(missing_ok=True)
+        shutil.copy2(work / scope, source)
+        for step in (
+            ["cosmic-ray", "init", config, db],
+            ["cr-filter-operators", db, config],
+            ["cr-filter-pragma", db],  # lines marked "# pragma: no mutate"
+            ["cr-filter-lines", "--config", config, db],  # the scope's functions only
+        ):
+            command = [str(bin_dir / step[0]), *map(str, step[1:])]
+            subprocess.run(command, cwd=work, check=True, capture_output=True)
     start = time.monotonic()
     socket_path = work / ".mutation" / "server.sock"
     server = subprocess.Popen(
@@ -371,6 +386,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scope", nargs="*", choices=list(SCOPES), default=list(SCOPES))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants that survived the last run (after adding tests)",
+    )
     parser.add_argument("--test", help=argparse.SUPPRESS)  # cosmic-ray's test command
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # a worker's server
     args = parser.parse_args()
@@ -387,7 +407,7 @@ def main() -> None:
     def run(scope: str) -> None:
         work = free.pop()
         try:
-            result = mutate_scope(scope, work)
+            result = mutate_scope(scope, work, args.survivors)
         finally:
             shutil.copy2(ROOT / scope, work / scope)  # the pristine module, for the next scope
             free.append(work)
