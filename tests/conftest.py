@@ -120,6 +120,26 @@ def method_for(
     return build_method(cfg, num_classes, model=model)
 
 
+def tiny_net() -> torch.nn.Module:
+    """conv -> pool -> Linear -> classifier ``fc``: a backbone with a conv and a Linear to
+    mask, for tests of task files and hosts that need no data."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(3, 5, 3),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            mid=nn.Linear(5, 7),
+            fc=nn.Linear(7, 4),
+        )
+    )
+
+
 def published_mask(**changes):
     """The published mask settings (conf/method/piggyback.yaml), with ``changes``."""
     from dataclasses import fields

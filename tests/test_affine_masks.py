@@ -5,31 +5,17 @@ with the arithmetic training used."""
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from src.masking import masked_layers, read_task_file
 from src.masking.taskfile import TaskFile
 from src.methods import method_of
 from src.methods.api import export_task, fold_task, wrap
 from src.utils.errors import UserError
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        OrderedDict(
-            conv=nn.Conv2d(3, 5, 3),
-            relu=nn.ReLU(),
-            pool=nn.AdaptiveAvgPool2d(1),
-            flat=nn.Flatten(),
-            fc=nn.Linear(5, 4),
-        )
-    )
+from tests.conftest import tiny_net
 
 
 def with_random_masks(task, seed: int = 1) -> None:
@@ -55,9 +41,8 @@ def test_it_starts_as_piggyback_bit_for_bit() -> None:
             p.mask_real.uniform_(0, 1e-2)
             a.mask_real.copy_(p.mask_real)
         assert torch.equal(affine(x), piggyback(x))
-    assert [tuple(layer.affine.tolist()) for layer in masked_layers(affine.model).values()] == [
-        (0.0, 1.0, 0.0)
-    ]
+    starts = [tuple(layer.affine.tolist()) for layer in masked_layers(affine.model).values()]
+    assert starts == [(0.0, 1.0, 0.0)] * 2  # conv and mid
 
 
 def test_the_weight_is_w_times_k0_plus_k1_m_plus_k2_and_each_k_gets_its_gradient() -> None:
@@ -85,21 +70,20 @@ def test_the_ks_train_at_affine_lr_and_the_masks_at_lr() -> None:
     )
     optimizer, _ = task.recipe()
     by_rate = {g["lr"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
-    layer = masked_layers(task.model)["conv"]
+    layers = masked_layers(task.model).values()
     assert by_rate == {
-        1e-4: {id(layer.mask_real)},
-        3e-3: {id(layer.affine)},
+        1e-4: {id(layer.mask_real) for layer in layers},
+        3e-3: {id(layer.affine) for layer in layers},
         2e-2: {id(p) for p in task.head.parameters()},
     }
     default = wrap(tiny_net(), "affine_masks", classifier="fc", lr=5e-4).recipe()[0]
     assert [g["lr"] for g in default.param_groups][:2] == [5e-4, 5e-4]  # affine_lr null: lr
     trainable = {n for n, p in task.named_parameters() if p.requires_grad}
     assert trainable == {
-        "model.conv.parametrizations.weight.0.mask_real",
-        "model.conv.parametrizations.weight.0.affine",
-        "model.fc.weight",
-        "model.fc.bias",
-    }
+        f"model.{layer}.parametrizations.weight.0.{name}"
+        for layer in ("conv", "mid")
+        for name in ("mask_real", "affine")
+    } | {"model.fc.weight", "model.fc.bias"}
 
 
 def test_the_task_stores_the_ks_and_folds_with_the_training_arithmetic(tmp_path: Path) -> None:
@@ -111,13 +95,13 @@ def test_the_task_stores_the_ks_and_folds_with_the_training_arithmetic(tmp_path:
     path = tmp_path / "task.safetensors"
     export_task(task, path)
     tf = read_task_file(path)
-    layer = masked_layers(task.model)["conv"]
-    assert torch.equal(tf.tensors["affine.conv"], layer.affine.detach())
+    layers = masked_layers(task.model)
+    for name, layer in layers.items():
+        assert torch.equal(tf.tensors[f"affine.{name}"], layer.affine.detach())
     storage = method_of(tf).storage(tf)
-    n = layer.weight.numel()
-    assert storage["bits_per_weight"] == pytest.approx(
-        8 * tf.tensors["mask.conv"].numel() / n + 96 / n
-    )
+    n = sum(layer.weight.numel() for layer in layers.values())
+    mask_bytes = sum(tf.tensors[f"mask.{name}"].numel() for name in layers)
+    assert storage["bits_per_weight"] == pytest.approx(8 * mask_bytes / n + 2 * 96 / n)
     with torch.no_grad():
         folded = fold_task(tiny_net(), path)(x)
     assert torch.equal(folded, trained)

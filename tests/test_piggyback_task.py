@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from src.masking import masked_layers, read_task_file
 from src.masking.compress import binary_entropy, coded_sizes
@@ -22,20 +20,7 @@ from src.methods.api import export_task, wrap
 from src.methods.multitask import MultiTaskModel
 from src.methods.piggyback.task import layer_mask
 from src.utils.errors import UserError
-
-
-def tiny_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        OrderedDict(
-            conv=nn.Conv2d(3, 5, 3),
-            relu=nn.ReLU(),
-            pool=nn.AdaptiveAvgPool2d(1),
-            flat=nn.Flatten(),
-            mid=nn.Linear(5, 7),
-            fc=nn.Linear(7, 4),
-        )
-    )
+from tests.conftest import tiny_net
 
 
 @pytest.fixture(params=["binarizer", "ternarizer"])
