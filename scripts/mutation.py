@@ -67,8 +67,12 @@ SCOPES: dict[str, Scope] = {
         )
     ),
     "src/methods/piggyback/module.py": Scope(("tests/test_configs.py", "tests/test_masking.py")),
-    "src/methods/packnet/state.py": Scope(("tests/test_packnet.py", "tests/test_properties.py")),
-    "src/methods/multitask.py": Scope(("tests/test_multitask.py", "tests/test_properties.py")),
+    "src/methods/packnet/state.py": Scope(
+        ("tests/test_host_and_owners.py", "tests/test_packnet.py", "tests/test_properties.py")
+    ),
+    "src/methods/multitask.py": Scope(
+        ("tests/test_host_and_owners.py", "tests/test_multitask.py", "tests/test_properties.py")
+    ),
     "src/methods/base.py": Scope(("tests/test_configs.py", "tests/test_api.py")),
     "src/runs/identity.py": Scope(
         ("tests/test_identity.py", "tests/test_trust.py", "tests/test_properties.py")

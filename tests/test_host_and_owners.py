@@ -1,0 +1,126 @@
+"""The multi-task host and PackNet's ownership state, function by function, without
+training: what the host freezes and sets aside under each strategy, how it names and
+counts classes, and the edges of owner indices (bit widths, the task limit, a state of
+another kind)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.masking import masked_layers, read_task_file, write_task_file
+from src.methods.api import export_task, wrap
+from src.methods.multitask import MultiTaskModel, top_classes
+from src.methods.packnet.state import (
+    MAX_OWNER,
+    PackNetState,
+    init_owners,
+    owner_shares,
+    pack_owners,
+    prune_owner,
+    unpack_owners,
+)
+from src.utils.errors import UserError
+from tests.conftest import tiny_net
+
+
+def task_path(tmp_path: Path, classes: int = 4, names: list[str] | None = None) -> Path:
+    task = wrap(tiny_net(), "piggyback", classifier="fc", num_classes=classes)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in masked_layers(task.model).values():
+            layer.mask_real.copy_(torch.rand(layer.mask_real.shape, generator=generator) - 0.4)
+    path = tmp_path / f"task{classes}.safetensors"
+    export_task(task, path, names)
+    return path
+
+
+def host(*paths: Path, strategy: str = "copy") -> MultiTaskModel:
+    return MultiTaskModel(
+        "sequential", None, list(paths), strategy, model=tiny_net(), classifier="fc"
+    )
+
+
+@pytest.mark.parametrize("strategy", ["copy", "restore"])
+def test_the_host_is_frozen_and_keeps_aside_what_its_strategy_says(
+    tmp_path: Path, strategy: str
+) -> None:
+    """copy: a dense copy of each layer a task changes; restore: only the changed values."""
+    model = host(task_path(tmp_path), strategy=strategy)
+    model.select("task4")
+    params = list(model.model.parameters())
+    assert params and not any(p.requires_grad for p in params)
+    dense = {k: v.numel() for k, v in model._original.items()}
+    aside = {k: int(changed.sum()) for k, (changed, _) in model._aside.items()}
+    if strategy == "copy":
+        assert dense == {"conv": 135, "mid": 35} and not aside
+    else:
+        assert not dense and set(aside) == {"conv", "mid"}
+        assert all(0 < n < {"conv": 135, "mid": 35}[k] for k, n in aside.items())
+
+
+@pytest.mark.parametrize("names", [None, [f"c{i}" for i in range(300)]])
+def test_a_task_with_its_class_names_or_none_is_hosted(tmp_path: Path, names) -> None:
+    """300 classes: a count above the small integers Python caches compares by value."""
+    model = host(task_path(tmp_path, 300, names))
+    assert model.tasks["task300"].class_names == (names or [])
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_class_names_that_miscount_the_classifier_are_refused(tmp_path: Path, count: int) -> None:
+    path = task_path(tmp_path)
+    tf = read_task_file(path)
+    write_task_file(path, tf.tensors, {**tf.meta, "class_names": [f"c{i}" for i in range(count)]})
+    with pytest.raises(UserError, match=f"names {count} classes but its classifier has 4"):
+        host(path)
+
+
+def test_predict_and_topk_answer_per_image_with_five_classes_by_default(tmp_path: Path) -> None:
+    model = host(task_path(tmp_path, 7))
+    images = torch.randn(3, 3, 8, 8)
+    assert model.predict(images[:0], "task7").shape == (0, 7)
+    top = model.topk(images, "task7")
+    assert [len(row) for row in top] == [5, 5, 5]
+    assert {name for row in top for name, _ in row} <= {str(i) for i in range(7)}
+    logits = torch.tensor([[0.0, 2.0, 1.0]])
+    assert [name for name, _ in top_classes(logits, None, 3)[0]] == ["1", "2", "0"]
+
+
+def test_owner_indices_fit_their_bit_width_exactly() -> None:
+    for bits in (1, 2, 4, 8):
+        top = torch.tensor([(1 << bits) - 1, 0, 1], dtype=torch.uint8)
+        assert torch.equal(unpack_owners(pack_owners(top, bits), (3,), bits), top)
+        if bits < 8:
+            with pytest.raises(ValueError, match=f"does not fit in {bits} bits"):
+                pack_owners(torch.tensor([1 << bits], dtype=torch.uint8), bits)
+
+
+def test_a_sequence_holds_at_most_max_owner_minus_one_tasks() -> None:
+    fields = {"backbone": "x", "classifier": "fc", "model": None, "owners": {}}
+    PackNetState(**fields, task_order=[f"t{i}" for i in range(MAX_OWNER - 1)])
+    with pytest.raises(UserError, match=f"at most {MAX_OWNER - 1} tasks"):
+        PackNetState(**fields, task_order=[f"t{i}" for i in range(MAX_OWNER)])
+
+
+def test_owner_shares_name_owners_without_weights_too() -> None:
+    owners = {"layer": torch.tensor([1, 1, 2, 0], dtype=torch.uint8)}
+    shares = owner_shares(owners, {0: "free", 1: "base", 2: "t1", MAX_OWNER: "last"})
+    assert shares == {"layer": {"free": 0.25, "base": 0.5, "t1": 0.25, "last": 0.0}}
+
+
+def test_pruning_works_on_weights_that_require_grad() -> None:
+    model = tiny_net()
+    assert all(p.requires_grad for p in model.parameters())
+    owners = init_owners(model, "fc")
+    freed = prune_owner(model, owners, "fc", owner=1, fraction=0.5)
+    assert freed == {"conv": 68, "mid": 18}  # halves rounded up, as prune.py
+
+
+@pytest.mark.parametrize("kind", ["aaa", "zzz"])
+def test_a_state_of_another_kind_is_refused(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "state.safetensors"
+    write_task_file(path, {"x": torch.zeros(1)}, {"kind": kind})
+    with pytest.raises(UserError, match=f"is a '{kind}' task file, not a PackNet state"):
+        PackNetState.load(path)
