@@ -73,7 +73,9 @@ SCOPES: dict[str, Scope] = {
     "src/methods/multitask.py": Scope(
         ("tests/test_host_and_owners.py", "tests/test_multitask.py", "tests/test_properties.py")
     ),
-    "src/methods/base.py": Scope(("tests/test_configs.py", "tests/test_api.py")),
+    "src/methods/base.py": Scope(
+        ("tests/test_task_module.py", "tests/test_configs.py", "tests/test_api.py")
+    ),
     "src/runs/identity.py": Scope(
         ("tests/test_identity.py", "tests/test_trust.py", "tests/test_properties.py")
     ),

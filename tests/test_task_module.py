@@ -1,0 +1,94 @@
+"""What every method's LightningModule shares (src/methods/base.py), called directly: the
+step schedule's checks, the metrics' k, what a step logs, a diverged loss, the norms it
+freezes and the memory format it leaves alone by default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.methods.api import wrap
+from src.methods.base import TaskModule, check_schedule
+from src.models import build_backbone
+from src.models.surgery import norm_layers
+from src.utils.errors import UserError
+from tests.conftest import tiny_net
+
+
+@pytest.mark.parametrize(
+    "every, milestones, message",
+    [
+        (None, None, "lr_decay_every"),
+        (10, [5, 8], "both set"),
+        (None, [8, 5], "must increase"),
+        (None, [5, 5], "must increase"),
+    ],
+)
+def test_a_schedule_steps_every_n_epochs_or_at_increasing_milestones(
+    every, milestones, message: str
+) -> None:
+    with pytest.raises(UserError, match=message):
+        check_schedule(every, milestones)
+
+
+def test_the_two_schedules_that_are_fine() -> None:
+    check_schedule(15, None)
+    check_schedule(None, [80, 100])
+
+
+def test_top1_and_top5_count_what_they_say() -> None:
+    """Per image the true class (0) ranks 1st, 2nd, 5th and 6th among 7."""
+    task = wrap(tiny_net(), "finetune", classifier="fc", num_classes=7)
+    ranks = [
+        [6, 5, 4, 3, 2, 1, 0],
+        [5, 6, 4, 3, 2, 1, 0],
+        [2, 1, 0, 6, 5, 4, 3],
+        [1, 0, 6, 5, 4, 3, 2],
+    ]
+    task.test_metrics.update(torch.tensor(ranks, dtype=torch.float), torch.zeros(4).long())
+    scores = {k: float(v) for k, v in task.test_metrics.compute().items()}
+    assert scores == {"test/top1": 0.25, "test/top5": 0.75}
+    few = wrap(tiny_net(), "finetune", classifier="fc", num_classes=3)
+    few.val_metrics.update(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0]))
+    assert float(few.val_metrics.compute()["val/top5"]) == 1.0  # top-5 of 3 classes: top-3
+
+
+def test_a_step_logs_epoch_means_on_the_progress_bar(monkeypatch) -> None:
+    task = wrap(tiny_net(), "finetune", classifier="fc", num_classes=4)
+    logged = []
+    monkeypatch.setattr(task, "log", lambda *a, **kw: logged.append((a[0], kw)))
+    monkeypatch.setattr(task, "log_dict", lambda *a, **kw: logged.append(("metrics", kw)))
+    batch = (torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    loss = task.training_step(batch, 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    task.validation_step(batch, 0)
+    each_epoch = {"on_step": False, "on_epoch": True, "prog_bar": True}
+    assert logged == [("train/loss", each_epoch), ("metrics", each_epoch)]
+
+
+def test_a_diverged_loss_stops_the_run_naming_the_epoch_and_batch(monkeypatch) -> None:
+    task = wrap(tiny_net(), "finetune", classifier="fc", num_classes=4)
+    monkeypatch.setattr(task, "forward", lambda x: torch.full((2, 4), float("nan")))
+    with pytest.raises(UserError, match="at epoch 1, batch 3: the run diverged"):
+        task.training_step((torch.randn(2, 3, 8, 8), torch.tensor([0, 1])), 2)
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_norms_are_frozen_unless_the_method_trains_them(train_bn: bool) -> None:
+    task = wrap(
+        build_backbone("minicnn", None, 4), "finetune", classifier="classifier", train_bn=train_bn
+    )
+    norms = norm_layers(task.model).values()
+    assert norms and all(p.requires_grad == train_bn for n in norms for p in n.parameters())
+    task.train()
+    assert all(n.training == train_bn for n in norms)
+
+
+def test_batches_keep_their_memory_format_unless_channels_last_is_set() -> None:
+    assert TaskModule.channels_last is False
+    task = wrap(tiny_net(), "finetune", classifier="fc", num_classes=4)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    assert task.on_after_batch_transfer((x, y), 0)[0].is_contiguous()
+    task.channels_last = True
+    moved = task.on_after_batch_transfer((x, y), 0)[0]
+    assert moved.is_contiguous(memory_format=torch.channels_last) and not moved.is_contiguous()
