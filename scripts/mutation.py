@@ -79,7 +79,9 @@ SCOPES: dict[str, Scope] = {
     "src/runs/identity.py": Scope(
         ("tests/test_identity.py", "tests/test_trust.py", "tests/test_properties.py")
     ),
-    "src/runs/records.py": Scope(("tests/test_tables.py", "tests/test_properties.py")),
+    "src/runs/records.py": Scope(
+        ("tests/test_records.py", "tests/test_tables.py", "tests/test_properties.py")
+    ),
     "src/data/transforms.py": Scope(("tests/test_transforms.py", "tests/test_configs.py")),
     "src/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
     "src/methods/lora/layer.py": Scope(("tests/test_lora.py", "tests/test_new_methods.py")),
