@@ -16,7 +16,9 @@ from src.methods.multitask import MultiTaskModel, top_classes
 from src.methods.packnet.state import (
     MAX_OWNER,
     PackNetState,
+    claim_free,
     init_owners,
+    owner_bits,
     owner_shares,
     pack_owners,
     prune_owner,
@@ -124,3 +126,51 @@ def test_a_state_of_another_kind_is_refused(tmp_path: Path, kind: str) -> None:
     write_task_file(path, {"x": torch.zeros(1)}, {"kind": kind})
     with pytest.raises(UserError, match=f"is a '{kind}' task file, not a PackNet state"):
         PackNetState.load(path)
+
+
+def test_claiming_gives_every_free_weight_and_counts_it() -> None:
+    owners = {
+        "a": torch.tensor([0, 1, 0], dtype=torch.uint8),
+        "b": torch.tensor([0, 2], dtype=torch.uint8),
+    }
+    assert claim_free(owners, 3) == 3
+    assert owners["a"].tolist() == [3, 1, 3] and owners["b"].tolist() == [3, 2]
+    assert claim_free(owners, 4) == 0
+
+
+def test_owner_bits_hold_every_owner_index() -> None:
+    assert {n: owner_bits(n) for n in (0, 1, 2, 3, 4, 7, 8, 255)} == {
+        0: 1, 1: 1, 2: 2, 3: 2, 4: 3, 7: 3, 8: 4, 255: 8,
+    }  # fmt: skip
+    for bits in (1, 2, 4):
+        with pytest.raises(ValueError, match="does not fit"):
+            pack_owners(torch.tensor([(1 << bits) + 1], dtype=torch.uint8), bits)
+
+
+def test_pruning_breaks_magnitude_ties_by_position() -> None:
+    model = tiny_net()
+    with torch.no_grad():
+        model.mid.weight.fill_(0.5)  # 35 tied weights
+    owners = init_owners(model, "fc")
+    prune_owner(model, owners, "fc", owner=1, fraction=0.5)
+    freed = owners["mid"].view(-1).eq(0).nonzero().squeeze(1).tolist()
+    assert freed == list(range(18))
+
+
+def test_a_saved_state_reads_back_with_only_its_own_metadata(tmp_path: Path) -> None:
+    from src.models import build_backbone
+
+    model = build_backbone("minicnn", None, 4)
+    state = PackNetState("minicnn", "classifier", model, init_owners(model, "classifier"), ["t"])
+    state.meta = {"note": "kept"}
+    state.save(tmp_path / "state.safetensors")
+    loaded = PackNetState.load(tmp_path / "state.safetensors")
+    assert loaded.meta == {"note": "kept"} and loaded.task_order == ["t"]
+    trunk = {k: v for k, v in loaded.tensors().items() if k.startswith("backbone.")}
+    write_task_file(
+        tmp_path / "cut.safetensors",
+        {k: v for k, v in list(trunk.items())[1:]},
+        read_task_file(tmp_path / "state.safetensors").meta,
+    )
+    with pytest.raises(UserError, match="does not fit minicnn"):
+        PackNetState.load(tmp_path / "cut.safetensors")
