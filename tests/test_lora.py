@@ -75,3 +75,49 @@ def test_target_modules_follow_peft() -> None:
 def test_dropout_has_no_folded_form_and_is_refused() -> None:
     with pytest.raises(UserError, match=r"lora_dropout=0\.1"):
         wrap(copy.deepcopy(network()), "lora", classifier="head", lora_dropout=0.1)
+
+
+def test_the_update_is_w_plus_alpha_over_r_times_b_a_in_the_default_suite() -> None:
+    """peft's comparison is a slow test; this holds the arithmetic in every run: a trained-
+    looking B, alpha != r, against the formula written out."""
+    model = network()
+    plain = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    add_lora(model, "head", r=2, lora_alpha=6)
+    generator = torch.Generator().manual_seed(3)
+    deltas = lora_layers(model)
+    with torch.no_grad():
+        for delta in deltas.values():
+            delta.lora_B.copy_(torch.randn(delta.lora_B.shape, generator=generator))
+    for key, delta in deltas.items():
+        weight = plain[f"{key}.weight"]
+        expected = weight + 3.0 * (delta.lora_B @ delta.lora_A).view(weight.shape)
+        torch.testing.assert_close(model.get_submodule(key).weight, expected, rtol=0, atol=0)
+    x = torch.randn(2, 3, 8, 8)
+    model(x).square().sum().backward()
+    fc = deltas["fc"]  # the same loss with fc's update written out on copies of A and B
+    a, b = (t.detach().clone().requires_grad_() for t in (fc.lora_A, fc.lora_B))
+    h = torch.flatten(torch.relu(model.conv(x)), 1).detach()
+    w = plain["fc.weight"] + 3.0 * b @ a
+    out = model.head(nn.functional.linear(h, w, model.fc.bias))
+    out.square().sum().backward()
+    torch.testing.assert_close(fc.lora_A.grad, a.grad)
+    torch.testing.assert_close(fc.lora_B.grad, b.grad)
+    frozen = [p for n, p in model.named_parameters() if n.endswith("original")]
+    assert frozen and not any(p.requires_grad for p in frozen)
+
+
+def test_a_starts_within_kaiming_bounds_and_targets_match_exact_names() -> None:
+    model = nn.Sequential(
+        OrderedDict(conv=nn.Conv2d(16, 4, 3), mid=nn.Linear(4, 4), head=nn.Linear(4, 2))
+    )
+    add_lora(model, "head", r=64, lora_alpha=8)
+    a = lora_layers(model)["conv"].lora_A  # fan-in 16 x 3 x 3 = 144: bound 1 / 12
+    assert float(a.abs().max()) <= 1 / 12 and float(a.abs().max()) > 0.97 / 12
+    assert add_lora(network(), "head", 2, 2, ["conv"]) == ["conv"]  # "fc" sorts after "conv"
+
+
+def test_target_modules_name_an_attention_module_for_its_packed_in_proj() -> None:
+    model = nn.Sequential(OrderedDict(attn=nn.MultiheadAttention(8, 2, batch_first=True)))
+    assert add_lora(model, "none", 2, 2, ["attn"]) == ["attn.in_proj_weight"]
+    model = nn.Sequential(OrderedDict(attn=nn.MultiheadAttention(8, 2, batch_first=True)))
+    assert add_lora(model, "none", 2, 2, ["out_proj"]) == ["attn.out_proj"]
