@@ -92,3 +92,12 @@ def test_batches_keep_their_memory_format_unless_channels_last_is_set() -> None:
     task.channels_last = True
     moved = task.on_after_batch_transfer((x, y), 0)[0]
     assert moved.is_contiguous(memory_format=torch.channels_last) and not moved.is_contiguous()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_model_moves_to_channels_last_at_fit_start_only_when_asked(channels_last) -> None:
+    task = wrap(tiny_net(), "finetune", classifier="fc", num_classes=4)
+    task.channels_last = channels_last
+    task.on_fit_start()
+    weight = task.model.conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) == channels_last
