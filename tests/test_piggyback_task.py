@@ -82,11 +82,11 @@ def test_every_corrupt_piggyback_task_is_refused_with_its_layer_named(
     method_of(task_file).check(task_file)  # the file as written passes
 
 
-@pytest.mark.parametrize("other", [[5, 3, 3, 2], [5, 3, 2, 3], [4, 3, 3, 3]])
+@pytest.mark.parametrize("other", [[5, 3, 3, 2], [4, 3, 3, 3], [5, 3, 3, 4], [6, 3, 3, 3]])
 def test_a_mask_for_another_weight_shape_is_refused_by_fold_and_host(
     task_file: TaskFile, other: list[int]
 ) -> None:
-    """Shapes on both sides of the mask's own ([5, 3, 3, 3]) in list order."""
+    """Shapes below and above the weight's own ([5, 3, 3, 3]) in list order."""
     broken = edited(
         task_file, layers=lambda layers: {**layers, "conv": {**layers["conv"], "shape": other}}
     )
