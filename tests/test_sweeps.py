@@ -103,10 +103,15 @@ def test_loader_workers_start_inside_a_joblib_worker() -> None:
     assert Parallel(n_jobs=2, backend="loky")(jobs) == [3, 3]
 
 
-def test_a_presets_dataset_settings_reach_every_task_of_a_sequence() -> None:
+def test_a_presets_dataset_settings_reach_every_task_of_a_sequence(monkeypatch) -> None:
     """experiment=real_transfer sets transforms.size 64 on its dataset; a PackNet sequence
     composes each task's dataset config anew, and must not fall back to 32 pixels there."""
+    from hydra.core.hydra_config import HydraConfig
+
     from src.runs.config import compose, with_dataset
+
+    # outside a Hydra app, as here; an earlier test in this process may have set one
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
 
     tasks = "method.tasks=[mini_digits,fashion_mnist_subset]"
     preset = compose(["experiment=real_transfer", "method=packnet", tasks])
