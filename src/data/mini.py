@@ -79,10 +79,9 @@ def _fashion_task(start: int, shift: Callable[[np.ndarray], np.ndarray]):
 def _per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     """The first ``per_class`` indices of each class in a fixed permutation, in that order."""
     order = np.random.default_rng(1234).permutation(len(labels))
-    picked = [order[labels[order] == c][:per_class] for c in np.unique(labels)]
-    short = [
-        int(c) for c, idx in zip(np.unique(labels), picked, strict=True) if len(idx) < per_class
-    ]
+    classes = np.unique(labels)
+    picked = [order[labels[order] == c][:per_class] for c in classes]
+    short = [int(c) for c, idx in zip(classes, picked, strict=True) if len(idx) < per_class]
     if short:
         raise UserError(f"Fashion-MNIST has fewer than {per_class} images of classes {short}")
     return np.sort(np.concatenate(picked))
