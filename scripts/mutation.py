@@ -85,7 +85,7 @@ SCOPES: dict[str, Scope] = {
     "src/data/transforms.py": Scope(("tests/test_transforms.py", "tests/test_configs.py")),
     "src/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
     "src/methods/lora/layer.py": Scope(("tests/test_lora.py", "tests/test_new_methods.py")),
-    "src/methods/lora/task.py": Scope(("tests/test_new_methods.py",)),
+    "src/methods/lora/task.py": Scope(("tests/test_lora_task.py", "tests/test_new_methods.py")),
     "src/methods/ssf/layer.py": Scope(("tests/test_ssf.py", "tests/test_new_methods.py")),
     "src/methods/ssf/task.py": Scope(("tests/test_new_methods.py",)),
     "src/methods/residual_adapters/layer.py": Scope(
@@ -101,7 +101,7 @@ SCOPES: dict[str, Scope] = {
         ("tests/test_affine_masks.py", "tests/test_new_methods.py")
     ),
     "src/methods/registry.py": Scope(
-        ("tests/test_new_methods.py", "tests/test_method_registry.py")
+        ("tests/test_new_methods.py", "tests/test_method_registry.py", "tests/test_lora_task.py")
     ),
     "src/reporting/tables.py": Scope(
         ("tests/test_tables.py",), ("summarize", "storage_frame", "decathlon_scores")

@@ -66,9 +66,36 @@ def test_the_stamps_name_the_commit_and_the_device(monkeypatch) -> None:
     version = R.code_version()
     assert isinstance(version["git"], str) and len(version["git"]) == 40
     assert isinstance(version["dirty"], bool)
-    assert isinstance(R.device_name(torch.device("cpu")), str)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Some GPU")
     assert R.device_name(torch.device("cuda")) == "Some GPU"
+    for processor, named in [("AMD EPYC", "AMD EPYC"), ("", "cpu")]:
+        monkeypatch.setattr(R.platform, "processor", lambda p=processor: p)
+        # "meta" and "mps" sort above "cuda": only the type's name itself means a GPU
+        for device in ("cpu", "meta", "mps"):
+            assert R.device_name(torch.device(device)) == named
+
+
+def fake_git(folder: Path, rev_parse_exit: int = 0, status_exit: int = 0) -> str:
+    """A PATH whose git prints a commit for rev-parse and a change for status, each exiting
+    with the code given."""
+    folder.mkdir()
+    script = folder / "git"
+    script.write_text(
+        f'#!/bin/sh\nif [ "$1" = rev-parse ]; then echo abc123; exit {rev_parse_exit}; fi\n'
+        f"echo ' M src/x.py'; exit {status_exit}\n"
+    )
+    script.chmod(0o755)
+    return str(folder)
+
+
+def test_a_commit_unknown_to_git_is_recorded_as_none(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", fake_git(tmp_path / "ok"))
+    assert R.code_version() == {"git": "abc123", "dirty": True}
+    for name, exits in [("rev-parse fails", (128, 0)), ("status fails", (0, 128))]:
+        monkeypatch.setenv("PATH", fake_git(tmp_path / name, *exits))
+        assert R.code_version() == {"git": None, "dirty": None}, name
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git at all
+    assert R.code_version() == {"git": None, "dirty": None}
 
 
 @pytest.mark.parametrize(
@@ -92,7 +119,7 @@ def test_an_unreadable_record_is_named_and_read_records_skips_it_aloud(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     (tmp_path / "folder.json").mkdir()
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match=r"cannot be read \(Is a directory\)$"):
         R.read_record(tmp_path / "folder.json")
     R.write_record(tmp_path / "good.json", R.run_record(**FACTS))
     (tmp_path / "cut.json").write_text("{")
