@@ -140,13 +140,19 @@ def test_re_parameterisable_models_are_refused_with_the_reason(name: str) -> Non
         classifier_name(name)
 
 
-def test_predict_without_a_task_uses_the_backbones_own_classes(tmp_path: Path, capsys) -> None:
+def test_predict_without_a_task_uses_the_backbones_own_classes(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from src.models import registry
     from src.runs.predict import predict
 
+    loads, load = [], registry.pretrained_state
+    monkeypatch.setattr(registry, "pretrained_state", lambda *a: loads.append(a) or load(*a))
     for name in ("chelsea", "coffee"):
         photo(name).save(tmp_path / f"{name}.png")
     results = predict(["backbone=efficientnet_lite0", f"images={tmp_path}", "topk=1",
                        "format=jsonl"])  # fmt: skip
     top = {Path(r["image"]).stem: r["topk"][0]["class"] for r in results}
     assert top == {"chelsea": "tabby, tabby cat", "coffee": "espresso"}
+    assert len(loads) == 1  # the weights are read once, for the network and its class names
     assert '"class": "espresso"' in capsys.readouterr().out

@@ -309,22 +309,20 @@ def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
     return _torchvision_weights(name, str(weights))
 
 
-def pretrained_class_names(name: str, weights: str) -> list[str]:
-    """The class names of the classifier stored with ``weights``: torchvision's weights
-    metadata, or ImageNet's 1000 (timm's ImageNetInfo) for a timm tag or packaged weights
-    with a 1000-class head."""
+def pretrained_class_names(name: str, weights: str, outputs: int) -> list[str]:
+    """The class names of the ``outputs``-class classifier stored with ``weights``:
+    torchvision's weights metadata, or ImageNet's 1000 (timm's ImageNetInfo) for a timm tag
+    or packaged weights. Reads no weights: the caller has the network already."""
     source = weights_source(name, weights)
     if source == "torchvision":
         check_weights_name(name, weights)
         return list(torchvision.models.get_model_weights(name)[weights].meta["categories"])
-    head = pretrained_classifier(name, weights).get("weight")
-    if source in ("timm", "packaged") and head is not None and head.shape[0] == 1000:
+    if source in ("timm", "packaged") and outputs == 1000:
         info = import_timm("ImageNet's class names").data.ImageNetInfo()
         return [info.index_to_description(i) for i in range(1000)]
-    outputs = "no classifier" if head is None else f"a {head.shape[0]}-class classifier"
     raise UserError(
-        f"backbone.weights={weights} hold {outputs} whose class names this project does not "
-        "know; predict with a task instead (task=<file>)"
+        f"backbone.weights={weights} hold a {outputs}-class classifier whose class names this "
+        "project does not know; predict with a task instead (task=<file>)"
     )
 
 
@@ -338,14 +336,14 @@ def pretrained_classifier(name: str, weights: str | None) -> dict[str, torch.Ten
 
 
 def build_backbone(
-    name: str, weights: str | None, num_classes: int, keep_classifier: bool = False
+    name: str, weights: str | None, num_classes: int | None, keep_classifier: bool = False
 ) -> nn.Module:
     """The named network with its pretrained weights and a fresh ``num_classes`` classifier.
 
     ``weights`` is a torchvision weights name (e.g. IMAGENET1K_V1), a file path
     (.safetensors or a weights-only torch file), or None for random initialisation.
     ``keep_classifier``: keep the pretrained classifier instead (scoring the network on the
-    data it was trained on); it must have ``num_classes`` outputs.
+    data it was trained on); it must have ``num_classes`` outputs (None: whatever it has).
     """
     spec = _spec(name)
     model = spec.build()
@@ -365,15 +363,19 @@ def build_backbone(
                 f"weights {weights} do not fit {name}: {len(missing)} missing keys "
                 f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
             )
-    old = model.get_submodule(spec.classifier)
+    old, stored = model.get_submodule(spec.classifier), own_head.get("weight")
+    if num_classes is None:  # keep the stored classifier, whatever its size
+        if not keep_classifier:
+            raise ValueError("build_backbone: num_classes=None needs keep_classifier=True")
+        num_classes = 0 if stored is None else stored.shape[0]
     new = nn.Linear(old.in_features, num_classes)
     if keep_classifier:
-        stored = own_head.get("weight")
         if stored is None or stored.shape != new.weight.shape:
             shape = "none" if stored is None else tuple(stored.shape)
             raise UserError(
-                f"{name}'s weights {weights} hold no {num_classes}-class classifier to score "
-                f"as it is (found: {shape}); set pretrained_as_is=false to train one"
+                f"{name}'s weights {weights} hold no {num_classes or 'trained'}-class "
+                f"classifier to use as it is (found: {shape}); train one instead "
+                "(pretrained_as_is=false; to predict, task=<file>)"
             )
         new.load_state_dict(own_head)
     replace_module(model, spec.classifier, new)

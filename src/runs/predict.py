@@ -19,7 +19,7 @@ from src.methods import method_of
 from src.methods.multitask import TASK_SUFFIX, MultiTaskModel, top_classes
 from src.methods.tasks import read_task
 from src.models import build_backbone
-from src.models.registry import pretrained_class_names
+from src.models.registry import classifier_name, pretrained_class_names
 from src.runs.builders import build_image_transforms
 from src.runs.config import compose
 from src.runs.evaluate import compose_config, pick_device, training_overrides
@@ -102,8 +102,9 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
         top = host.topk(images, tf.path.stem, k=k, batch_size=batch_size)
     else:
         bb = task_cfg.backbone
-        names = pretrained_class_names(bb.name, str(weights))
-        network = build_backbone(bb.name, str(weights), len(names), keep_classifier=True)
+        network = build_backbone(bb.name, str(weights), None, keep_classifier=True)
+        outputs = network.get_submodule(classifier_name(bb.name)).out_features
+        names = pretrained_class_names(bb.name, str(weights), outputs)
         network = network.to(device).eval()
         with torch.no_grad():
             logits = torch.cat([network(b.to(device)).cpu() for b in images.split(batch_size)])
