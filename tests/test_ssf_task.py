@@ -1,0 +1,92 @@
+"""An SSF task as stored (src/methods/ssf/task.py), without training: folding and hosting
+give the trained network's outputs, a scale that is not a vector is refused, and so is a
+scale made for a weight with another number of output channels."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from src.masking import read_task_file
+from src.masking.taskfile import TaskFile
+from src.methods import method_of
+from src.methods.api import export_task, fold_task, wrap
+from src.methods.multitask import MultiTaskModel
+from src.methods.ssf.layer import ssf_layers
+from src.utils.errors import UserError
+
+WIDE = 300  # above CPython's cached small ints (-5..256): `is` on two counts is False here
+
+
+def wide_net() -> nn.Module:
+    """conv (300 x 3 x 3 x 3: channels out != in != kernel) -> Linear (7 x 300) -> fc."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(3, WIDE, 3),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            mid=nn.Linear(WIDE, 7),
+            fc=nn.Linear(7, 4),
+        )
+    )
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> tuple:
+    """A wrapped net whose scales and shifts are not the identity's 1 and 0."""
+    task = wrap(wide_net(), "ssf", classifier="fc")
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for *_, ssf in ssf_layers(task.model).values():
+            ssf.scale.copy_(torch.rand(ssf.scale.shape, generator=generator) + 0.5)
+            ssf.shift.copy_(torch.randn(ssf.shift.shape, generator=generator))
+    path = tmp_path / "ssf.safetensors"
+    export_task(task, path)
+    return task, path
+
+
+@pytest.fixture
+def task_file(trained) -> TaskFile:
+    return read_task_file(trained[1])
+
+
+def test_folding_and_hosting_give_the_trained_networks_outputs(trained) -> None:
+    task, path = trained
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    task.eval()
+    with torch.no_grad():
+        expected = task.model(x)
+        folded = fold_task(wide_net(), path, classifier="fc")(x)
+    hosted = MultiTaskModel("sequential", None, [path], model=wide_net(), classifier="fc")
+    torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(hosted.predict(x, path.stem), expected, rtol=0, atol=1e-5)
+
+
+def replaced_scale(tf: TaskFile, key: str, scale: torch.Tensor) -> TaskFile:
+    return TaskFile(path=tf.path, meta=tf.meta, tensors={**tf.tensors, f"ssf_scale.{key}": scale})
+
+
+@pytest.mark.parametrize("shape", [(), (1, WIDE), (WIDE, 1)])
+def test_a_scale_that_is_not_a_vector_is_refused(task_file: TaskFile, shape: tuple) -> None:
+    broken = replaced_scale(task_file, "conv", torch.ones(shape))
+    with pytest.raises(UserError, match="an SSF scale is not a vector"):
+        method_of(broken).check(broken)
+    method_of(task_file).check(task_file)  # the file as written passes
+
+
+@pytest.mark.parametrize("channels", [WIDE - 1, WIDE + 1])
+def test_a_scale_for_another_channel_count_is_refused_by_fold_and_host(
+    task_file: TaskFile, channels: int
+) -> None:
+    broken = replaced_scale(task_file, "conv", torch.ones(channels))
+    method_of(broken).check(broken)  # well-formed: only the backbone can tell
+    with pytest.raises(UserError, match="changes weight conv, which this backbone lacks"):
+        method_of(broken).fold(wide_net(), broken, "fc")
+    with pytest.raises(UserError, match="changes weight conv, which this backbone lacks"):
+        MultiTaskModel("sequential", None, [broken], model=wide_net(), classifier="fc")
