@@ -86,7 +86,9 @@ SCOPES: dict[str, Scope] = {
     "src/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
     "src/methods/lora/layer.py": Scope(("tests/test_lora.py", "tests/test_new_methods.py")),
     "src/methods/lora/task.py": Scope(("tests/test_lora_task.py", "tests/test_new_methods.py")),
-    "src/methods/ssf/layer.py": Scope(("tests/test_ssf.py", "tests/test_new_methods.py")),
+    "src/methods/ssf/layer.py": Scope(
+        ("tests/test_ssf.py", "tests/test_ssf_task.py", "tests/test_new_methods.py")
+    ),
     "src/methods/ssf/task.py": Scope(("tests/test_ssf_task.py", "tests/test_new_methods.py")),
     "src/methods/residual_adapters/layer.py": Scope(
         ("tests/test_residual_adapters.py", "tests/test_new_methods.py")

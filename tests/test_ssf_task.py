@@ -1,6 +1,7 @@
 """An SSF task as stored (src/methods/ssf/task.py), without training: folding and hosting
-give the trained network's outputs, a scale that is not a vector is refused, and so is a
-scale made for a weight with another number of output channels."""
+give the trained network's outputs (a CNN with a norm, a ViT with attention), a task stores
+a scale per adapted weight and trains only scales, shifts and the classifier, a scale that
+is not a vector is refused, and so is one made for another number of output channels."""
 
 from __future__ import annotations
 
@@ -16,18 +17,20 @@ from src.masking.taskfile import TaskFile
 from src.methods import method_of
 from src.methods.api import export_task, fold_task, wrap
 from src.methods.multitask import MultiTaskModel
-from src.methods.ssf.layer import ssf_layers
+from src.methods.ssf.layer import add_ssf, ssf_layers
+from src.models import build_backbone
 from src.utils.errors import UserError
 
 WIDE = 300  # above CPython's cached small ints (-5..256): `is` on two counts is False here
 
 
 def wide_net() -> nn.Module:
-    """conv (300 x 3 x 3 x 3: channels out != in != kernel) -> Linear (7 x 300) -> fc."""
+    """conv (300 x 3 x 3 x 3: channels out != in != kernel) -> norm -> Linear (7 x 300) -> fc."""
     torch.manual_seed(0)
     return nn.Sequential(
         OrderedDict(
             conv=nn.Conv2d(3, WIDE, 3),
+            norm=nn.BatchNorm2d(WIDE),
             relu=nn.ReLU(),
             pool=nn.AdaptiveAvgPool2d(1),
             flat=nn.Flatten(),
@@ -37,10 +40,22 @@ def wide_net() -> nn.Module:
     )
 
 
+def mini_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return build_backbone("minivit", None, 4)
+
+
+NETS = {"cnn": (wide_net, "fc", (3, 3, 8, 8)), "vit": (mini_vit, "heads.head", (2, 3, 32, 32))}
+
+
 @pytest.fixture
 def trained(tmp_path: Path) -> tuple:
     """A wrapped net whose scales and shifts are not the identity's 1 and 0."""
-    task = wrap(wide_net(), "ssf", classifier="fc")
+    return trained_ssf(tmp_path, wide_net, "fc")
+
+
+def trained_ssf(tmp_path: Path, net, classifier: str) -> tuple:
+    task = wrap(net(), "ssf", classifier=classifier, backbone="sequential")
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for *_, ssf in ssf_layers(task.model).values():
@@ -56,16 +71,38 @@ def task_file(trained) -> TaskFile:
     return read_task_file(trained[1])
 
 
-def test_folding_and_hosting_give_the_trained_networks_outputs(trained) -> None:
-    task, path = trained
-    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("kind", NETS)
+def test_folding_and_hosting_give_the_trained_networks_outputs(tmp_path: Path, kind) -> None:
+    net, classifier, shape = NETS[kind]
+    task, path = trained_ssf(tmp_path, net, classifier)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     task.eval()
     with torch.no_grad():
         expected = task.model(x)
-        folded = fold_task(wide_net(), path, classifier="fc")(x)
-    hosted = MultiTaskModel("sequential", None, [path], model=wide_net(), classifier="fc")
+        folded = fold_task(net(), path, classifier=classifier)(x)
+    hosted = MultiTaskModel("sequential", None, [path], model=net(), classifier=classifier)
     torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(hosted.predict(x, path.stem), expected, rtol=0, atol=1e-5)
+
+
+def test_a_task_stores_a_scale_per_weight_and_trains_only_scales_shifts_and_classifier(
+    trained,
+) -> None:
+    task, path = trained
+    tf = read_task_file(path)
+    assert sorted(method_of(tf).scales(tf)) == ["conv", "mid"]  # the norm: in its own state
+    assert sorted(k for k in tf.tensors if k.startswith("ssf_state.")) == [
+        "ssf_state.conv.bias", "ssf_state.mid.bias", "ssf_state.norm.bias",
+        "ssf_state.norm.weight",
+    ]  # fmt: skip
+    trained_names = {n for n, p in task.model.named_parameters() if p.requires_grad}
+    assert trained_names and all(n.endswith((".scale", ".shift")) or n.startswith("fc.")
+                                 for n in trained_names)  # fmt: skip
+
+
+def test_a_norm_without_a_bias_is_left_alone() -> None:
+    holder = nn.Sequential(OrderedDict(norm=nn.LayerNorm(4, bias=False), head=nn.Linear(4, 2)))
+    assert add_ssf(holder, "head") == []
 
 
 def replaced_scale(tf: TaskFile, key: str, scale: torch.Tensor) -> TaskFile:
