@@ -94,7 +94,11 @@ SCOPES: dict[str, Scope] = {
         ("tests/test_residual_adapters.py", "tests/test_new_methods.py")
     ),
     "src/methods/residual_adapters/task.py": Scope(
-        ("tests/test_residual_adapters.py", "tests/test_new_methods.py")
+        (
+            "tests/test_adapter_task.py",
+            "tests/test_residual_adapters.py",
+            "tests/test_new_methods.py",
+        )
     ),
     "src/methods/affine_masks/layer.py": Scope(
         ("tests/test_affine_masks.py", "tests/test_new_methods.py")

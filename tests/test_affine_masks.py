@@ -112,6 +112,12 @@ def test_the_task_stores_the_ks_and_folds_with_the_training_arithmetic(tmp_path:
     [
         (lambda t: t.pop("affine.conv"), "has no \\(k0, k1, k2\\)"),
         (lambda t: t.__setitem__("affine.conv", torch.ones(2)), "has no \\(k0, k1, k2\\)"),
+        (lambda t: t.__setitem__("affine.conv", torch.ones(4)), "has no \\(k0, k1, k2\\)"),
+        (lambda t: t.__setitem__("affine.conv", torch.ones(1, 3)), "has no \\(k0, k1, k2\\)"),
+        (
+            lambda t: t.__setitem__("affine.conv", torch.ones(3, dtype=torch.int64)),
+            "has no \\(k0, k1, k2\\)",
+        ),
         (
             lambda t: t.__setitem__("affine.conv", torch.tensor([0.0, float("nan"), 0.0])),
             "not finite",

@@ -1,0 +1,108 @@
+"""A residual-adapter task as stored (src/methods/residual_adapters/task.py), both forms,
+without training: each way a file can be corrupt is refused with its message, and an
+adapter made for a conv of another shape is refused by fold and host."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from src.masking import read_task_file
+from src.masking.taskfile import TaskFile
+from src.methods import method_of
+from src.methods.api import export_task, wrap
+from src.methods.multitask import MultiTaskModel
+from src.utils.errors import UserError
+
+FORMS = {"parallel_adapters": "parallel.conv", "series_adapters": "series.conv"}
+
+
+def tiny_net() -> nn.Module:
+    """A 3x3 conv with ``same`` padding (where a parallel 1x1 folds exactly) before the norm
+    it feeds (where a series adapter goes), then the classifier ``fc``."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(3, 5, 3, padding=1, bias=False),
+            norm=nn.BatchNorm2d(5),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flat=nn.Flatten(),
+            fc=nn.Linear(5, 4),
+        )
+    )
+
+
+@pytest.fixture(params=list(FORMS))
+def task_file(request: pytest.FixtureRequest, tmp_path: Path) -> TaskFile:
+    export_task(wrap(tiny_net(), request.param, classifier="fc"), tmp_path / "task.safetensors")
+    return read_task_file(tmp_path / "task.safetensors")
+
+
+def edited(tf: TaskFile, tensors: Callable | None = None, layers: Callable | None = None):
+    new_tensors, meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
+    if tensors:
+        tensors(new_tensors, FORMS[tf.meta["method"]])
+    if layers:
+        meta["layers"] = layers(meta["layers"])
+    return TaskFile(path=tf.path, meta=meta, tensors=new_tensors)
+
+
+NO_LAYERS = "lists no adapted layers or lacks some"
+CORRUPT = {
+    "no layers": (None, lambda layers: {}, NO_LAYERS),
+    "layers a list of the keys": (None, lambda layers: list(layers), NO_LAYERS),
+    "a layer without its adapter": (None, lambda layers: {**layers, "x": [5, 3, 3, 3]}, NO_LAYERS),
+    "an adapter without its layer": (lambda t, key: t.update({key + "x": t[key]}), None, NO_LAYERS),
+    "a shape of 3 entries": (None, lambda layers: {"conv": [5, 3, 3]}, "shape of layer conv"),
+    "a shape of 5 entries": (None, lambda layers: {"conv": [5, 3, 3, 3, 1]}, "shape of layer conv"),
+    "a shape not a list": (None, lambda layers: {"conv": (5, 3, 3, 3)}, "shape of layer conv"),
+    "an adapter one row short": (
+        lambda t, key: t.update({key: t[key][:-1]}),
+        None,
+        "the adapter of conv is corrupt",
+    ),
+    "an adapter one row over": (
+        lambda t, key: t.update({key: torch.cat([t[key], t[key][:1]])}),
+        None,
+        "the adapter of conv is corrupt",
+    ),
+    "an adapter one column short": (
+        lambda t, key: t.update({key: t[key][:, :-1]}),
+        None,
+        "the adapter of conv is corrupt",
+    ),
+    "an adapter one column over": (
+        lambda t, key: t.update({key: torch.cat([t[key], t[key][:, :1]], dim=1)}),
+        None,
+        "the adapter of conv is corrupt",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT)
+def test_every_corrupt_adapter_task_is_refused(task_file: TaskFile, case: str) -> None:
+    tensors, layers, message = CORRUPT[case]
+    broken = edited(task_file, tensors, layers)
+    with pytest.raises(UserError, match=f"task file {task_file.path}.*{message}"):
+        method_of(broken).check(broken)
+    method_of(task_file).check(task_file)  # the file as written passes
+
+
+@pytest.mark.parametrize("other", [[5, 3, 3, 2], [4, 3, 3, 3], [5, 3, 3, 4], [6, 3, 3, 3]])
+def test_an_adapter_for_another_conv_shape_is_refused_by_fold_and_host(
+    task_file: TaskFile, other: list[int]
+) -> None:
+    """Shapes below and above the conv's own ([5, 3, 3, 3]) in list order."""
+    broken = edited(task_file, layers=lambda layers: {**layers, "conv": other})
+    refused = re.escape("changes weight conv, which this backbone lacks")
+    with pytest.raises(UserError, match=refused):
+        method_of(broken).fold(tiny_net(), broken, "fc")
+    with pytest.raises(UserError, match=refused):
+        MultiTaskModel("sequential", None, [broken], model=tiny_net(), classifier="fc")
