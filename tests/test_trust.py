@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,33 @@ def test_a_second_run_of_the_same_id_is_refused_while_the_first_holds_it(
     with run_lock(folder):  # released: free again
         pass
     assert not (tmp_path / "checkpoints" / "run.lock").exists()
+
+
+def test_a_killed_runs_lock_is_free_while_its_forked_workers_live(tmp_path: Path) -> None:
+    """A run's DataLoader workers are forked with its lock's descriptor; SIGKILL the run and
+    they live on for a while. The resume must not be refused for their sake."""
+    from pytorch_lightning.utilities import rank_zero_only  # noqa: F401  (before forking)
+
+    folder, worker_pid = tmp_path / "run", tmp_path / "worker.pid"
+    run = os.fork()
+    if run == 0:  # the run: lock, fork a worker that outlives it, die by SIGKILL
+        try:
+            with run_lock(folder):
+                worker = os.fork()
+                if worker == 0:
+                    time.sleep(60)
+                    os._exit(0)
+                worker_pid.write_text(str(worker))
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.waitpid(run, 0)
+    worker = int(worker_pid.read_text())
+    try:
+        with run_lock(folder):  # free, though the worker lives
+            pass
+    finally:
+        os.kill(worker, signal.SIGKILL)
 
 
 def test_a_finished_run_is_quiet_in_a_log_file_and_leaves_no_checkpoints(

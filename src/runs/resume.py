@@ -33,6 +33,22 @@ def resumable_checkpoint(path: Path, rid: str) -> str | None:
     return str(path)
 
 
+_HELD_LOCKS: set[int] = set()  # this process's lock descriptors (run_lock)
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the run's lock descriptors. A flock
+    belongs to the open file, which a fork shares, so otherwise a killed run's workers would
+    hold its lock until they noticed their parent was gone, and refuse the resume."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
     """Hold ``<folder>.lock`` while the run works; a second run of the same id is refused
@@ -49,16 +65,17 @@ def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
     made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
     folder.parent.mkdir(parents=True, exist_ok=True)
     path = folder.parent / f"{folder.name}.lock"
-    with open(path, "a+") as fh:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    _HELD_LOCKS.add(fd)
+    try:
         holder = None
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
         if holder is not None and wait:
             say(f"waiting for process {holder}, which holds {path}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
             return
         if holder is not None:
@@ -66,10 +83,8 @@ def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
                 f"this run is already running (process {holder} holds {path}); wait for it "
                 "to finish, or stop it"
             ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         try:
             yield
         finally:
@@ -77,3 +92,6 @@ def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
             for parent in made:  # deepest first: a run that wrote nothing leaves no folder
                 with contextlib.suppress(OSError):
                     parent.rmdir()
+    finally:
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)
