@@ -9,7 +9,8 @@ tests once under coverage with per-test contexts, so that each mutant is then te
 only the tests that execute its line (lines run at import time get all of the scope's
 tests). cosmic-ray edits files in place, so every worker mutates its own copy of the
 working tree under results/mutation/; the checkout is never touched. Mutants no test
-executes are reported apart ("not covered") and count as survivors.
+executes are reported apart ("not covered") and count as survivors; a mutation that leaves
+no valid Python (cosmic-ray turns a signature's bare `*` into `+`) is left out of the score.
 
 Prints the score per scope and overall, and writes results/mutation/report.md with every
 surviving mutant's diff. Not part of CI (about an hour on 2 cores); docs/testing.md keeps
@@ -222,6 +223,11 @@ def test_mutant(scope: str) -> int:
     state = json.loads((work / ".mutation" / "scope.json").read_text())
     original = (work / ".mutation" / "original.py").read_text()
     mutated = (work / scope).read_text()
+    try:
+        compile(mutated, scope, "exec")
+    except SyntaxError:  # e.g. a signature's bare `*` made `+`: no program, so no mutant
+        print("does not compile: left out of the score")
+        return 0
     selected: set[str] = set()
     for line in changed_lines(original, mutated):
         ids = state["lines"].get(str(line), [])
@@ -337,7 +343,8 @@ def read_results(db: Path, lines: dict[str, list[str]]) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
-    result: dict = {"killed": 0, "survived": [], "not_covered": [], "skipped": 0, "errors": 0}
+    result: dict = {"killed": 0, "survived": [], "not_covered": [], "skipped": 0, "errors": 0,
+                    "not_compiling": 0}  # fmt: skip
     with use_db(str(db), WorkDB.Mode.open) as work_db:
         for item, outcome in work_db.completed_work_items:
             if outcome.worker_outcome == WorkerOutcome.SKIPPED:
@@ -348,8 +355,11 @@ def read_results(db: Path, lines: dict[str, list[str]]) -> dict:
                 mutation = item.mutations[0]
                 entry = {"operator": mutation.operator_name,
                          "line": mutation.start_pos[0], "diff": outcome.diff}  # fmt: skip
-                uncovered = "not covered" in (outcome.output or "")
-                result["not_covered" if uncovered else "survived"].append(entry)
+                output = outcome.output or ""
+                if "does not compile" in output:
+                    result["not_compiling"] += 1
+                    continue
+                result["not_covered" if "not covered" in output else "survived"].append(entry)
             else:  # killed, timed out or incompetent (an import error): the tests noticed
                 result["killed"] += 1
     return result
@@ -368,11 +378,12 @@ def summary_line(result: dict) -> str:
         f"{len(result['not_covered'])} not covered"
         + (f" -> {s:.1f}%" if s is not None else "")
         + (f" ({result['errors']} worker errors)" if result["errors"] else "")
+        + (f" ({n} not compiling, left out)" if (n := result.get("not_compiling")) else "")
     )
 
 
 def write_report(results: dict[str, dict], path: Path, final: bool = False) -> None:
-    total = {"killed": 0, "survived": [], "not_covered": [], "errors": 0}
+    total = {"killed": 0, "survived": [], "not_covered": [], "errors": 0, "not_compiling": 0}
     out = ["# Mutation report", "", "| module | killed | survived | not covered | score |",
            "|---|---:|---:|---:|---:|"]  # fmt: skip
     for scope, r in results.items():
@@ -381,8 +392,8 @@ def write_report(results: dict[str, dict], path: Path, final: bool = False) -> N
             f"| {scope} | {r['killed']} | {len(r['survived'])} | {len(r['not_covered'])} | "
             f"{'' if s is None else f'{s:.1f}%'} |"
         )
-        for key in ("killed", "errors"):
-            total[key] += r[key]
+        for key in ("killed", "errors", "not_compiling"):
+            total[key] += r.get(key, 0)
         total["survived"] += r["survived"]
         total["not_covered"] += r["not_covered"]
     out += ["", f"Overall: {summary_line(total)}", ""]
