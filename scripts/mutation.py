@@ -378,7 +378,7 @@ def summary_line(result: dict) -> str:
         f"{len(result['not_covered'])} not covered"
         + (f" -> {s:.1f}%" if s is not None else "")
         + (f" ({result['errors']} worker errors)" if result["errors"] else "")
-        + (f" ({n} not compiling, left out)" if (n := result.get("not_compiling")) else "")
+        + (f" ({n} not compiling, left out)" if (n := result["not_compiling"]) else "")
     )
 
 
@@ -393,7 +393,7 @@ def write_report(results: dict[str, dict], path: Path, final: bool = False) -> N
             f"{'' if s is None else f'{s:.1f}%'} |"
         )
         for key in ("killed", "errors", "not_compiling"):
-            total[key] += r.get(key, 0)
+            total[key] += r[key]
         total["survived"] += r["survived"]
         total["not_covered"] += r["not_covered"]
     out += ["", f"Overall: {summary_line(total)}", ""]

@@ -140,6 +140,19 @@ def tiny_net() -> torch.nn.Module:
     )
 
 
+def assert_refused_by_fold_and_host(tf, net, classifier: str, message: str) -> None:
+    """``tf`` (a TaskFile) is refused with ``message`` (a regex) both when folded into a
+    fresh ``net()`` and when hosted beside it: the two ways a task meets a backbone."""
+    from src.methods import method_of
+    from src.methods.multitask import MultiTaskModel
+    from src.utils.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        method_of(tf).fold(net(), tf, classifier)
+    with pytest.raises(UserError, match=message):
+        MultiTaskModel("sequential", None, [tf], model=net(), classifier=classifier)
+
+
 def published_mask(**changes):
     """The published mask settings (conf/method/piggyback.yaml), with ``changes``."""
     from dataclasses import fields

@@ -17,8 +17,8 @@ from src.masking import read_task_file
 from src.masking.taskfile import TaskFile
 from src.methods import method_of
 from src.methods.api import export_task, wrap
-from src.methods.multitask import MultiTaskModel
 from src.utils.errors import UserError
+from tests.conftest import assert_refused_by_fold_and_host
 
 FORMS = {"parallel_adapters": "parallel.conv", "series_adapters": "series.conv"}
 
@@ -101,8 +101,5 @@ def test_an_adapter_for_another_conv_shape_is_refused_by_fold_and_host(
 ) -> None:
     """Shapes below and above the conv's own ([5, 3, 3, 3]) in list order."""
     broken = edited(task_file, layers=lambda layers: {**layers, "conv": other})
-    refused = re.escape("changes weight conv, which this backbone lacks")
-    with pytest.raises(UserError, match=refused):
-        method_of(broken).fold(tiny_net(), broken, "fc")
-    with pytest.raises(UserError, match=refused):
-        MultiTaskModel("sequential", None, [broken], model=tiny_net(), classifier="fc")
+    message = re.escape("changes weight conv, which this backbone lacks")
+    assert_refused_by_fold_and_host(broken, tiny_net, "fc", message)

@@ -17,7 +17,7 @@ from src.methods.api import export_task, fold_task, wrap
 from src.methods.lora.layer import lora_layers
 from src.methods.multitask import MultiTaskModel
 from src.utils.errors import UserError
-from tests.conftest import tiny_net
+from tests.conftest import assert_refused_by_fold_and_host, tiny_net
 
 R, ALPHA = 2, 6  # scaling 3: a wrong scaling (alpha + r, alpha * r, alpha - r) shows
 
@@ -138,8 +138,5 @@ def test_an_update_for_another_weight_shape_is_refused_by_fold_and_host(
 ) -> None:
     """Shapes below and above the conv's own ([5, 3, 3, 3]) in list order."""
     broken = edited(task_file, meta=lambda m: m["layers"].update(conv=other))
-    method = method_of(broken)
-    with pytest.raises(UserError, match="changes weight conv, which this backbone lacks"):
-        method.fold(tiny_net(), broken, "fc")
-    with pytest.raises(UserError, match="changes weight conv, which this backbone lacks"):
-        MultiTaskModel("sequential", None, [broken], model=tiny_net(), classifier="fc")
+    message = "changes weight conv, which this backbone lacks"
+    assert_refused_by_fold_and_host(broken, tiny_net, "fc", message)

@@ -20,7 +20,7 @@ from src.methods.api import export_task, wrap
 from src.methods.multitask import MultiTaskModel
 from src.methods.piggyback.task import layer_mask
 from src.utils.errors import UserError
-from tests.conftest import tiny_net
+from tests.conftest import assert_refused_by_fold_and_host, tiny_net
 
 
 @pytest.fixture(params=["binarizer", "ternarizer"])
@@ -92,11 +92,8 @@ def test_a_mask_for_another_weight_shape_is_refused_by_fold_and_host(
     )
     broken.tensors["mask.conv"] = torch.zeros(math.ceil(math.prod(other) / 8), dtype=torch.uint8)
     broken.tensors.pop("sign.conv", None)
-    method = method_of(broken)
-    with pytest.raises(UserError, match=re.escape(f"mask for layer conv has shape {other}")):
-        method.fold(tiny_net(), broken, "fc")
-    with pytest.raises(UserError, match=re.escape(f"mask for layer conv has shape {other}")):
-        MultiTaskModel("sequential", None, [broken], model=tiny_net(), classifier="fc")
+    message = re.escape(f"mask for layer conv has shape {other}")
+    assert_refused_by_fold_and_host(broken, tiny_net, "fc", message)
 
 
 def test_a_mask_for_a_weight_the_backbone_lacks_is_refused(task_file: TaskFile) -> None:

@@ -20,6 +20,7 @@ from src.methods.multitask import MultiTaskModel
 from src.methods.ssf.layer import add_ssf, ssf_layers
 from src.models import build_backbone
 from src.utils.errors import UserError
+from tests.conftest import assert_refused_by_fold_and_host
 
 WIDE = 300  # above CPython's cached small ints (-5..256): `is` on two counts is False here
 
@@ -123,7 +124,5 @@ def test_a_scale_for_another_channel_count_is_refused_by_fold_and_host(
 ) -> None:
     broken = replaced_scale(task_file, "conv", torch.ones(channels))
     method_of(broken).check(broken)  # well-formed: only the backbone can tell
-    with pytest.raises(UserError, match="changes weight conv, which this backbone lacks"):
-        method_of(broken).fold(wide_net(), broken, "fc")
-    with pytest.raises(UserError, match="changes weight conv, which this backbone lacks"):
-        MultiTaskModel("sequential", None, [broken], model=wide_net(), classifier="fc")
+    message = "changes weight conv, which this backbone lacks"
+    assert_refused_by_fold_and_host(broken, wide_net, "fc", message)

@@ -372,9 +372,10 @@ def build_backbone(
     if keep_classifier:
         if stored is None or stored.shape != new.weight.shape:
             shape = "none" if stored is None else tuple(stored.shape)
+            size = f"{num_classes}-class " if num_classes else ""
             raise UserError(
-                f"{name}'s weights {weights} hold no {num_classes or 'trained'}-class "
-                f"classifier to use as it is (found: {shape}); train one instead "
+                f"{name}'s weights {weights} hold no {size}classifier to use as it is "
+                f"(found: {shape}); train one instead "
                 "(pretrained_as_is=false; to predict, task=<file>)"
             )
         new.load_state_dict(own_head)
