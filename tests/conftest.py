@@ -153,6 +153,37 @@ def assert_refused_by_fold_and_host(tf, net, classifier: str, message: str) -> N
         MultiTaskModel("sequential", None, [tf], model=net(), classifier=classifier)
 
 
+def assert_folded_and_hosted_match(task, path: Path, net, classifier: str, x) -> None:
+    """The task stored at ``path`` gives the trained ``task``'s outputs on ``x`` (within
+    1e-5) both folded into a fresh ``net()`` and hosted beside it."""
+    from src.methods.api import fold_task
+    from src.methods.multitask import MultiTaskModel
+
+    task.eval()
+    with torch.no_grad():
+        expected = task.model(x)
+        folded = fold_task(net(), path, classifier=classifier)(x)
+    hosted = MultiTaskModel("sequential", None, [path], model=net(), classifier=classifier)
+    torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(hosted.predict(x, path.stem), expected, rtol=0, atol=1e-5)
+
+
+def edited_task_file(tf, tensors=None, layers=None, meta=None):
+    """A copy of TaskFile ``tf`` with ``tensors(dict)`` and ``meta(dict)`` applied in place
+    to copies of its tensors and metadata, and its ``layers`` replaced by ``layers(old)``:
+    the corrupt files the task tests feed to each method's check."""
+    from src.masking.taskfile import TaskFile
+
+    new_tensors, new_meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
+    if tensors:
+        tensors(new_tensors)
+    if layers:
+        new_meta["layers"] = layers(new_meta["layers"])
+    if meta:
+        meta(new_meta)
+    return TaskFile(path=tf.path, meta=new_meta, tensors=new_tensors)
+
+
 def published_mask(**changes):
     """The published mask settings (conf/method/piggyback.yaml), with ``changes``."""
     from dataclasses import fields

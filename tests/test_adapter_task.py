@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from src.masking.taskfile import TaskFile
 from src.methods import method_of
 from src.methods.api import export_task, wrap
 from src.utils.errors import UserError
-from tests.conftest import assert_refused_by_fold_and_host
+from tests.conftest import assert_refused_by_fold_and_host, edited_task_file
 
 FORMS = {"parallel_adapters": "parallel.conv", "series_adapters": "series.conv"}
 
@@ -43,15 +42,6 @@ def tiny_net() -> nn.Module:
 def task_file(request: pytest.FixtureRequest, tmp_path: Path) -> TaskFile:
     export_task(wrap(tiny_net(), request.param, classifier="fc"), tmp_path / "task.safetensors")
     return read_task_file(tmp_path / "task.safetensors")
-
-
-def edited(tf: TaskFile, tensors: Callable | None = None, layers: Callable | None = None):
-    new_tensors, meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
-    if tensors:
-        tensors(new_tensors, FORMS[tf.meta["method"]])
-    if layers:
-        meta["layers"] = layers(meta["layers"])
-    return TaskFile(path=tf.path, meta=meta, tensors=new_tensors)
 
 
 NO_LAYERS = "lists no adapted layers or lacks some"
@@ -89,7 +79,8 @@ CORRUPT = {
 @pytest.mark.parametrize("case", CORRUPT)
 def test_every_corrupt_adapter_task_is_refused(task_file: TaskFile, case: str) -> None:
     tensors, layers, message = CORRUPT[case]
-    broken = edited(task_file, tensors, layers)
+    key = FORMS[task_file.meta["method"]]
+    broken = edited_task_file(task_file, tensors and (lambda t: tensors(t, key)), layers)
     with pytest.raises(UserError, match=f"task file {task_file.path}.*{message}"):
         method_of(broken).check(broken)
     method_of(task_file).check(task_file)  # the file as written passes
@@ -100,6 +91,6 @@ def test_an_adapter_for_another_conv_shape_is_refused_by_fold_and_host(
     task_file: TaskFile, other: list[int]
 ) -> None:
     """Shapes below and above the conv's own ([5, 3, 3, 3]) in list order."""
-    broken = edited(task_file, layers=lambda layers: {**layers, "conv": other})
+    broken = edited_task_file(task_file, layers=lambda layers: {**layers, "conv": other})
     message = re.escape("changes weight conv, which this backbone lacks")
     assert_refused_by_fold_and_host(broken, tiny_net, "fc", message)

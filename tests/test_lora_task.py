@@ -4,7 +4,6 @@ can be corrupt or made for other weights is refused."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,15 @@ import torch
 from src.masking import read_task_file
 from src.masking.taskfile import TaskFile
 from src.methods import method_of
-from src.methods.api import export_task, fold_task, wrap
+from src.methods.api import export_task, wrap
 from src.methods.lora.layer import lora_layers
-from src.methods.multitask import MultiTaskModel
 from src.utils.errors import UserError
-from tests.conftest import assert_refused_by_fold_and_host, tiny_net
+from tests.conftest import (
+    assert_folded_and_hosted_match,
+    assert_refused_by_fold_and_host,
+    edited_task_file,
+    tiny_net,
+)
 
 R, ALPHA = 2, 6  # scaling 3: a wrong scaling (alpha + r, alpha * r, alpha - r) shows
 
@@ -43,13 +46,7 @@ def task_file(trained) -> TaskFile:
 def test_folding_and_hosting_give_the_trained_networks_outputs(trained) -> None:
     task, path = trained
     x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    task.eval()
-    with torch.no_grad():
-        expected = task.model(x)
-        folded = fold_task(tiny_net(), path, classifier="fc")(x)
-    hosted = MultiTaskModel("sequential", None, [path], model=tiny_net(), classifier="fc")
-    torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(hosted.predict(x, path.stem), expected, rtol=0, atol=1e-5)
+    assert_folded_and_hosted_match(task, path, tiny_net, "fc", x)
 
 
 def test_the_folded_weight_is_w_plus_alpha_over_r_times_ba(task_file: TaskFile) -> None:
@@ -82,15 +79,6 @@ def test_rank_one_is_a_task_and_rank_zero_is_not(tmp_path: Path) -> None:
     rank_zero = TaskFile(path=tf.path, meta={**tf.meta, "r": 0}, tensors=empty)
     with pytest.raises(UserError, match="no rank"):
         method_of(rank_zero).check(rank_zero)
-
-
-def edited(tf: TaskFile, tensors: Callable | None = None, meta: Callable | None = None):
-    new_tensors, new_meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
-    if tensors:
-        tensors(new_tensors)
-    if meta:
-        meta(new_meta)
-    return TaskFile(path=tf.path, meta=new_meta, tensors=new_tensors)
 
 
 def rows(t: torch.Tensor, change: int) -> torch.Tensor:
@@ -126,7 +114,8 @@ CORRUPT = {
 
 @pytest.mark.parametrize("case", CORRUPT)
 def test_every_corrupt_lora_task_is_refused(task_file: TaskFile, case: str) -> None:
-    broken = edited(task_file, *CORRUPT[case])
+    tensors, meta = CORRUPT[case]
+    broken = edited_task_file(task_file, tensors, meta=meta)
     with pytest.raises(UserError, match=f"task file {task_file.path}"):
         method_of(broken).check(broken)
     method_of(task_file).check(task_file)  # the file as written passes
@@ -137,6 +126,6 @@ def test_an_update_for_another_weight_shape_is_refused_by_fold_and_host(
     task_file: TaskFile, other: list[int]
 ) -> None:
     """Shapes below and above the conv's own ([5, 3, 3, 3]) in list order."""
-    broken = edited(task_file, meta=lambda m: m["layers"].update(conv=other))
+    broken = edited_task_file(task_file, layers=lambda layers: {**layers, "conv": other})
     message = "changes weight conv, which this backbone lacks"
     assert_refused_by_fold_and_host(broken, tiny_net, "fc", message)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from src.methods.api import export_task, wrap
 from src.methods.multitask import MultiTaskModel
 from src.methods.piggyback.task import layer_mask
 from src.utils.errors import UserError
-from tests.conftest import assert_refused_by_fold_and_host, tiny_net
+from tests.conftest import assert_refused_by_fold_and_host, edited_task_file, tiny_net
 
 
 @pytest.fixture(params=["binarizer", "ternarizer"])
@@ -33,15 +32,6 @@ def task_file(request: pytest.FixtureRequest, tmp_path: Path) -> TaskFile:
             layer.mask_real.copy_(torch.rand(layer.mask_real.shape, generator=generator) - 0.4)
     export_task(task, tmp_path / "task.safetensors")
     return read_task_file(tmp_path / "task.safetensors")
-
-
-def edited(tf: TaskFile, tensors: Callable | None = None, layers: Callable | None = None):
-    new_tensors, meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
-    if tensors:
-        tensors(new_tensors)
-    if layers:
-        meta["layers"] = layers(meta["layers"])
-    return TaskFile(path=tf.path, meta=meta, tensors=new_tensors)
 
 
 CORRUPT = {
@@ -76,7 +66,7 @@ def test_every_corrupt_piggyback_task_is_refused_with_its_layer_named(
     task_file: TaskFile, case: str
 ) -> None:
     tensors, layers = CORRUPT[case]
-    broken = edited(task_file, tensors, layers)
+    broken = edited_task_file(task_file, tensors, layers)
     with pytest.raises(UserError, match=f"task file {task_file.path}"):
         method_of(broken).check(broken)
     method_of(task_file).check(task_file)  # the file as written passes
@@ -87,7 +77,7 @@ def test_a_mask_for_another_weight_shape_is_refused_by_fold_and_host(
     task_file: TaskFile, other: list[int]
 ) -> None:
     """Shapes below and above the weight's own ([5, 3, 3, 3]) in list order."""
-    broken = edited(
+    broken = edited_task_file(
         task_file, layers=lambda layers: {**layers, "conv": {**layers["conv"], "shape": other}}
     )
     broken.tensors["mask.conv"] = torch.zeros(math.ceil(math.prod(other) / 8), dtype=torch.uint8)
@@ -97,7 +87,7 @@ def test_a_mask_for_another_weight_shape_is_refused_by_fold_and_host(
 
 
 def test_a_mask_for_a_weight_the_backbone_lacks_is_refused(task_file: TaskFile) -> None:
-    extra = edited(task_file, layers=lambda layers: {**layers, "extra": layers["conv"]})
+    extra = edited_task_file(task_file, layers=lambda layers: {**layers, "extra": layers["conv"]})
     extra.tensors["mask.extra"] = extra.tensors["mask.conv"]
     with pytest.raises(UserError, match="masks weight extra, absent here"):
         MultiTaskModel("sequential", None, [extra], model=tiny_net(), classifier="fc")

@@ -15,12 +15,11 @@ from torch import nn
 from src.masking import read_task_file
 from src.masking.taskfile import TaskFile
 from src.methods import method_of
-from src.methods.api import export_task, fold_task, wrap
-from src.methods.multitask import MultiTaskModel
+from src.methods.api import export_task, wrap
 from src.methods.ssf.layer import add_ssf, ssf_layers
 from src.models import build_backbone
 from src.utils.errors import UserError
-from tests.conftest import assert_refused_by_fold_and_host
+from tests.conftest import assert_folded_and_hosted_match, assert_refused_by_fold_and_host
 
 WIDE = 300  # above CPython's cached small ints (-5..256): `is` on two counts is False here
 
@@ -77,13 +76,7 @@ def test_folding_and_hosting_give_the_trained_networks_outputs(tmp_path: Path, k
     net, classifier, shape = NETS[kind]
     task, path = trained_ssf(tmp_path, net, classifier)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    task.eval()
-    with torch.no_grad():
-        expected = task.model(x)
-        folded = fold_task(net(), path, classifier=classifier)(x)
-    hosted = MultiTaskModel("sequential", None, [path], model=net(), classifier=classifier)
-    torch.testing.assert_close(folded, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(hosted.predict(x, path.stem), expected, rtol=0, atol=1e-5)
+    assert_folded_and_hosted_match(task, path, net, classifier, x)
 
 
 def test_a_task_stores_a_scale_per_weight_and_trains_only_scales_shifts_and_classifier(
