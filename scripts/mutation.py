@@ -108,7 +108,12 @@ SCOPES: dict[str, Scope] = {
         ("tests/test_affine_masks.py", "tests/test_new_methods.py")
     ),
     "src/methods/registry.py": Scope(
-        ("tests/test_new_methods.py", "tests/test_method_registry.py", "tests/test_lora_task.py")
+        (
+            "tests/test_task_checks.py",
+            "tests/test_new_methods.py",
+            "tests/test_method_registry.py",
+            "tests/test_lora_task.py",
+        )
     ),
     "src/reporting/tables.py": Scope(
         ("tests/test_tables.py",), ("summarize", "storage_frame", "decathlon_scores")

@@ -62,6 +62,50 @@ def test_domain_points_bounds() -> None:
         decathlon_score({d: a for d, a in FINETUNE.items() if d != "ucf101"})
 
 
+@pytest.mark.parametrize("accuracy", [-0.5, -5.0, 100.5])
+def test_an_accuracy_outside_0_to_100_percent_is_refused(accuracy: float) -> None:
+    with pytest.raises(UserError, match=r"svhn: accuracy must be a percentage in \[0, 100\]"):
+        domain_points("svhn", accuracy)
+    assert domain_points("svhn", 0.0) == 0.0
+
+
+def _record(domain: str | None, top1: float, finished: str = "2026-12-01T10:00:00", **extra):
+    dataset = {"domain": domain} if domain else {"name": "cub"}
+    return {
+        "backbone": "resnet26", "method": "piggyback", "seed": 0, "protocol": "val",
+        "config": {"dataset": dataset}, "val_top1": top1, "top1": top1,
+        "eval_split": "".join("test"),  # as read from JSON: equal to "test", not the literal
+        "finished_at": finished, **extra,
+    }  # fmt: skip
+
+
+def test_score_records_scores_ten_domains_and_no_fewer() -> None:
+    """A record of another benchmark first is skipped, not the end of the reading."""
+    records = [_record(None, 50.0)] + [_record(d, a) for d, a in FINETUNE.items()]
+    [row] = score_records(records)
+    assert row["missing"] == [] and row["val_top1"] == FINETUNE
+    assert row["score_val"] == row["score_test"] == pytest.approx(2500.0, abs=0.01)
+    [partial] = score_records(records[:-1])
+    assert partial["missing"] == ["ucf101"]
+    assert partial["score_val"] is None and partial["score_test"] is None
+
+
+def test_only_test_split_records_count_as_test_accuracy() -> None:
+    records = [_record(d, a) for d, a in FINETUNE.items()]
+    records[0]["eval_split"] = "val"  # no labelled test JSONs: top1 is a val accuracy
+    [row] = score_records(records)
+    assert "imagenet12" not in row["test_top1"] and row["score_test"] is None
+    assert row["score_val"] == pytest.approx(2500.0, abs=0.01)
+
+
+@pytest.mark.parametrize("newest_first", [False, True])
+def test_the_latest_record_of_a_domain_wins_in_any_order(newest_first: bool) -> None:
+    old = _record("svhn", 10.0, "2026-11-30T09:00:00")
+    new = _record("svhn", 90.0, "2026-12-01T09:00:00")
+    [row] = score_records([new, old] if newest_first else [old, new])
+    assert row["val_top1"] == {"svhn": 90.0}
+
+
 # --- ResNet-26 ----------------------------------------------------------------------------
 def test_resnet26_shape_and_masks_on_every_conv() -> None:
     model = ResNet26(num_classes=7)

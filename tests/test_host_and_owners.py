@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from src.masking import masked_layers, read_task_file, write_task_file
 from src.methods.api import export_task, wrap
@@ -18,12 +19,14 @@ from src.methods.packnet.state import (
     PackNetState,
     claim_free,
     init_owners,
+    load_pruned_base,
     owner_bits,
     owner_shares,
     pack_owners,
     prune_owner,
     unpack_owners,
 )
+from src.models import build_backbone
 from src.utils.errors import UserError
 from tests.conftest import tiny_net
 
@@ -100,11 +103,86 @@ def test_owner_indices_fit_their_bit_width_exactly() -> None:
                 pack_owners(torch.tensor([1 << bits], dtype=torch.uint8), bits)
 
 
-def test_a_sequence_holds_at_most_max_owner_minus_one_tasks() -> None:
+def test_a_sequence_holds_at_most_254_tasks() -> None:
+    """Owners are uint8: free (0), the base (1) and tasks 2..255, so 254 tasks at most."""
     fields = {"backbone": "x", "classifier": "fc", "model": None, "owners": {}}
-    PackNetState(**fields, task_order=[f"t{i}" for i in range(MAX_OWNER - 1)])
-    with pytest.raises(UserError, match=f"at most {MAX_OWNER - 1} tasks"):
-        PackNetState(**fields, task_order=[f"t{i}" for i in range(MAX_OWNER)])
+    PackNetState(**fields, task_order=[f"t{i}" for i in range(254)])
+    with pytest.raises(UserError, match="at most 254 tasks"):
+        PackNetState(**fields, task_order=[f"t{i}" for i in range(255)])
+
+
+@pytest.mark.parametrize("tasks, bits", [(1, 2), (2, 2), (3, 3), (6, 3), (7, 4)])
+def test_owner_indices_and_their_bit_width_follow_the_stored_layout(tasks: int, bits: int) -> None:
+    """free 0, base 1, the i-th task i + 2: T tasks need ceil(log2(T + 2)) bits per weight."""
+    order = [f"t{i}" for i in range(tasks)]
+    state = PackNetState("x", "fc", None, {}, task_order=order, base_task="base")
+    assert [state.owner(t) for t in ["base", *order]] == list(range(1, tasks + 2))
+    assert state.owner_names() == {0: "free", 1: "base", **{i + 2: t for i, t in enumerate(order)}}
+    assert state.bits == bits
+
+
+def _saved_state(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 10)
+    owners = init_owners(model, "classifier")
+    prune_owner(model, owners, "classifier", 1, 0.5)
+    claim_free(owners, 2)
+    state = PackNetState("minicnn", "classifier", model, owners, task_order=["a"])
+    state.add_task("a", torch.nn.Linear(128, 3), ["x", "y", "z"])
+    path = tmp_path / "state.safetensors"
+    state.save(path)
+    return path
+
+
+@pytest.mark.parametrize("change", [-1, 1])
+def test_owner_indices_a_byte_short_or_over_are_refused(tmp_path: Path, change: int) -> None:
+    stored = read_task_file(_saved_state(tmp_path))
+    key = next(k for k in stored.tensors if k.startswith("owners."))
+    packed = stored.tensors[key]
+    stored.tensors[key] = torch.cat([packed, packed[:1]]) if change > 0 else packed[:-1]
+    with pytest.raises(UserError, match=f"owner indices of layer {key[7:]} in .* wrong size"):
+        PackNetState.from_task_file(stored)
+
+
+def _pruned_base(tmp_path: Path, suffix: str, backbone: str | None = "minicnn") -> Path:
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 10)
+    prune_owner(model, init_owners(model, "classifier"), "classifier", 1, 0.5)
+    path = tmp_path / f"pruned{suffix}"
+    if suffix == ".safetensors":
+        save_file(model.state_dict(), str(path), {"backbone": backbone} if backbone else None)
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pt", ".bin"])
+def test_a_pruned_base_saved_by_torch_is_accepted(tmp_path: Path, suffix: str) -> None:
+    path = _pruned_base(tmp_path, suffix)
+    model, owners = load_pruned_base(path, "minicnn")
+    expected = torch.load(path, weights_only=True)
+    assert torch.equal(model.fc[0].weight, expected["fc.0.weight"])
+    assert torch.equal(owners["fc.0"], expected["fc.0.weight"].ne(0).to(torch.uint8))
+
+
+@pytest.mark.parametrize("named", ["alexnet", "resnet50"])  # sorting below and above minicnn
+def test_a_pruned_base_for_another_backbone_is_refused(tmp_path: Path, named: str) -> None:
+    path = _pruned_base(tmp_path, ".safetensors", named)
+    with pytest.raises(UserError, match=f"is for backbone '{named}', not 'minicnn'"):
+        load_pruned_base(path, "minicnn")
+
+
+def test_a_pruned_base_that_is_not_a_safetensors_file_or_not_the_network_is_refused(
+    tmp_path: Path,
+) -> None:
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="is not a readable safetensors file"):
+        load_pruned_base(garbage, "minicnn")
+    other = tmp_path / "other.safetensors"
+    save_file({"conv1.weight": torch.zeros(4, 3, 3, 3)}, str(other))
+    with pytest.raises(UserError, match="is not a minicnn network: "):
+        load_pruned_base(other, "minicnn")
 
 
 def test_owner_shares_name_owners_without_weights_too() -> None:

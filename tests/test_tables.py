@@ -325,3 +325,53 @@ def test_a_copied_record_counts_once_and_a_bad_top1_is_refused(tmp_path: Path, c
         record = {**read_records(d)[0], "top1": bad, "run_id": "other"}
         with pytest.raises(UserError, match=r"top1 is .* not a percentage"):
             records_frame([record])
+
+
+def _summary(*cells: tuple[str, str, float, float]) -> pd.DataFrame:
+    """Summary rows (method, dataset, task_state_bytes, masked_weights) of one backbone."""
+    from src.reporting.tables import SUMMARY_COLUMNS
+
+    rows = [
+        {"backbone": "b", "method": m, "dataset": d, "n": 1, "mean": 50.0, "std": float("nan"),
+         "task_state_bytes": size, "masked_weights": trunk, "owner_index_bytes": float("nan"),
+         "classifier_bytes": float("nan"), "protocol": "val", "split": "test"}
+        for m, d, size, trunk in cells
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def test_bits_per_weight_divide_by_the_trunk_the_masked_runs_report() -> None:
+    """A backbone the registry does not know: the trunk is the largest count runs report;
+    classifier-only's 0 (it masks nothing) is not a trunk."""
+    from src.reporting.tables import storage_frame
+
+    summary = _summary(
+        ("piggyback", "d1", 1000.0, 8000.0), ("piggyback", "d2", 3000.0, 8000.0),
+        ("classifier_only", "d1", 400.0, 0.0),
+    )  # fmt: skip
+    out = storage_frame("not_a_registered_backbone", summary, ["piggyback", "classifier_only"])
+    bits = dict(zip(out.method, out.bits_per_weight, strict=True))
+    assert bits == {"piggyback": 2.0, "classifier_only": 0.4}  # 8 * bytes / 8000, mean of tasks
+    assert out.storage_mb.isna().all()  # no base network size to add the tasks to
+
+
+def test_with_no_masked_run_the_trunk_is_the_registrys() -> None:
+    from src.models.registry import backbone_facts
+    from src.reporting.tables import storage_frame
+
+    facts = backbone_facts("minicnn")
+    for masked in (0.0, float("nan")):  # classifier-only, or a record that counts none
+        summary = _summary(("classifier_only", "d1", 5000.0, masked))
+        [row] = storage_frame("minicnn", summary, ["classifier_only"]).itertuples()
+        assert row.bits_per_weight == pytest.approx(8 * 5000.0 / facts.trunk_weights)
+        assert row.storage_mb == pytest.approx((facts.total_bytes + 5000.0) / 1e6)
+
+
+def test_a_task_of_unknown_size_makes_its_methods_storage_unknown_not_smaller() -> None:
+    from src.reporting.tables import storage_frame
+
+    summary = _summary(
+        ("piggyback", "d1", 1000.0, 8000.0), ("piggyback", "d2", float("nan"), 8000.0)
+    )
+    [row] = storage_frame("minicnn", summary, ["piggyback"]).itertuples()
+    assert row.tasks == 2 and pd.isna(row.storage_mb) and pd.isna(row.bits_per_weight)
