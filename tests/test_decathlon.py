@@ -106,6 +106,23 @@ def test_the_latest_record_of_a_domain_wins_in_any_order(newest_first: bool) -> 
     assert row["val_top1"] == {"svhn": 90.0}
 
 
+@pytest.mark.parametrize("newest_first", [False, True])
+def test_runs_finished_in_the_same_second_pick_one_winner_in_any_order(newest_first: bool) -> None:
+    """A tie in finish time goes to the larger run id, whatever order the records come in."""
+    a = {**_record("svhn", 10.0, "2026-12-01T09:00:00"), "run_id": "svhn__a"}
+    b = {**_record("svhn", 90.0, "2026-12-01T09:00:00"), "run_id": "svhn__b"}
+    [row] = score_records([b, a] if newest_first else [a, b])
+    assert row["val_top1"] == {"svhn": 90.0}
+
+
+def test_a_domain_outside_the_ten_is_not_scored_with_them() -> None:
+    """A domain of one's own (an eleventh config) is skipped: the ten still make a score."""
+    records = [_record(d, a) for d, a in FINETUNE.items()] + [_record("my_domain", 80.0)]
+    [row] = score_records(records)
+    assert row["domains"] == sorted(FINETUNE) and row["missing"] == []
+    assert row["score_val"] == row["score_test"] == pytest.approx(2500.0, abs=0.01)
+
+
 # --- ResNet-26 ----------------------------------------------------------------------------
 def test_resnet26_shape_and_masks_on_every_conv() -> None:
     model = ResNet26(num_classes=7)

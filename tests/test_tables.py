@@ -355,6 +355,15 @@ def test_bits_per_weight_divide_by_the_trunk_the_masked_runs_report() -> None:
     assert out.storage_mb.isna().all()  # no base network size to add the tasks to
 
 
+def test_a_trunk_of_one_masked_weight_is_a_trunk() -> None:
+    """Any positive count is a trunk, the smallest one included (a one-weight toy layer)."""
+    from src.reporting.tables import storage_frame
+
+    summary = _summary(("piggyback", "d1", 2.0, 1.0))
+    [row] = storage_frame("minicnn", summary, ["piggyback"]).itertuples()
+    assert row.bits_per_weight == 16.0  # 8 * 2 bytes over 1 weight, not the registry's trunk
+
+
 def test_with_no_masked_run_the_trunk_is_the_registrys() -> None:
     from src.models.registry import backbone_facts
     from src.reporting.tables import storage_frame

@@ -65,6 +65,12 @@ def _domain(record: Mapping[str, Any]) -> str | None:
     return dataset.get("domain")  # only decathlon dataset configs have one
 
 
+def _recency(record: Mapping[str, Any]) -> tuple[str, str]:
+    """Finish time, then run id: two runs finished in the same second pick one winner
+    whatever order the records are read in."""
+    return record.get("finished_at", ""), record.get("run_id", "")
+
+
 def score_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """S on val (and on test where every domain was tested on labelled test data), per
     backbone, method, seed and protocol. The latest record wins when a domain repeats.
@@ -76,11 +82,11 @@ def score_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[str, Mapping]] = {}
     for rec in records:
         domain = _domain(rec)
-        if domain is None:
+        if domain not in DOMAINS:  # another benchmark's record, or a domain of one's own
             continue
         key = (rec["backbone"], rec["method"], rec["seed"], rec.get("protocol"))
         runs = groups.setdefault(key, {})
-        if domain not in runs or rec.get("finished_at", "") > runs[domain].get("finished_at", ""):
+        if domain not in runs or _recency(rec) > _recency(runs[domain]):
             runs[domain] = rec
     rows = []
     for (backbone, method, seed, protocol), runs in sorted(groups.items(), key=str):
