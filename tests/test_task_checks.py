@@ -92,17 +92,40 @@ def test_a_trunk_weight_count_of_one_or_more_passes() -> None:
 def test_a_head_must_take_the_backbones_features() -> None:
     check_head_fits({"weight": torch.zeros(3, 7)}, nn.Linear(7, 4), PATH)
     check_head_fits({"weight": torch.zeros(3, 7)}, nn.Identity(), PATH)  # no in_features to check
-    with pytest.raises(UserError, match="takes 6 features, this backbone gives 7"):
-        check_head_fits({"weight": torch.zeros(3, 6)}, nn.Linear(7, 4), PATH)
+    for features in (6, 8):  # below and above the backbone's
+        with pytest.raises(UserError, match=f"takes {features} features, this backbone gives 7"):
+            check_head_fits({"weight": torch.zeros(3, features)}, nn.Linear(7, 4), PATH)
 
 
 def test_state_must_name_the_backbones_entries_with_their_shapes() -> None:
     current = {"norm.weight": torch.zeros(4), "norm.bias": torch.zeros(4)}
     check_state_fits({"norm.bias": torch.ones(4)}, current, PATH)
-    with pytest.raises(UserError, match=re.escape("norm.bias has the wrong shape")):
-        check_state_fits({"norm.weight": torch.ones(4), "norm.bias": torch.ones(5)}, current, PATH)
+    for size in (3, 5):  # below and above the backbone's
+        with pytest.raises(UserError, match=re.escape("norm.bias has the wrong shape")):
+            check_state_fits({"norm.bias": torch.ones(size)}, current, PATH)
     with pytest.raises(UserError, match=re.escape("sets state ['other.bias'] this backbone lacks")):
         check_state_fits({"other.bias": torch.ones(4)}, current, PATH)
+
+
+def test_unknown_state_entries_are_named_three_at_most() -> None:
+    state = {f"extra{i}.bias": torch.ones(1) for i in range(5)}
+    message = "sets state ['extra0.bias', 'extra1.bias', 'extra2.bias'] this backbone lacks"
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_state_fits(state, {}, PATH)
+
+
+@pytest.mark.parametrize("stored", ["abc", [1, 2, 3], ["a", 2, "c"]])
+def test_class_names_that_are_not_a_list_of_strings_are_refused(stored) -> None:
+    tf = head_file(torch.zeros(3, 7), torch.zeros(3), names(3))
+    tf.meta["class_names"] = stored
+    with pytest.raises(UserError, match="class_names is not a list of names; corrupt"):
+        TaskMethod().check(tf)
+
+
+def test_a_classifier_task_stores_no_trunk_state() -> None:
+    tf = head_file(torch.zeros(3, 7), torch.zeros(3), names(3))
+    storage = method_named("classifier_only").storage(tf)
+    assert storage == {"masked_weights": None, "bits_per_weight": 0.0}
 
 
 @pytest.mark.parametrize("name, kind", [("", "k"), ("n", "")])
@@ -122,7 +145,7 @@ def test_a_kind_taken_by_another_name_is_refused(name: str) -> None:
         pass
 
     method = Clash()
-    method.name, method.kind = name, method_named("bitfit").kind
+    method.name, method.kind = name, "".join(["bit", "fit"])  # equal to bitfit's, not the same
     with pytest.raises(ValueError, match="kind 'bitfit' is 'bitfit''s already"):
         register(method)
     assert name not in METHODS

@@ -46,10 +46,6 @@ class HostedTask:
     fold: Any = None  # Callable[[str, Tensor, Tensor], None]
     changed: Any = None  # Callable[[str], Tensor]
 
-    @property
-    def kind(self) -> str:
-        return self.meta["kind"]
-
 
 class TaskMethod:
     """How one method's tasks are stored and used; subclass it in the method's package.
