@@ -92,7 +92,11 @@ SCOPES: dict[str, Scope] = {
     ),
     "src/methods/ssf/task.py": Scope(("tests/test_ssf_task.py", "tests/test_new_methods.py")),
     "src/methods/residual_adapters/layer.py": Scope(
-        ("tests/test_residual_adapters.py", "tests/test_new_methods.py")
+        (
+            "tests/test_residual_adapters.py",
+            "tests/test_adapter_task.py",
+            "tests/test_new_methods.py",
+        )
     ),
     "src/methods/residual_adapters/task.py": Scope(
         (

@@ -16,8 +16,19 @@ from torch import nn
 from src.masking import read_task_file
 from src.methods import method_of
 from src.methods.api import export_task, fold_task, wrap
-from src.methods.residual_adapters.layer import parallel_layers, series_layers
+from src.methods.residual_adapters.layer import (
+    SeriesAdapter,
+    adaptable,
+    add_parallel,
+    add_series,
+    authors_init,
+    following_norms,
+    parallel_layers,
+    series_layers,
+    with_parallel,
+)
 from src.models.resnet26 import ResNet26
+from src.models.surgery import stored_weight
 from src.utils.errors import UserError
 
 FORMS = ["parallel_adapters", "series_adapters"]
@@ -175,3 +186,105 @@ def test_series_adapters_refuse_a_backbone_fx_cannot_trace() -> None:
 
     with pytest.raises(UserError, match=r"torch\.fx"):
         wrap(copy.deepcopy(Branchy()), "series_adapters", classifier="fc")
+
+
+# --- the layer's parts, one by one -------------------------------------------------------
+def conv(k, padding=0, **kwargs) -> nn.Conv2d:
+    return nn.Conv2d(4, 4, k, padding=padding, bias=False, **kwargs)
+
+
+ADAPTABLE = [  # (module, param, parallel, series)
+    (conv(3, 1), "weight", True, True),
+    (conv(5, 2), "weight", True, True),
+    (conv(1), "weight", False, False),  # a 1x1 would gain an adapter as large as itself
+    (conv(3, 0), "weight", False, True),  # not "same" padded: no centre tap to add to
+    (conv(3, 2), "weight", False, True),
+    (conv(3, (1, 0)), "weight", False, True),
+    (conv(3, (0, 1)), "weight", False, True),
+    (conv(5, 1), "weight", False, True),
+    (conv(2, 1), "weight", False, True),  # even: no centre
+    (conv((3, 1), (1, 0)), "weight", False, False),  # not square
+    (conv((1, 3), (0, 1)), "weight", False, False),
+    (conv((3, 5), (1, 2)), "weight", False, False),
+    (conv((5, 3), (2, 1)), "weight", False, False),
+    (conv(3, 1, dilation=2), "weight", False, True),
+    (conv(3, 1, dilation=(1, 2)), "weight", False, True),
+    (conv(3, 1, padding_mode="reflect"), "weight", False, True),
+    (conv(3, 1, padding_mode="".join(["ze", "ros"])), "weight", True, True),  # from a config
+    (conv(3, 1, groups=2), "weight", False, False),
+    (conv(3, 1), "bias", False, False),
+    (nn.Linear(4, 4), "weight", False, False),
+    (nn.Conv1d(4, 4, 3, padding=1), "weight", False, False),
+]
+
+
+@pytest.mark.parametrize("module, param, parallel, series", ADAPTABLE)
+def test_which_convolutions_take_an_adapter(module, param, parallel: bool, series: bool) -> None:
+    assert adaptable(module, param, "parallel") is parallel
+    assert adaptable(module, param, "series") is series
+
+
+def test_the_authors_initialisation_counts_kernel_taps_and_output_channels() -> None:
+    """models.py: normal(0, sqrt(2 / n)), n = kh * kw * out_channels, drawn as torch draws."""
+    for shape in [(8, 4, 1, 1), (8, 4, 3, 3), (6, 2, 5, 3)]:
+        torch.manual_seed(0)
+        ours = authors_init(torch.empty(shape))
+        torch.manual_seed(0)
+        n = shape[0] * shape[2] * shape[3]
+        assert torch.equal(ours, torch.empty(shape).normal_(0.0, math.sqrt(2.0 / n)))
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_a_parallel_adapter_lands_on_the_kernels_centre_tap(k: int) -> None:
+    weight, adapter = torch.randn(6, 4, k, k), torch.randn(6, 4, 1, 1)
+    folded = with_parallel(weight, adapter)
+    expected = weight.clone()
+    expected[:, :, k // 2, k // 2] += adapter[:, :, 0, 0]
+    assert torch.equal(folded, expected)
+
+
+def test_adding_adapters_freezes_the_convolutions_they_adapt() -> None:
+    for add in (add_parallel, add_series):
+        model = nn.Sequential(conv(3, 1), nn.BatchNorm2d(4), conv(1), nn.BatchNorm2d(4))
+        add(model, "classifier")
+        assert not stored_weight(model[0], "weight").requires_grad  # adapted: frozen
+        assert model[2].weight.requires_grad  # a 1x1, not adapted: as it was
+        adapters = parallel_layers(model) if add is add_parallel else series_layers(model)
+        assert list(adapters) == ["0"]
+        assert all(p.requires_grad for a in adapters.values() for p in a.parameters())
+
+
+def test_a_series_adapter_as_a_linear_map_carries_no_graph() -> None:
+    adapter = SeriesAdapter(4).eval()
+    nn.init.normal_(adapter.bn.weight)
+    matrix, offset = adapter.as_linear()
+    assert not matrix.requires_grad and not offset.requires_grad
+    z = torch.randn(2, 4, 3, 3)
+    expected = torch.einsum("oc,bchw->bohw", matrix, z) + offset[None, :, None, None]
+    torch.testing.assert_close(adapter(z), expected, rtol=1e-5, atol=1e-6)
+
+
+class Pairs(nn.Module):
+    """One conv whose output only a tracking BatchNorm reads, and the cases that are not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(4)  # reads the input, not a conv
+        self.paired, self.bn1 = conv(3, 1), nn.BatchNorm2d(4)
+        self.shared, self.bn2 = conv(3, 1), nn.BatchNorm2d(4)  # its output is read twice
+        self.relu_first, self.bn3 = conv(3, 1), nn.BatchNorm2d(4)  # a ReLU comes between
+        self.untracked, self.bn4 = conv(3, 1), nn.BatchNorm2d(4, track_running_stats=False)
+        self.pointwise, self.bn5 = conv(1), nn.BatchNorm2d(4)  # a 1x1: not adaptable
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.paired(self.bn_in(x)))
+        s = self.shared(x)
+        x = self.bn2(s) + s
+        x = self.bn3(F.relu(self.relu_first(x)))
+        x = self.bn5(self.pointwise(self.bn4(self.untracked(x))))
+        return self.classifier(x.mean((2, 3)))
+
+
+def test_series_adapters_go_only_where_a_tracking_norm_alone_reads_the_conv() -> None:
+    assert following_norms(Pairs(), "classifier") == {"paired": "bn1"}
