@@ -71,7 +71,7 @@ $(MUTATION_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,mutation]'
 	@touch $@
 
-mutation: $(MUTATION_STAMP)
+mutation: $(MUTATION_STAMP) data-deps
 	$(PY) scripts/mutation.py $(ARGS)
 
 # Tables and figures from your runs (results/runs/) into results/tables/, results/figures/.
