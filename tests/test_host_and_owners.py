@@ -165,6 +165,15 @@ def test_a_pruned_base_saved_by_torch_is_accepted(tmp_path: Path, suffix: str) -
     assert torch.equal(owners["fc.0"], expected["fc.0.weight"].ne(0).to(torch.uint8))
 
 
+def test_a_pruned_base_of_another_suffix_is_refused_naming_the_accepted_ones(
+    tmp_path: Path,
+) -> None:
+    """.tar sorts above .safetensors: it is still no safetensors file, nor a weights file."""
+    path = _pruned_base(tmp_path, ".pth.tar")
+    with pytest.raises(UserError, match=r"is not a weights file \(\.safetensors, \.pth"):
+        load_pruned_base(path, "minicnn")
+
+
 @pytest.mark.parametrize("named", ["alexnet", "resnet50"])  # sorting below and above minicnn
 def test_a_pruned_base_for_another_backbone_is_refused(tmp_path: Path, named: str) -> None:
     path = _pruned_base(tmp_path, ".safetensors", named)
