@@ -224,6 +224,12 @@ def test_which_convolutions_take_an_adapter(module, param, parallel: bool, serie
     assert adaptable(module, param, "series") is series
 
 
+def test_names_given_as_equal_strings_are_understood() -> None:
+    """A parameter or form named by an equal, not identical, string (as a config gives it)."""
+    weight, series = "".join(["wei", "ght"]), "".join(["ser", "ies"])
+    assert adaptable(conv(3, 0), weight, series) and not adaptable(conv(3, 0), weight, "parallel")
+
+
 def test_the_authors_initialisation_counts_kernel_taps_and_output_channels() -> None:
     """models.py: normal(0, sqrt(2 / n)), n = kh * kw * out_channels, drawn as torch draws."""
     for shape in [(8, 4, 1, 1), (8, 4, 3, 3), (6, 2, 5, 3)]:
