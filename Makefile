@@ -64,7 +64,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
 
-# Mutation testing of the core (cosmic-ray; not in CI: about an hour on 2 cores). Prints the
+# Mutation testing of the core (cosmic-ray; not in CI: about 3 hours for the whole scope on 2 cores, ARGS="--scope <module>" for one). Prints the
 # score; results/mutation/report.md lists the surviving mutants (docs/testing.md).
 MUTATION_STAMP := $(VENV)/.installed-mutation
 $(MUTATION_STAMP): $(STAMP)
