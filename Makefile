@@ -64,8 +64,9 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py $(ARGS)
 
-# Mutation testing of the core (cosmic-ray; not in CI: about 3 hours for the whole scope on 2 cores, ARGS="--scope <module>" for one). Prints the
-# score; results/mutation/report.md lists the surviving mutants (docs/testing.md).
+# Mutation testing of the core (cosmic-ray; not in CI: about 3 hours for the whole scope on 2
+# cores; ARGS="--scope <module>" runs one). Prints the score; results/mutation/report.md
+# lists the surviving mutants (docs/testing.md). Installs the default's data first (tests read it).
 MUTATION_STAMP := $(VENV)/.installed-mutation
 $(MUTATION_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,mutation]'
