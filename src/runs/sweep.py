@@ -23,7 +23,14 @@ from omegaconf import DictConfig
 
 from src.runs import run
 from src.utils.atomic import atomic_write_json
-from src.utils.errors import EXIT_USER_ERROR, Interrupted, UserError, log_error, user_message
+from src.utils.errors import (
+    EXIT_USER_ERROR,
+    Interrupted,
+    UserError,
+    interruption_behind,
+    log_error,
+    user_message,
+)
 
 log = logging.getLogger(__name__)
 OUTCOME = "outcome.json"
@@ -39,11 +46,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     Outside a multirun a failure is raised as it is (one ``error:`` line, exit 2)."""
     try:
         result = run(cfg)
-    except Interrupted as err:  # the whole sweep stops: say where
-        if in_multirun():
-            hydra = HydraConfig.get()
-            write_outcome(hydra, {"status": "interrupted", "reason": f"stopped by {err}"})
-            summarize(Path(hydra.sweep.dir))
+    except Interrupted as err:
+        stop_sweep(err)
         raise
     except UserError as err:
         if not in_multirun():
@@ -52,6 +56,10 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         log_error(message)
         return {"status": "failed", "reason": message}
     except Exception as err:  # one job's bug or out-of-memory must not end the sweep
+        stop = interruption_behind(err)
+        if stop is not None:  # but a signal to the whole process group does
+            stop_sweep(stop)
+            raise stop from None
         if not in_multirun():
             raise
         log.debug("job failed", exc_info=True)  # the traceback goes to the job's log file
@@ -60,6 +68,14 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         return {"status": "failed", "reason": reason}
     records = result if isinstance(result, list) else [] if result is None else [result]
     return {"status": "ran" if records else "skipped", "run_ids": [r["run_id"] for r in records]}
+
+
+def stop_sweep(err: Interrupted) -> None:
+    """The whole sweep stops: the interrupted job's outcome and the summary say where."""
+    if in_multirun():
+        hydra = HydraConfig.get()
+        write_outcome(hydra, {"status": "interrupted", "reason": f"stopped by {err}"})
+        summarize(Path(hydra.sweep.dir))
 
 
 def sweep_keys(overrides: list[list[str]]) -> set[str]:

@@ -47,6 +47,19 @@ def interruptible() -> Iterator[None]:
             signal.signal(signum, old)
 
 
+def interruption_behind(err: BaseException) -> Interrupted | None:
+    """The Interrupted an exception was raised over, if any. A signal sent to the whole
+    process group (a cluster's time limit, ``pkill``) also ends the DataLoader workers, and
+    torch reports their death as a RuntimeError raised while Interrupted unwinds."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Interrupted):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def interrupted_message(err: Interrupted) -> str:
     return (
         f"stopped by {err} before the work was finished; nothing unfinished was recorded. "
@@ -82,6 +95,12 @@ def exit_on_user_error(fn: F) -> F:
         except UserError as err:
             log_error(user_message(err))
             sys.exit(EXIT_USER_ERROR)
+        except Exception as err:
+            stop = interruption_behind(err)
+            if stop is None:
+                raise
+            log_error(interrupted_message(stop))
+            sys.exit(128 + stop.signum)
         except Interrupted as err:
             log_error(interrupted_message(err))
             sys.exit(128 + err.signum)
