@@ -121,11 +121,17 @@ def test_owner_indices_and_their_bit_width_follow_the_stored_layout(tasks: int, 
     assert state.bits == bits
 
 
-def _saved_state(tmp_path: Path) -> Path:
+def _pruned_minicnn() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A minicnn whose base (owner 1) has freed half its weights."""
     torch.manual_seed(0)
     model = build_backbone("minicnn", None, 10)
     owners = init_owners(model, "classifier")
     prune_owner(model, owners, "classifier", 1, 0.5)
+    return model, owners
+
+
+def _saved_state(tmp_path: Path) -> Path:
+    model, owners = _pruned_minicnn()
     claim_free(owners, 2)
     state = PackNetState("minicnn", "classifier", model, owners, task_order=["a"])
     state.add_task("a", torch.nn.Linear(128, 3), ["x", "y", "z"])
@@ -145,9 +151,7 @@ def test_owner_indices_a_byte_short_or_over_are_refused(tmp_path: Path, change: 
 
 
 def _pruned_base(tmp_path: Path, suffix: str, backbone: str | None = "minicnn") -> Path:
-    torch.manual_seed(0)
-    model = build_backbone("minicnn", None, 10)
-    prune_owner(model, init_owners(model, "classifier"), "classifier", 1, 0.5)
+    model, _ = _pruned_minicnn()
     path = tmp_path / f"pruned{suffix}"
     if suffix == ".safetensors":
         save_file(model.state_dict(), str(path), {"backbone": backbone} if backbone else None)

@@ -11,8 +11,16 @@ import pandas as pd
 import pytest
 
 from src.methods import method_names
+from src.models.registry import backbone_facts
 from src.reporting.decathlon import BASELINE_ACCURACY
-from src.reporting.tables import build_tables, load_published, to_markdown, write_tables
+from src.reporting.tables import (
+    SUMMARY_COLUMNS,
+    build_tables,
+    load_published,
+    storage_frame,
+    to_markdown,
+    write_tables,
+)
 from src.runs.records import read_records, run_id, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,8 +337,6 @@ def test_a_copied_record_counts_once_and_a_bad_top1_is_refused(tmp_path: Path, c
 
 def _summary(*cells: tuple[str, str, float, float]) -> pd.DataFrame:
     """Summary rows (method, dataset, task_state_bytes, masked_weights) of one backbone."""
-    from src.reporting.tables import SUMMARY_COLUMNS
-
     rows = [
         {"backbone": "b", "method": m, "dataset": d, "n": 1, "mean": 50.0, "std": float("nan"),
          "task_state_bytes": size, "masked_weights": trunk, "owner_index_bytes": float("nan"),
@@ -343,8 +349,6 @@ def _summary(*cells: tuple[str, str, float, float]) -> pd.DataFrame:
 def test_bits_per_weight_divide_by_the_trunk_the_masked_runs_report() -> None:
     """A backbone the registry does not know: the trunk is the largest count runs report;
     classifier-only's 0 (it masks nothing) is not a trunk."""
-    from src.reporting.tables import storage_frame
-
     summary = _summary(
         ("piggyback", "d1", 1000.0, 8000.0), ("piggyback", "d2", 3000.0, 8000.0),
         ("classifier_only", "d1", 400.0, 0.0),
@@ -357,17 +361,12 @@ def test_bits_per_weight_divide_by_the_trunk_the_masked_runs_report() -> None:
 
 def test_a_trunk_of_one_masked_weight_is_a_trunk() -> None:
     """Any positive count is a trunk, the smallest one included (a one-weight toy layer)."""
-    from src.reporting.tables import storage_frame
-
     summary = _summary(("piggyback", "d1", 2.0, 1.0))
     [row] = storage_frame("minicnn", summary, ["piggyback"]).itertuples()
     assert row.bits_per_weight == 16.0  # 8 * 2 bytes over 1 weight, not the registry's trunk
 
 
 def test_with_no_masked_run_the_trunk_is_the_registrys() -> None:
-    from src.models.registry import backbone_facts
-    from src.reporting.tables import storage_frame
-
     facts = backbone_facts("minicnn")
     for masked in (0.0, float("nan")):  # classifier-only, or a record that counts none
         summary = _summary(("classifier_only", "d1", 5000.0, masked))
@@ -377,8 +376,6 @@ def test_with_no_masked_run_the_trunk_is_the_registrys() -> None:
 
 
 def test_a_task_of_unknown_size_makes_its_methods_storage_unknown_not_smaller() -> None:
-    from src.reporting.tables import storage_frame
-
     summary = _summary(
         ("piggyback", "d1", 1000.0, 8000.0), ("piggyback", "d2", float("nan"), 8000.0)
     )

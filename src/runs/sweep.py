@@ -46,19 +46,21 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     Outside a multirun a failure is raised as it is (one ``error:`` line, exit 2)."""
     try:
         result = run(cfg)
-    except Interrupted as err:
-        stop_sweep(err)
-        raise
     except UserError as err:
         if not in_multirun():
             raise
         message = user_message(err)
         log_error(message)
         return {"status": "failed", "reason": message}
-    except Exception as err:  # one job's bug or out-of-memory must not end the sweep
+    except (Exception, Interrupted) as err:
+        # A signal ends the whole sweep (also one sent to the process group, whose dead
+        # loader workers raise over it); one job's bug or out-of-memory does not.
         stop = interruption_behind(err)
-        if stop is not None:  # but a signal to the whole process group does
-            stop_sweep(stop)
+        if stop is not None:
+            if in_multirun():
+                hydra = HydraConfig.get()
+                write_outcome(hydra, {"status": "interrupted", "reason": f"stopped by {stop}"})
+                summarize(Path(hydra.sweep.dir))
             raise stop from None
         if not in_multirun():
             raise
@@ -68,14 +70,6 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         return {"status": "failed", "reason": reason}
     records = result if isinstance(result, list) else [] if result is None else [result]
     return {"status": "ran" if records else "skipped", "run_ids": [r["run_id"] for r in records]}
-
-
-def stop_sweep(err: Interrupted) -> None:
-    """The whole sweep stops: the interrupted job's outcome and the summary say where."""
-    if in_multirun():
-        hydra = HydraConfig.get()
-        write_outcome(hydra, {"status": "interrupted", "reason": f"stopped by {err}"})
-        summarize(Path(hydra.sweep.dir))
 
 
 def sweep_keys(overrides: list[list[str]]) -> set[str]:

@@ -95,15 +95,12 @@ def exit_on_user_error(fn: F) -> F:
         except UserError as err:
             log_error(user_message(err))
             sys.exit(EXIT_USER_ERROR)
-        except Exception as err:
-            stop = interruption_behind(err)
+        except (Exception, Interrupted) as err:
+            stop = interruption_behind(err)  # itself, or the signal its error was raised over
             if stop is None:
                 raise
             log_error(interrupted_message(stop))
             sys.exit(128 + stop.signum)
-        except Interrupted as err:
-            log_error(interrupted_message(err))
-            sys.exit(128 + err.signum)
 
     return wrapper  # type: ignore[return-value]
 
