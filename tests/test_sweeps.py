@@ -38,7 +38,26 @@ def test_two_by_two_multirun_is_resumable(tmp_path, tiny_folder, minicnn_weights
     assert [p.stat().st_mtime_ns for p in _records(tmp_path)] == mtimes
 
 
-@pytest.mark.slow
+def test_epoch_order_is_one_permutation_shared_out_by_rank() -> None:
+    """One process reads the (seed, epoch) permutation in full; two DDP ranks each take every
+    other place of that same order with the same per-place seeds, and Lightning keeps the
+    sampler (a DistributedSampler) instead of putting bare indices in its place."""
+    from torch.utils.data import DistributedSampler
+
+    from src.data.datamodule import EpochSeededSampler
+
+    data = list(range(7))
+    alone = list(EpochSeededSampler(data, seed=3, epoch=2))
+    generator = torch.Generator().manual_seed(3 * 100_003 + 2)
+    assert [index for index, _ in alone] == torch.randperm(7, generator=generator).tolist()
+    assert len({seed for _, seed in alone}) == 7
+    ranks = [list(EpochSeededSampler(data, 3, 2, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert [len(share) for share in ranks] == [4, 4]  # padded to a multiple of the ranks
+    assert ranks[0][:4] == alone[0::2] and ranks[1][:3] == alone[1::2]
+    assert ranks[1][3][0] == alone[0][0]  # the pad repeats the order's start
+    assert isinstance(EpochSeededSampler(data, 0), DistributedSampler)
+
+
 def test_ddp_on_cpu_keeps_ranks_identical_and_writes_one_record(
     tmp_path, tiny_folder, minicnn_weights
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
@@ -41,30 +41,36 @@ def worker_start_method() -> str | None:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-class EpochSeededSampler(RandomSampler):
+class EpochSeededSampler(DistributedSampler):
     """Shuffles with a generator seeded by (seed, epoch) and gives every place of the epoch
     its own augmentation seed (read by ``SeededSamples``): an epoch's order and its random
     crops and flips are a function of (seed, epoch) alone, whichever worker loads an image
     and whether the run was resumed.
+
+    Under DDP each of ``num_replicas`` ranks takes every ``num_replicas``-th place of the one
+    shared order (padded, as torch's DistributedSampler, to a multiple of the ranks). Being a
+    DistributedSampler, Lightning keeps it instead of putting its own in its place, which
+    would hand the dataset bare indices.
 
     Lightning calls ``set_epoch`` at the start of every epoch, but builds a fit's first
     loader iterator, whose workers fetch ahead, before that call: ``epoch`` is the epoch the
     fit starts at (a resumed run's, from its checkpoint).
     """
 
-    def __init__(self, data_source, seed: int, epoch: int = 0) -> None:
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
+    def __init__(
+        self, data_source, seed: int, epoch: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(data_source, num_replicas=num_replicas, rank=rank, seed=seed)
         self.set_epoch(epoch)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
-
     def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        order += order[: self.total_size - len(order)]  # pad: every rank takes as many
         base = (self.seed * 100_003 + self.epoch) * 1_000_003
-        for place, index in enumerate(super().__iter__()):
-            yield index, (base + place) % (1 << 63)
+        for place in range(self.rank, self.total_size, self.num_replicas):
+            yield order[place], (base + place) % (1 << 63)
 
 
 class SeededSamples(Dataset):
@@ -148,12 +154,19 @@ class SplitDataModule(pl.LightningDataModule):
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         """Shuffled (train) data is read with a seed per sample, from the epoch the fit
         starts at (EpochSeededSampler)."""
-        trainer = self.trainer if shuffle else None  # a resumed fit: its epochs done so far
-        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        sampler, trainer = None, self.trainer
+        if shuffle:  # a resumed fit starts at its epochs done so far; DDP: one share a rank
+            sampler = EpochSeededSampler(
+                dataset,
+                self.seed,
+                epoch=trainer.fit_loop.epoch_progress.current.processed if trainer else 0,
+                num_replicas=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+            )
         return DataLoader(
             SeededSamples(dataset) if shuffle else dataset,
             batch_size=self.batch_size,
-            sampler=EpochSeededSampler(dataset, self.seed, epoch) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
