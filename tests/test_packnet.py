@@ -196,6 +196,7 @@ def _compose(tmp_path: Path, weights: Path, *overrides: str):
                 f"paths.results_dir={tmp_path / 'results'}",
                 f"paths.log_dir={tmp_path / 'outputs'}",
                 f"paths.output_dir={tmp_path / 'outputs' / 'job'}",
+                "backbone=minicnn",
                 f"backbone.weights={weights}",
                 "backbone.pretrain=false",
                 "method.epochs=1",

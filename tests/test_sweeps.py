@@ -123,9 +123,11 @@ def test_loader_workers_start_inside_a_joblib_worker() -> None:
 
 
 def test_a_presets_dataset_settings_reach_every_task_of_a_sequence(monkeypatch) -> None:
-    """experiment=real_transfer sets transforms.size 64 on its dataset; a PackNet sequence
-    composes each task's dataset config anew, and must not fall back to 32 pixels there."""
+    """A PackNet sequence composes each task's dataset config anew: what a preset set on the
+    run's dataset (here a flip) must reach every task, and each task's size must follow the
+    run's backbone (Lite0's small_image_size 64, not the mini tasks' 32)."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from src.runs.config import compose, with_dataset
 
@@ -133,10 +135,14 @@ def test_a_presets_dataset_settings_reach_every_task_of_a_sequence(monkeypatch) 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
 
     tasks = "method.tasks=[mini_digits,fashion_mnist_subset]"
-    preset = compose(["experiment=real_transfer", "method=packnet", tasks])
-    plain = compose(["method=packnet", tasks])
+    lite0 = compose(["experiment=real_transfer", "method=packnet", tasks])
+    preset = compose(["backbone=minicnn", "method=packnet", tasks])
+    plain = preset.copy()
+    OmegaConf.update(preset, "dataset.transforms.flip", True)  # as a preset's `dataset:` would
     for task in ("mini_digits", "fashion_mnist_subset"):
-        ran = with_dataset(preset, task).dataset
+        ran = with_dataset(lite0, task).dataset
         assert (ran.name, ran.transforms.size) == (task, 64)
         assert ran.root == compose([f"dataset={task}"]).dataset.root
-        assert with_dataset(plain, task).dataset.transforms.size == 32
+        assert with_dataset(preset, task).dataset.transforms.flip is True
+        assert with_dataset(plain, task).dataset.transforms == {
+            "style": "resize_exact", "size": 32, "flip": False}  # fmt: skip

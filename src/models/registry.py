@@ -4,7 +4,7 @@ input normalisation.
 Any torchvision classification model is a backbone by its name: its classifier is found
 (the last Linear layer, or the path a backbone config states) and its normalisation is
 the one its default weights were trained with. So is any timm classification model
-torchvision lacks (timm installed: ``pip install -e '.[timm]'``): its classifier is
+torchvision lacks (timm is a dependency): its classifier is
 ``get_classifier()``, its normalisation its ``pretrained_cfg``'s. Adding one is one config
 file (conf/backbone/<name>.yaml); an architecture neither library has adds one
 ``@register_backbone`` on its class.
@@ -94,7 +94,7 @@ def _torchvision_spec(name: str, classifier: str | None = None) -> BackboneSpec:
     )  # fmt: skip
 
 
-TIMM_MISSING = "timm is not installed: pip install -e '.[timm]' (or pip install timm)"
+TIMM_MISSING = "timm is not installed: pip install -e . (or pip install timm)"
 
 
 def import_timm(need: str) -> Any:
