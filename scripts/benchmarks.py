@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from src.masking import masked_layers
 from src.models import build_backbone, classifier_name
 from src.models.surgery import prunable_weights
 from src.runs.builders import build_method, build_trainer, channels_last, precision
@@ -263,8 +264,6 @@ def train_step(method, s: Settings) -> Callable[[], None]:
 
 def set_density(method, density: float, seed: int = 0) -> None:
     """Give a Piggyback model masks of a paper-like density (random, seeded)."""
-    from src.masking import masked_layers
-
     g = torch.Generator().manual_seed(seed)
     scale = method.hparams.mask_scale
     with torch.no_grad():
@@ -288,23 +287,29 @@ def numerics(s: Settings) -> str:
 
 def step_times(s: Settings) -> tuple[dict, dict[str, Callable[[], None]]]:
     """Figure 1 at ``s``'s backbone, batch and input size: the row, and the timed steps."""
-    steps = {
-        name: train_step(task_module(method, s.backbone, s.device, *overrides), s)
+    modules = {
+        name: task_module(method, s.backbone, s.device, *overrides)
         for name, method, overrides in (("piggyback", "piggyback", ()),
                                         ("finetune", "finetune", ()),
                                         ("piggyback_adam_fused", "piggyback", (FUSED,)))
     }  # fmt: skip
+    masks = masked_layers(modules["piggyback"].model).values()
+    masked = sum(layer.mask_real.numel() for layer in masks)
+    steps = {name: train_step(module, s) for name, module in modules.items()}
+    del modules
     times = interleaved(steps, s)
     ratio = paired_ratio(times, "piggyback", "finetune")
     row = {
         "value": round(ratio, 3),
+        "masked_weights": masked,
         "target": "<= 1.05",
         "met": verdict(ratio, 1.05),
         "adam_fused_value": round(paired_ratio(times, "piggyback_adam_fused", "finetune"), 3),
         "ms": {m: median_ms(t) for m, t in times.items()},
         "shape": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}",
         "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, {numerics(s)}, random "
-        f"weights; median of {s.reps} per-step ratios after {s.warmup} warm-up step(s)",
+        f"weights, {masked:,} masked weights; median of {s.reps} per-step ratios after "
+        f"{s.warmup} warm-up step(s)",
     }
     return row, steps
 

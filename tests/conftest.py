@@ -13,6 +13,7 @@ import torch
 from hypothesis import settings
 from PIL import Image
 from safetensors.torch import save_file
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 # Property tests (Hypothesis): no per-example deadline, since two cores shared with other
@@ -194,3 +195,17 @@ def published_mask(**changes):
 
     method = compose(["method=piggyback"]).method
     return MaskConfig(**{f.name: method[f.name] for f in fields(MaskConfig)} | changes)
+
+
+def expected_masked_count(model: nn.Module, classifier: str) -> int:
+    """Counted apart from the code under test: every Conv1d/2d/3d and Linear weight and every
+    attention in_proj weight outside the classifier."""
+    count = 0
+    for name, module in model.named_modules():
+        if name == classifier or name.startswith(classifier + "."):
+            continue
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            count += module.weight.numel()
+        if isinstance(module, nn.MultiheadAttention):
+            count += module.in_proj_weight.numel()
+    return count

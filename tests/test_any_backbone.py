@@ -21,6 +21,7 @@ from src.models.surgery import prunable_weights
 from tests.conftest import (
     CONF,
     TINY_BUDGET,
+    expected_masked_count,
     make_image_folder,
     method_for,
     published_mask,
@@ -31,20 +32,6 @@ TORCHVISION_CONFIGS = sorted(  # configs that name torchvision weights
     p.stem for p in (CONF / "backbone").glob("*.yaml") if "weights: IMAGENET1K" in p.read_text()
 )
 NEW_ONES = ("vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large")
-
-
-def expected_masked_count(model: nn.Module, classifier: str) -> int:
-    """Counted apart from the code under test: every Conv1d/2d/3d and Linear weight and every
-    attention in_proj weight outside the classifier."""
-    count = 0
-    for name, module in model.named_modules():
-        if name == classifier or name.startswith(classifier + "."):
-            continue
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            count += module.weight.numel()
-        if isinstance(module, nn.MultiheadAttention):
-            count += module.in_proj_weight.numel()
-    return count
 
 
 def test_the_shipped_configs_cover_the_paper_and_the_modern_backbones() -> None:

@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the 
 import benchmarks
 from benchmarks import FIGURES, Settings, write_results
 
+from src.models import classifier_name
+from tests.conftest import expected_masked_count
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -154,6 +157,17 @@ def test_train_step_is_timed_at_both_shapes_and_tabled_twice(quick: Settings) ->
     assert len(table) == 2
     assert "(minicnn, batch 2, 32x32)" in table[0]
     assert "paper's shape (minicnn, batch 4, 48x48)" in table[1]
+
+
+def test_the_transformer_step_masks_every_conv_and_linear_weight_outside_the_head(
+    quick: Settings,
+) -> None:
+    """Figure 8's masked-weight count, against one made apart from the code under test (the
+    quick settings' transformer is minivit; the full run's, ViT-B/16)."""
+    fig = benchmarks.fig_transformer_train_step(quick)
+    name = quick.transformer_shape.backbone
+    count = expected_masked_count(benchmarks.build_backbone(name, None, 10), classifier_name(name))
+    assert fig["masked_weights"] == count and f"{count:,} masked weights" in fig["setup"]
 
 
 def test_the_gpu_check_runs_its_throughput_part_on_a_cpu(tmp_path) -> None:

@@ -22,7 +22,7 @@ from src.models.surgery import prunable_weights
 from src.runs.identity import weights_fingerprint
 from src.runs.records import read_records
 from src.utils.errors import UserError
-from tests.conftest import make_image_folder, run_module, train_in_process
+from tests.conftest import expected_masked_count, make_image_folder, run_module, train_in_process
 
 # scikit-image's photos whose ImageNet class is unambiguous (indices of the 1000 classes)
 PHOTOS = {
@@ -129,8 +129,36 @@ def test_piggyback_trains_on_the_real_weights(tmp_path: Path) -> None:
         f"paths.output_dir={tmp_path / 'outputs' / 'job'}",
     )  # fmt: skip
     (record,) = read_records(tmp_path / "results" / "runs")
-    assert record["backbone"] == "efficientnet_lite0" and record["masked_weights"] > 3_000_000
+    plain = build_backbone("efficientnet_lite0", None, num_classes=3)
+    assert record["backbone"] == "efficientnet_lite0"
+    assert record["masked_weights"] == expected_masked_count(plain, "classifier")
     assert record["config"]["weights_fingerprint"] == state_digest(wheel_state())[:16]
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [pytest.param("vit_base_patch16_224_in21k", 224, marks=pytest.mark.slow),
+     ("convnext_atto", 64)],
+)  # fmt: skip
+def test_a_timm_runs_record_counts_every_conv_and_linear_weight_outside_the_head(
+    config: str, size: int, tmp_path: Path
+) -> None:
+    """Random weights (backbone.weights=null), one short run: the record's masked_weights is
+    every Conv/Linear weight outside the head, the fused qkv Linears included, counted
+    apart from the code under test."""
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2, size=16)
+    train_in_process(
+        f"backbone={config}", "backbone.weights=null", "dataset=mini_digits",
+        f"dataset.root={data}", "dataset.num_classes=2", f"dataset.transforms.size={size}",
+        "method.epochs=1", "method.batch_size=2", "trainer=cpu", "num_workers=0",
+        "trainer.enable_progress_bar=false", f"paths.results_dir={tmp_path / 'results'}",
+        f"paths.log_dir={tmp_path / 'outputs'}", f"paths.output_dir={tmp_path / 'outputs' / 'job'}",
+    )  # fmt: skip
+    (record,) = read_records(tmp_path / "results" / "runs")
+    name = record["config"]["backbone"]["name"]
+    plain = build_backbone(name, None, num_classes=2)
+    count = expected_masked_count(plain, classifier_name(name))
+    assert record["masked_weights"] == count and record["config"]["weights_fingerprint"] is None
 
 
 @pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0", "fastvit_t8"])
