@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Fashion-MNIST for the tests and the mini benchmark (its bases are pretrained on it). Sources,
+# Fashion-MNIST for the tests and the mini benchmark (its bases are pretrained on it; run
+# `make data-deps` before `make train ARGS='-m experiment=mini'` on a machine without it). Sources,
 # in order: $(DATA_DIR)/FashionMNIST/raw, Debian's dataset-fashion-mnist (installed here when
 # we are root with apt-get), torchvision's download. Never fails: a source may remain.
 DATA_DIR := $(or $(PIGGYBACK_DATA_DIR),data)
@@ -67,7 +68,7 @@ bench: $(STAMP)
 
 # Mutation testing of the core (cosmic-ray; not in CI: about 3 hours for the whole scope on 2
 # cores; ARGS="--scope <module>" runs one). Prints the score; results/mutation/report.md
-# lists the surviving mutants (docs/testing.md). Installs the default's data first (tests read it).
+# lists the surviving mutants (docs/testing.md). Installs the tests' data first (data-deps).
 MUTATION_STAMP := $(VENV)/.installed-mutation
 $(MUTATION_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,mutation]'

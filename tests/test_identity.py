@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from src.masking import state_digest
 from src.models import pretrained_state
+from src.reporting.tables import variant_key
 from src.runs.config import compose
 from src.runs.identity import existing_record, run_identity, weights_fingerprint
 from src.runs.records import write_record
@@ -67,6 +68,7 @@ def test_the_backbones_small_image_size_counts_through_the_datasets_size() -> No
     stated = identity("backbone=efficientnet_lite0", "~backbone.small_image_size",
                       "dataset.transforms.size=64")  # fmt: skip
     assert stated[0] == own_id
+    assert variant_key(config) == variant_key(stated[1])  # one configuration in the tables
     assert identity("backbone=efficientnet_lite0", "backbone.small_image_size=96")[0] != own_id
     assert identity("backbone=minicnn")[1]["dataset"]["transforms"]["size"] == 32
 

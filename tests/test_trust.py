@@ -28,17 +28,32 @@ def _records(tmp_path: Path) -> list[Path]:
 def test_num_workers_and_the_base_weights_change_the_run_id(
     tmp_path: Path, minicnn_weights: Path
 ) -> None:
-    base = [f"backbone.weights={minicnn_weights}", "paths.output_dir=x"]
+    base = ["backbone=minicnn", f"backbone.weights={minicnn_weights}", "paths.output_dir=x"]
     rid, config = run_identity(compose([*base, "num_workers=2"]))
     assert run_identity(compose([*base, "num_workers=0"]))[0] != rid
     assert config["weights_fingerprint"] and len(config["weights_fingerprint"]) == 16
     other = tmp_path / "copy.safetensors"
     other.write_bytes(minicnn_weights.read_bytes())  # the same tensors: the same run
-    assert run_identity(compose([f"backbone.weights={other}", "paths.output_dir=x"]))[0] == rid
+    assert (
+        run_identity(
+            compose(["backbone=minicnn", f"backbone.weights={other}", "paths.output_dir=x"])
+        )[0]
+        == rid
+    )
     torch.manual_seed(1)  # other tensors under the same file name: another run
     save_file(build_backbone("minicnn", None, 10).state_dict(), str(other))
-    assert run_identity(compose([f"backbone.weights={other}", "paths.output_dir=x"]))[0] != rid
-    assert run_identity(compose(["backbone.weights=null", "paths.output_dir=x"]))[0] != rid
+    assert (
+        run_identity(
+            compose(["backbone=minicnn", f"backbone.weights={other}", "paths.output_dir=x"])
+        )[0]
+        != rid
+    )
+    assert (
+        run_identity(compose(["backbone=minicnn", "backbone.weights=null", "paths.output_dir=x"]))[
+            0
+        ]
+        != rid
+    )
     # where things go and how they are shown do not change what a run computes
     shown = compose(
         [*base, "num_workers=2", "paths.results_dir=elsewhere", "keep_checkpoints=true"]

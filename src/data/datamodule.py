@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import multiprocessing
 import os
 from collections.abc import Mapping
@@ -67,7 +68,8 @@ class EpochSeededSampler(DistributedSampler):
         generator = torch.Generator()
         generator.manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
-        order += order[: self.total_size - len(order)]  # pad: every rank takes as many
+        pad = self.total_size - len(order)  # every rank takes as many, as torch's sampler
+        order += (order * math.ceil(pad / len(order)))[:pad] if pad else []
         base = (self.seed * 100_003 + self.epoch) * 1_000_003
         for place in range(self.rank, self.total_size, self.num_replicas):
             yield order[place], (base + place) % (1 << 63)

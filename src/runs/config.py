@@ -126,7 +126,7 @@ def with_dataset(cfg: DictConfig, dataset: str) -> DictConfig:
     """A copy of the run config with ``dataset`` composed from conf/dataset/<dataset>.yaml
     (a PackNet sequence runs one such config per task). What the run changed on its own
     dataset applies to it too: the command line's ``dataset.*`` overrides and an experiment
-    preset's ``dataset:`` settings (e.g. ``transforms.size: 64`` for every task)."""
+    preset's ``dataset:`` settings (e.g. ``transforms.flip: true`` for every task)."""
     task_cfg = cfg.copy()
     with open_dict(task_cfg):
         task_cfg.dataset = compose([f"dataset={dataset}", *dataset_overrides()]).dataset

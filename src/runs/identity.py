@@ -16,9 +16,6 @@ from src.utils.output import say
 # Root keys that datasets read through their datamodule config (``val_fraction: ${val_fraction}``);
 # a Visual Decathlon domain has its own val split and reads no val_fraction.
 DATA_KEYS = ("val_fraction", "verify_images", "skip_bad_images")
-# Backbone keys that only dataset configs read (the mini tasks' size is
-# ``${oc.select:backbone.small_image_size,32}``): they count through the dataset's values.
-DATASET_ONLY_BACKBONE_KEYS = ("small_image_size",)
 
 
 def weights_fingerprint(backbone: str, weights: str | None) -> str | None:
@@ -44,8 +41,7 @@ def run_identity(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     config = OmegaConf.to_container(cfg, resolve=True)
     fingerprint = weights_fingerprint(cfg.backbone.name, cfg.backbone.weights)
     config["weights_fingerprint"] = fingerprint
-    backbone = {k: v for k, v in config["backbone"].items() if k not in DATASET_ONLY_BACKBONE_KEYS}
-    hashed = {**config, "backbone": {**backbone, "weights": fingerprint}}
+    hashed = {**config, "backbone": {**config["backbone"], "weights": fingerprint}}
     for key in DATA_KEYS:  # a root data key the dataset's loader does not read changes nothing
         if key not in config["dataset"]:
             hashed.pop(key, None)

@@ -27,6 +27,9 @@ RECORD_FORMAT = "piggyback-lab-record/1"
 # shown). num_workers is not among them: each worker draws its own random augmentations.
 NON_SEMANTIC_KEYS = ("paths", "logger", "force", "hydra", "keep_checkpoints")
 NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary")
+# Backbone keys that only dataset configs read (the mini tasks' size is
+# ``${oc.select:backbone.small_image_size,32}``): they count through the dataset's values.
+NON_SEMANTIC_BACKBONE_KEYS = ("small_image_size",)
 
 
 def run_id(config: dict[str, Any]) -> str:
@@ -36,6 +39,11 @@ def run_id(config: dict[str, Any]) -> str:
     for key in NON_SEMANTIC_TRAINER_KEYS:
         trainer.pop(key, None)
     semantic["trainer"] = trainer
+    if "backbone" in semantic:
+        backbone = semantic["backbone"]
+        semantic["backbone"] = {
+            k: v for k, v in backbone.items() if k not in NON_SEMANTIC_BACKBONE_KEYS
+        }
     digest = hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()
     return (
         f"{config['dataset']['name']}__{config['backbone']['name']}__"

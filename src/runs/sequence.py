@@ -1,5 +1,5 @@
 """A task sequence in one job (a method that names ``method.tasks``, e.g. PackNet):
-``python -m src.train method=packnet``.
+``python -m src.train experiment=mini_packnet`` (method=packnet with its tasks).
 
 The sequence mechanics live here: the task order, the datasets and trainers each phase
 gets, progress after the base and after every task, resume, and the records. The
