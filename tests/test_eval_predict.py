@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.masking import read_task_file
 from src.methods.packnet.state import PackNetState
 from src.runs.builders import build_image_transforms
 from src.runs.evaluate import compose_config, evaluate
@@ -18,6 +19,7 @@ from tests.conftest import TINY_BUDGET, make_image_folder, run_module, train_in_
 from tests.test_multitask import make_packnet_state, other_weights
 
 TASKS = {"mini_digits": 3, "mini_fashion_rot": 4}  # two mini-benchmark tasks, class counts
+TRAINED_SIZE = {"mini_digits": 32, "mini_fashion_rot": 24}
 
 
 def common(root: Path, weights: Path) -> list[str]:
@@ -30,13 +32,15 @@ def common(root: Path, weights: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, minicnn_weights: Path) -> Path:
-    """Two tasks trained 1 epoch on tiny trees put where the mini configs look for them."""
+    """Two tasks trained 1 epoch on tiny trees put where the mini configs look for them, the
+    second at a size of its own (24, not the configs' 32)."""
     root = tmp_path_factory.mktemp("two_tasks")
     for name, classes in TASKS.items():
         make_image_folder(root / "data" / "mini" / name, classes=classes, per_class=4, size=32)
         train_in_process(
             f"dataset={name}",
             f"dataset.num_classes={classes}",
+            f"dataset.transforms.size={TRAINED_SIZE[name]}",
             *TINY_BUDGET,
             f"paths.log_dir={root / 'outputs'}",
             f"paths.output_dir={root / 'outputs' / name}",
@@ -63,7 +67,22 @@ def test_eval_reproduces_the_training_top1(trained: Path, minicnn_weights: Path)
         assert evals[name]["method"] == "piggyback" and evals[name]["backbone"] == "minicnn"
         assert evals[name]["task_run_id"] == train[name]["run_id"]
         assert evals[name]["n_test"] == 2 * TASKS[name]
+        assert evals[name]["test_transforms"]["size"] == TRAINED_SIZE[name]  # as it trained
         assert Path(evals[name]["record_path"]).parent == trained / "results" / "evals"
+
+
+def test_a_task_is_tested_at_the_size_it_trained_at_unless_told_otherwise(trained: Path) -> None:
+    """The task file keeps its transforms; eval and predict compose them back (an explicit
+    dataset.transforms override still wins)."""
+    path = next((trained / "results" / "tasks").glob("mini_fashion_rot__*.safetensors"))
+    trained_with = read_task_file(path).meta["transforms"]
+    assert trained_with["size"] == 24
+    cfg = compose_config("mini_fashion_rot", "minicnn", [], trained_with)
+    assert cfg.dataset.transforms.size == 24
+    told = compose_config(
+        "mini_fashion_rot", "minicnn", ["dataset.transforms.size=40"], trained_with
+    )
+    assert told.dataset.transforms.size == 40
 
 
 def test_eval_refuses_other_backbone_weights(trained: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ in as ``train_top1`` for comparison.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,14 @@ from src.utils.errors import UserError, check_integer
 
 
 def compose_config(
-    dataset: str | None, backbone: str | None, overrides: Sequence[str]
+    dataset: str | None,
+    backbone: str | None,
+    overrides: Sequence[str],
+    transforms: Mapping[str, Any] | None = None,
 ) -> DictConfig:
     """conf/config.yaml composed for ``dataset`` and ``backbone`` (None: the default) plus
-    the user's overrides."""
+    the user's overrides. ``transforms``: the ones a task trained with (its metadata), so it
+    is tested at its own size, unless the overrides set ``dataset.transforms``."""
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key == "backbone" and backbone and value != backbone:
@@ -54,6 +58,8 @@ def compose_config(
                 "task file; add that config"
             )
     cfg = compose([*(f"{g}={n}" for g, n in chosen), *overrides])
+    if transforms and not any(o.lstrip("+~").startswith("dataset.transforms") for o in overrides):
+        OmegaConf.update(cfg, "dataset.transforms", dict(transforms), merge=True)
     use_backbone(cfg.backbone.name, cfg.backbone.get("classifier"))  # as it was trained
     return cfg
 
@@ -129,7 +135,8 @@ class Evaluator:
         task = host.tasks[name] if host else None
         dataset = task.meta["dataset"] if task else tf.meta["dataset"]
         class_names = task.class_names if task else tf.class_names
-        cfg = compose_config(dataset, tf.meta["backbone"], self.overrides)
+        trained = (task.meta if task else tf.meta).get("transforms")
+        cfg = compose_config(dataset, tf.meta["backbone"], self.overrides, trained)
         num_classes = len(class_names) or int(tf.meta["num_classes"])
         OmegaConf.update(cfg, "dataset.num_classes", num_classes)
         OmegaConf.update(cfg, "method.batch_size", batch_size)
@@ -179,6 +186,7 @@ class Evaluator:
             n_test=n,
             **method_of(tf).mask_stats(tf),
             dataset_root=str(cfg.dataset.root),
+            test_transforms=OmegaConf.to_container(cfg.dataset.transforms, resolve=True),
             backbone_weights=None if weights is None else str(weights),
         )
 

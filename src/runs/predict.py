@@ -87,7 +87,9 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
     device = pick_device(str(cfg.device))
     tf = _single_task(cfg) if cfg.task else None
     if tf is not None:
-        task_cfg = compose_config(tf.meta["dataset"], tf.meta["backbone"], overrides)
+        task_cfg = compose_config(
+            tf.meta["dataset"], tf.meta["backbone"], overrides, tf.meta.get("transforms")
+        )
     else:
         task_cfg = _pretrained_config(cfg, overrides)
     _, transform = build_image_transforms(task_cfg)

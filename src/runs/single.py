@@ -13,7 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.data import eval_split
 from src.masking import (
@@ -138,6 +138,7 @@ def _train(
         "class_names": datamodule.class_names,
         "num_classes": datamodule.num_classes,
         "run_id": rid,
+        "transforms": OmegaConf.to_container(cfg.dataset.transforms, resolve=True),
     }
     with written_together(task_path, ckpt_dir):
         task_bytes = method.export_task(task_path, task_meta)
