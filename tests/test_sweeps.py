@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF, run_module, tiny_overrides
+from tests.conftest import CONF, make_image_folder, run_module, tiny_overrides
 
 
 def _records(tmp_path):
@@ -58,12 +58,16 @@ def test_epoch_order_is_one_permutation_shared_out_by_rank() -> None:
     assert isinstance(EpochSeededSampler(data, 0), DistributedSampler)
 
 
-def test_ddp_on_cpu_keeps_ranks_identical_and_writes_one_record(
-    tmp_path, tiny_folder, minicnn_weights
-) -> None:
+def test_ddp_on_cpu_keeps_ranks_identical_and_writes_one_record(tmp_path, minicnn_weights) -> None:
+    """Two CPU ranks: one record and task file, every rank with the same task, and a test
+    top-1 over the 9 test images themselves (a distributed test sampler would pad them to
+    10 with a repeat), as a single-process eval of the task file finds it."""
+    from src.runs.evaluate import evaluate
+
+    data = make_image_folder(tmp_path / "tiny", classes=3, per_class=6)  # 9 test images
     proc = run_module(
         "src.train",
-        *tiny_overrides(tmp_path, minicnn_weights, tiny_folder),
+        *tiny_overrides(tmp_path, minicnn_weights, data),
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
@@ -75,7 +79,12 @@ def test_ddp_on_cpu_keeps_ranks_identical_and_writes_one_record(
     assert len(records) == 1
     record = json.loads(records[0].read_text())
     assert record["world_size"] == 2 and record["ranks_agree"] is True
-    assert len(list((tmp_path / "results" / "tasks").glob("*.safetensors"))) == 1
+    tasks = list((tmp_path / "results" / "tasks").glob("*.safetensors"))
+    assert len(tasks) == 1
+    (alone,) = evaluate([f"tasks={tasks[0]}", f"out={tmp_path / 'evals'}", "backbone=minicnn",
+                         f"backbone.weights={minicnn_weights}", f"dataset.root={data}",
+                         f"paths.results_dir={tmp_path / 'results'}"])  # fmt: skip
+    assert alone["n_test"] == 9 and alone["top1"] == pytest.approx(record["top1"])
 
 
 @pytest.mark.parametrize("launcher, key", [("slurm", "partition"), ("local_parallel", "n_jobs")])
