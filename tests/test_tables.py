@@ -381,3 +381,34 @@ def test_a_task_of_unknown_size_makes_its_methods_storage_unknown_not_smaller() 
     )
     [row] = storage_frame("minicnn", summary, ["piggyback"]).itertuples()
     assert row.tasks == 2 and pd.isna(row.storage_mb) and pd.isna(row.bits_per_weight)
+
+
+def test_rows_over_different_pretrained_bases_are_named_under_the_table(tmp_path: Path) -> None:
+    d = tmp_path / "runs"
+    for seed in (0, 1):
+        for ds in ("mini_digits", "mini_fashion_rot"):
+            make_record(
+                d, "minicnn", "piggyback", ds, seed, 80.0, extra={"weights_fingerprint": "aa"}
+            )
+        make_record(
+            d, "minicnn", "lora", "mini_digits", seed, 90.0, extra={"weights_fingerprint": "bb"}
+        )
+        make_record(
+            d,
+            "minicnn",
+            "lora",
+            "mini_fashion_rot",
+            seed,
+            70.0,
+            extra={"weights_fingerprint": "aa"},
+        )
+    make_record(d, "resnet26", "piggyback", "cub", 0, 70.0, extra={"weights_fingerprint": "cc"})
+    tables = {t.backbone: t for t in build_tables(read_records(d), load_published(PAPER))}
+    line = next(x for x in to_markdown(tables["minicnn"]).splitlines() if "Bases:" in x)
+    assert line.endswith(
+        "(weights_fingerprint): aa: lora (mini_fashion_rot), piggyback; bb: lora (mini_digits)."
+    )
+    make_record(d, "minicnn", "finetune", "mini_digits", 0, 95.0)  # an old record: no field
+    tables = {t.backbone: t for t in build_tables(read_records(d), load_published(PAPER))}
+    assert tables["minicnn"].bases["not recorded"] == ["finetune"]
+    assert "Bases:" not in to_markdown(tables["resnet26"])  # one base: nothing to say

@@ -161,11 +161,12 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "variant": variant_key(config),
                 "config": config,
                 "mask_density": r.get("mask_density") or {},
+                "base": r.get("weights_fingerprint"),
             }
         )
     columns = [*CELL_KEYS, "seed", "protocol", "split", "top1", "val_top1", "task_state_bytes"]
     columns += ["masked_weights", "owner_index_bytes", "classifier_bytes", "variant", "config"]
-    columns += ["mask_density"]
+    columns += ["mask_density", "base"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -275,6 +276,7 @@ class BackboneTable:
     notes: dict[str, int] = field(default_factory=dict)  # note text -> footnote number
     config_notes: list[str] = field(default_factory=list)
     not_run: list[tuple[str, str]] = field(default_factory=list)
+    bases: dict[str, list[str]] = field(default_factory=dict)  # fingerprint -> its rows
     published_storage: pd.DataFrame | None = None  # storage_mb rows: method, value, source_id
 
     @property
@@ -353,6 +355,28 @@ def cell_frame(
     return cells
 
 
+def rows_by_base(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Which of one backbone's cells ran over which pretrained base (``weights_fingerprint``;
+    records older than the field: "not recorded"), when they span more than one: methods
+    compared over different bases are compared less fairly.
+
+    A method whose cells all share a base is named alone, else as ``method (datasets)``.
+    """
+    bases = frame.base.fillna("not recorded")
+    if bases.nunique() < 2:
+        return {}
+    out: dict[str, list[str]] = {}
+    for method, cells in frame.assign(base=bases).groupby("method", sort=True):
+        for base, group in cells.groupby("base", sort=True):
+            if cells.base.nunique() == 1:
+                out.setdefault(base, []).append(method)
+            else:
+                out.setdefault(base, []).append(
+                    f"{method} ({', '.join(sorted(set(group.dataset)))})"
+                )
+    return dict(sorted(out.items()))
+
+
 def build_tables(records: list[dict[str, Any]], published: pd.DataFrame) -> list[BackboneTable]:
     """One table per backbone that has records or published numbers."""
     frame, config_notes = choose_variants(records_frame(records))
@@ -395,6 +419,7 @@ def build_tables(records: list[dict[str, Any]], published: pd.DataFrame) -> list
                 config_notes=[n for n in config_notes if n.startswith(f"{bb} ")],
                 not_run=sorted(not_run, key=lambda c: (methods.index(c[0]), datasets.index(c[1]))),
                 published_storage=pub_storage,
+                bases=rows_by_base(frame[frame.backbone == bb]),
             )
         )
     return tables
@@ -506,6 +531,12 @@ def footnotes(table: BackboneTable) -> list[str]:
     if protocols:
         lines.append(f"Model selection protocol of our runs: {', '.join(protocols)}.")
     lines += [f"Sweep: {n}" for n in table.config_notes]
+    if table.bases:
+        lines.append(
+            "Bases: these rows ran over different pretrained bases (weights_fingerprint): "
+            + "; ".join(f"{base}: {', '.join(rows)}" for base, rows in table.bases.items())
+            + "."
+        )
     if table.not_run:
         lines.append("Not run yet: " + "; ".join(f"{m} × {d}" for m, d in table.not_run) + ".")
     return lines
