@@ -156,7 +156,13 @@ def test_predict_with_only_non_images_fails_cleanly(trained: Path, tmp_path: Pat
 def test_eval_takes_a_packnet_state(trained: Path, tmp_path: Path) -> None:
     classes = {name: [f"c{i}" for i in range(n)] for name, n in TASKS.items()}
     path = tmp_path / "seq.safetensors"
-    make_packnet_state(path, list(TASKS), classes)
+    state = make_packnet_state(path, list(TASKS), classes)
+    sizes = {"mini_digits": 32, "mini_fashion_rot": 24}  # the second trained at a size of its own
+    state.meta["task_transforms"] = {
+        name: {**compose_config(name, "minicnn", []).dataset.transforms, "size": size}
+        for name, size in sizes.items()
+    }
+    state.save(path)
     records = evaluate(
         [f"tasks={path}", f"out={tmp_path / 'evals'}", f"paths.data_dir={trained / 'data'}"]
     )
@@ -164,7 +170,10 @@ def test_eval_takes_a_packnet_state(trained: Path, tmp_path: Path) -> None:
     for record in records:
         name = record["dataset"]
         assert record["method"] == "packnet" and record["n_test"] == 2 * TASKS[name]
-        _, transform = build_image_transforms(compose_config(name, "minicnn", []))
+        assert record["test_transforms"] == state.meta["task_transforms"][name]
+        _, transform = build_image_transforms(
+            compose_config(name, "minicnn", [f"dataset.transforms.size={sizes[name]}"])
+        )
         paths, x = load_images(
             image_paths(str(trained / "data" / "mini" / name / "test")), transform
         )

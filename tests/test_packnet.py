@@ -247,6 +247,8 @@ def test_sequence_end_to_end_no_forgetting(mini_tree: Path, minicnn_weights: Pat
     assert records[-1]["owner_share_overall"]["free"] == 0.0
     # first task kept 25% of the half the base freed
     assert math.isclose(records[0]["owner_share"]["fc.0"][TASKS[0]], 0.125, abs_tol=1e-3)
+    kept = PackNetState.load(records[-1]["task_file"]).meta["task_transforms"]
+    assert sorted(kept) == sorted(TASKS) and all(t["size"] == 32 for t in kept.values())
     again = run_sequence(cfg)
     assert again == []
 
@@ -462,10 +464,14 @@ def test_a_packnet_module_exports_its_task_alone(tmp_path: Path) -> None:
     second = module_factory(cfg)(classes, view, owners=owners, owner=state.owner(TASKS[1]))
     path = tmp_path / "second.safetensors"
     names = [str(i) for i in range(classes)]
-    second.export_task(path, {"dataset": TASKS[1], "class_names": names})
+    trained_with = {"size": 24, "augment": False}
+    second.export_task(
+        path, {"dataset": TASKS[1], "class_names": names, "transforms": trained_with}
+    )
     fixed = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     host = MultiTaskModel.from_file(path)
     assert list(host.tasks) == [TASKS[1]] and host.tasks[TASKS[1]].class_names == names
+    assert host.tasks[TASKS[1]].meta["transforms"] == trained_with  # what eval tests it at
     with torch.no_grad():
         assert torch.equal(host.predict(fixed, TASKS[1]), state.view(TASKS[1]).eval()(fixed))
     alone = PackNetState.load(path)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from src.methods import method_named
@@ -215,6 +215,10 @@ def _run(
         state, results, base_info, rng = resumed
         say(f"resuming the {name} sequence after {len(state.tasks)} finished task(s): "
             f"{', '.join(state.tasks)} ({progress_path})")  # fmt: skip
+    # each task is tested later (src.eval) at the transforms it trained with
+    state.meta["task_transforms"] = {
+        t: OmegaConf.to_container(c.dataset.transforms, resolve=True) for t, c in task_cfgs.items()
+    }
     datamodules: dict[str, pl.LightningDataModule] = {}
     for task in scored:  # every dataset is checked before any training
         datamodules[task] = build_datamodule(task_cfgs[task])

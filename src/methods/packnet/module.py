@@ -131,7 +131,12 @@ class PackNet(TaskModule):
 
     def export_task(self, path: str | Path, meta: dict) -> int:
         """Write this task alone as a one-task PackNet state; returns its size in bytes."""
-        state = self.standalone_state(str(meta.get("dataset", "task")))
-        state.class_names[state.tasks[0]] = list(meta.get("class_names", []))
-        state.meta = {k: v for k, v in meta.items() if k not in ("class_names", "kind")}
+        task = str(meta.get("dataset", "task"))
+        state = self.standalone_state(task)
+        state.class_names[task] = list(meta.get("class_names", []))
+        state.meta = {
+            k: v for k, v in meta.items() if k not in ("class_names", "kind", "transforms")
+        }
+        if "transforms" in meta:  # kept per task, as a sequence's state keeps them
+            state.meta["task_transforms"] = {task: meta["transforms"]}
         return state.save(path)

@@ -65,7 +65,8 @@ class PackNetTask(TaskMethod):
                 weight.masked_fill_(changed(key), 0.0)  # as the view zeroes them
 
             meta = {**state.meta, "kind": KIND, "backbone": state.backbone,
-                    "dataset": state.meta.get("datasets", {}).get(task, task)}  # fmt: skip
+                    "dataset": state.meta.get("datasets", {}).get(task, task),
+                    "transforms": state.meta.get("task_transforms", {}).get(task)}  # fmt: skip
             tasks.append(
                 HostedTask(
                     name=task,
