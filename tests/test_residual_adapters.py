@@ -294,3 +294,40 @@ class Pairs(nn.Module):
 
 def test_series_adapters_go_only_where_a_tracking_norm_alone_reads_the_conv() -> None:
     assert following_norms(Pairs(), "classifier") == {"paired": "bn1"}
+
+
+class NormAct(nn.Module):
+    """A 3x3 conv into timm's BatchNormAct2d (a BatchNorm2d subclass: norm, then ReLU), as
+    timm's EfficientNets and MobileNets build their stems."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import BatchNormAct2d
+
+        self.stem, self.bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), BatchNormAct2d(4)
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.bn(self.stem(x)).mean((2, 3)))
+
+
+def test_a_series_adapter_finds_timms_norm_with_its_activation_and_folds_into_it(
+    tmp_path: Path,
+) -> None:
+    assert following_norms(NormAct(), "classifier") == {"stem": "bn"}  # was {}: refused
+    torch.manual_seed(0)
+    task = wrap(NormAct(), "series_adapters", classifier="classifier", num_classes=2)
+    task.train()
+    optimizer, _ = task.recipe()
+    x = torch.randn(8, 3, 8, 8)
+    for _ in range(3):  # moves the adapter and the norms' statistics off their start
+        optimizer.zero_grad()
+        F.cross_entropy(task(x), torch.arange(8) % 2).backward()
+        optimizer.step()
+    task.eval()
+    with torch.no_grad():
+        expected = task(x)
+    export_task(task, tmp_path / "t.safetensors", ["a", "b"])
+    torch.manual_seed(0)
+    folded = fold_task(NormAct(), tmp_path / "t.safetensors")
+    torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-5)

@@ -116,11 +116,19 @@ def _run_series_adapter(module: nn.Module, args: tuple, output: torch.Tensor) ->
     return module.series_adapter(output)
 
 
+class _NormsAsLeaves(fx.Tracer):
+    """Keeps every BatchNorm2d one call, its subclasses too (timm's BatchNormAct2d, a norm
+    then an activation, which fx would otherwise trace through to ``F.batch_norm``)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, nn.BatchNorm2d) or super().is_leaf_module(module, qualified_name)
+
+
 def following_norms(model: nn.Module, classifier: str) -> dict[str, str]:
     """Each 2-D conv whose output only a BatchNorm2d reads, with that norm's name (torch.fx,
     as torch's own conv-BN fusion finds the pairs)."""
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _NormsAsLeaves().trace(model)
     except Exception as e:  # any tracing failure means: we cannot tell what follows a conv
         raise UserError(
             f"series adapters fold into the norm after each conv, which needs a backbone "
