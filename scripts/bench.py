@@ -22,7 +22,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "99")
 import torch
 from benchmarks import FIGURES, RUNNERS, Settings, device_slug, run_figures, write_results
 
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 
 def parse_only(text: str | None) -> list[int]:

@@ -2,7 +2,7 @@
 
 python scripts/bench_data.py [--images 128] [--workers 2]
 Generates JPEG/PNG trees at the benchmarks' typical sizes, prepares them with
-src.data.prepare (--resize), and times one pass of the train DataLoader over each.
+piggyback_lab.data.prepare (--resize), and times one pass of the train DataLoader over each.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.prepare import Expected, prepare_dataset
-from src.data.transforms import build_transforms
+from piggyback_lab.data.prepare import Expected, prepare_dataset
+from piggyback_lab.data.transforms import build_transforms
 
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "flip": True}
 CASES = {  # name: (dataset builder to reuse, image size, format, transforms, --resize)

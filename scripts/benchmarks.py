@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from src.masking import masked_layers
-from src.models import build_backbone, classifier_name
-from src.models.surgery import prunable_weights
-from src.runs.builders import build_method, build_trainer, channels_last, precision
-from src.runs.config import compose
-from src.utils.errors import UserError
+from piggyback_lab.masking import masked_layers
+from piggyback_lab.models import build_backbone, classifier_name
+from piggyback_lab.models.surgery import prunable_weights
+from piggyback_lab.runs.builders import build_method, build_trainer, channels_last, precision
+from piggyback_lab.runs.config import compose
+from piggyback_lab.utils.errors import UserError
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
@@ -443,8 +443,8 @@ def export_piggyback(
 
 def fig_inference(s: Settings) -> dict:
     """3. Forward pass of a task folded into a plain backbone vs the plain backbone."""
-    from src.masking import check_compatible, read_task_file
-    from src.methods.tasks import apply_task
+    from piggyback_lab.masking import check_compatible, read_task_file
+    from piggyback_lab.methods.tasks import apply_task
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "task.safetensors"
@@ -471,12 +471,12 @@ def fig_inference(s: Settings) -> dict:
         "same_module_types": [type(m).__name__ for m in folded.modules()]
         == [type(m).__name__ for m in plain.modules()],
         "setup": f"{s.backbone}, batch {s.batch}, {s.size}x{s.size}, eval, no_grad, "
-        "mask density 0.6, folded with src.methods.tasks.apply_task",
+        "mask density 0.6, folded with piggyback_lab.methods.tasks.apply_task",
     }
 
 
 def _fingerprint(model, classifier: str) -> str:
-    from src.masking import backbone_fingerprint
+    from piggyback_lab.masking import backbone_fingerprint
 
     return backbone_fingerprint(model, classifier)
 
@@ -496,9 +496,9 @@ def fig_task_switch(s: Settings) -> dict:
     scripts/bench_switch.py's ``benchmark`` writes the files and adds the per-strategy
     select times.
     """
-    from src.masking.taskfile import read_task_file
-    from src.methods.multitask import MultiTaskModel
-    from src.methods.piggyback.task import layer_mask
+    from piggyback_lab.masking.taskfile import read_task_file
+    from piggyback_lab.methods.multitask import MultiTaskModel
+    from piggyback_lab.methods.piggyback.task import layer_mask
 
     backbone = "resnet50" if not s.quick else s.backbone
     with tempfile.TemporaryDirectory() as tmp:
@@ -600,7 +600,7 @@ def fig_storage(s: Settings) -> dict:
     ``mask_bits_per_weight`` counts the stored mask tensors only (the judged figure);
     ``overhead_bytes`` is the rest beyond mask + classifier (safetensors header, metadata).
     """
-    from src.masking import read_task_file
+    from piggyback_lab.masking import read_task_file
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -748,7 +748,7 @@ def fig_transformer_inference(s: Settings) -> dict:
 
 def single_task_methods() -> list[str]:
     """Every method with a config that trains one task per run (PackNet trains a sequence)."""
-    from src.methods import method_named
+    from piggyback_lab.methods import method_named
 
     configs = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
     return [m for m in configs if method_named(m) is not None and not method_named(m).sequence]
@@ -760,8 +760,8 @@ def fig_methods(s: Settings) -> dict:
     weight (classifier and header included), so a new method gets its row by registering."""
     import tempfile
 
-    from src.methods.api import export_task
-    from src.methods.tasks import read_task
+    from piggyback_lab.methods.api import export_task
+    from piggyback_lab.methods.tasks import read_task
 
     methods = single_task_methods()
     modules = {m: task_module(m, s.backbone, s.device) for m in methods}
@@ -889,7 +889,7 @@ def markdown(result: dict) -> str:
 
 def write_results(result: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     """Write <stem>.json and <stem>.md atomically; figures not re-measured are kept."""
-    from src.utils.atomic import atomic_write_bytes, atomic_write_json
+    from piggyback_lab.utils.atomic import atomic_write_bytes, atomic_write_json
 
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     if json_path.is_file():

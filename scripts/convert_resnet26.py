@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from safetensors.torch import save_file
 
-from src.models.resnet26 import ResNet26, convert_original_state_dict
-from src.utils.atomic import atomic_path
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.models.resnet26 import ResNet26, convert_original_state_dict
+from piggyback_lab.utils.atomic import atomic_path
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 
 def original_state_dict(obj: object) -> dict[str, torch.Tensor]:

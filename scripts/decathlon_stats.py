@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.data.decathlon import DOMAINS, write_stats
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.data.decathlon import DOMAINS, write_stats
+from piggyback_lab.utils.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
-from src.methods.api import wrap
-from src.models import build_backbone, classifier_name
-from src.utils.atomic import atomic_write_json
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.methods.api import wrap
+from piggyback_lab.models import build_backbone, classifier_name
+from piggyback_lab.utils.atomic import atomic_write_json
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 FULL = {"resnet50": 224, "vit_b_16": 224}
 QUICK = {"minicnn": 32}

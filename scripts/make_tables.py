@@ -13,11 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.reporting.figures import write_figures
-from src.reporting.tables import build_tables, load_published, write_tables
-from src.runs.records import read_records
-from src.utils.atomic import atomic_write_bytes
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.reporting.figures import write_figures
+from piggyback_lab.reporting.tables import build_tables, load_published, write_tables
+from piggyback_lab.runs.records import read_records
+from piggyback_lab.utils.atomic import atomic_write_bytes
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

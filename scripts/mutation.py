@@ -1,6 +1,6 @@
 """Mutation testing of the core with cosmic-ray: which one-line bugs do the tests catch?
 
-    python scripts/mutation.py [--scope src/masking/threshold.py ...] [--workers 2]
+    python scripts/mutation.py [--scope src/piggyback_lab/masking/threshold.py ...] [--workers 2]
     python scripts/mutation.py --survivors [--scope ...]   # after adding tests: re-run only
                                                           # the last run's survivors
 
@@ -49,17 +49,21 @@ class Scope:
 
 
 SCOPES: dict[str, Scope] = {
-    "src/masking/threshold.py": Scope(("tests/test_masking.py",)),
-    "src/masking/layers.py": Scope(("tests/test_masking.py", "tests/test_properties.py")),
-    "src/masking/model_surgery.py": Scope(("tests/test_masking.py", "tests/test_properties.py")),
-    "src/masking/taskfile.py": Scope(
+    "src/piggyback_lab/masking/threshold.py": Scope(("tests/test_masking.py",)),
+    "src/piggyback_lab/masking/layers.py": Scope(
+        ("tests/test_masking.py", "tests/test_properties.py")
+    ),
+    "src/piggyback_lab/masking/model_surgery.py": Scope(
+        ("tests/test_masking.py", "tests/test_properties.py")
+    ),
+    "src/piggyback_lab/masking/taskfile.py": Scope(
         (
             "tests/test_taskfile_format.py",
             "tests/test_piggyback_taskfile.py",
             "tests/test_properties.py",
         )
     ),
-    "src/methods/piggyback/task.py": Scope(
+    "src/piggyback_lab/methods/piggyback/task.py": Scope(
         (
             "tests/test_piggyback_task.py",
             "tests/test_piggyback_taskfile.py",
@@ -67,51 +71,61 @@ SCOPES: dict[str, Scope] = {
             "tests/test_bundle.py",
         )
     ),
-    "src/methods/piggyback/module.py": Scope(("tests/test_configs.py", "tests/test_masking.py")),
-    "src/methods/packnet/state.py": Scope(
+    "src/piggyback_lab/methods/piggyback/module.py": Scope(
+        ("tests/test_configs.py", "tests/test_masking.py")
+    ),
+    "src/piggyback_lab/methods/packnet/state.py": Scope(
         ("tests/test_host_and_owners.py", "tests/test_packnet.py", "tests/test_properties.py")
     ),
-    "src/methods/multitask.py": Scope(
+    "src/piggyback_lab/methods/multitask.py": Scope(
         ("tests/test_host_and_owners.py", "tests/test_multitask.py", "tests/test_properties.py")
     ),
-    "src/methods/base.py": Scope(
+    "src/piggyback_lab/methods/base.py": Scope(
         ("tests/test_task_module.py", "tests/test_configs.py", "tests/test_api.py")
     ),
-    "src/runs/identity.py": Scope(
+    "src/piggyback_lab/runs/identity.py": Scope(
         ("tests/test_identity.py", "tests/test_trust.py", "tests/test_properties.py")
     ),
-    "src/runs/records.py": Scope(
+    "src/piggyback_lab/runs/records.py": Scope(
         ("tests/test_records.py", "tests/test_tables.py", "tests/test_properties.py")
     ),
-    "src/data/transforms.py": Scope(("tests/test_transforms.py", "tests/test_configs.py")),
-    "src/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
-    "src/methods/lora/layer.py": Scope(("tests/test_lora.py", "tests/test_new_methods.py")),
-    "src/methods/lora/task.py": Scope(("tests/test_lora_task.py", "tests/test_new_methods.py")),
-    "src/methods/ssf/layer.py": Scope(
+    "src/piggyback_lab/data/transforms.py": Scope(
+        ("tests/test_transforms.py", "tests/test_configs.py")
+    ),
+    "src/piggyback_lab/methods/bitfit/task.py": Scope(("tests/test_new_methods.py",)),
+    "src/piggyback_lab/methods/lora/layer.py": Scope(
+        ("tests/test_lora.py", "tests/test_new_methods.py")
+    ),
+    "src/piggyback_lab/methods/lora/task.py": Scope(
+        ("tests/test_lora_task.py", "tests/test_new_methods.py")
+    ),
+    "src/piggyback_lab/methods/ssf/layer.py": Scope(
         ("tests/test_ssf.py", "tests/test_ssf_task.py", "tests/test_new_methods.py")
     ),
-    "src/methods/ssf/task.py": Scope(("tests/test_ssf_task.py", "tests/test_new_methods.py")),
-    "src/methods/residual_adapters/layer.py": Scope(
+    "src/piggyback_lab/methods/ssf/task.py": Scope(
+        ("tests/test_ssf_task.py", "tests/test_new_methods.py")
+    ),
+    "src/piggyback_lab/methods/residual_adapters/layer.py": Scope(
         (
             "tests/test_residual_adapters.py",
             "tests/test_adapter_task.py",
             "tests/test_new_methods.py",
         )
     ),
-    "src/methods/residual_adapters/task.py": Scope(
+    "src/piggyback_lab/methods/residual_adapters/task.py": Scope(
         (
             "tests/test_adapter_task.py",
             "tests/test_residual_adapters.py",
             "tests/test_new_methods.py",
         )
     ),
-    "src/methods/affine_masks/layer.py": Scope(
+    "src/piggyback_lab/methods/affine_masks/layer.py": Scope(
         ("tests/test_affine_masks.py", "tests/test_new_methods.py")
     ),
-    "src/methods/affine_masks/task.py": Scope(
+    "src/piggyback_lab/methods/affine_masks/task.py": Scope(
         ("tests/test_affine_masks.py", "tests/test_new_methods.py")
     ),
-    "src/methods/registry.py": Scope(
+    "src/piggyback_lab/methods/registry.py": Scope(
         (
             "tests/test_task_checks.py",
             "tests/test_new_methods.py",
@@ -119,10 +133,10 @@ SCOPES: dict[str, Scope] = {
             "tests/test_lora_task.py",
         )
     ),
-    "src/reporting/tables.py": Scope(
+    "src/piggyback_lab/reporting/tables.py": Scope(
         ("tests/test_tables.py",), ("summarize", "storage_frame", "decathlon_scores")
     ),
-    "src/reporting/decathlon.py": Scope(
+    "src/piggyback_lab/reporting/decathlon.py": Scope(
         ("tests/test_decathlon.py",), ("domain_points", "decathlon_score", "score_records")
     ),
 }

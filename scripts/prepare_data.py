@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.data.prepare import EXPECTED, fetch, prepare_dataset
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.data.prepare import EXPECTED, fetch, prepare_dataset
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 
 @exit_on_user_error

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omegaconf import OmegaConf
 
-from src.data.decathlon import DOMAINS, check_tree, write_stats
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.data.decathlon import DOMAINS, check_tree, write_stats
+from piggyback_lab.utils.errors import exit_on_user_error
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "dataset" / "decathlon"
 

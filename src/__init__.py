@@ -1,1 +1,3 @@
-"""Piggyback lab: one frozen backbone, many tasks, a 1-bit mask per task."""
+"""The command line of a clone: ``python -m src.train``, ``src.eval``, ``src.predict`` and the
+rest, thin entry points over the library (src/piggyback_lab/, installed as ``piggyback_lab``).
+Not part of the wheel."""

@@ -3,7 +3,7 @@
   python -m src.bundle export --out BUNDLE [--weights W] [--records DIR] TASK [TASK ...]
   python -m src.bundle verify BUNDLE [--weights W]
 
-What a bundle holds and what verify checks: src/runs/bundles.py.
+What a bundle holds and what verify checks: src/piggyback_lab/runs/bundles.py.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from src.runs.bundles import export_bundle, verify_bundle
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.runs.bundles import export_bundle, verify_bundle
+from piggyback_lab.utils.errors import exit_on_user_error
 
 
 @exit_on_user_error

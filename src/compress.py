@@ -3,7 +3,8 @@
   python -m src.compress results/tasks            # a folder of task files
   python -m src.compress a.safetensors b.safetensors
 
-The coding (Rice-coded gaps, below 1 bit per weight for sparse masks): src/masking/compress.py.
+The coding (Rice-coded gaps, below 1 bit per weight for sparse masks):
+piggyback_lab/masking/compress.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from src.runs.compression import compression_table
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.runs.compression import compression_table
+from piggyback_lab.utils.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from src.reporting.decathlon import recipe_sources, score_records
-from src.runs.records import read_records
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.reporting.decathlon import recipe_sources, score_records
+from piggyback_lab.runs.records import read_records
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 
 def _fmt(score: float | None) -> str:

@@ -1,7 +1,7 @@
 """Write the Visual Decathlon server submission: ``python -m src.decathlon_submit``.
 
 One ``results.json`` over the ten test sets, each domain predicted by one trained run
-(its record and task file); see src/runs/submission.py. Zip it for the evaluation server.
+(its record and task file); see piggyback_lab/runs/submission.py. Zip it for the evaluation server.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import argparse
 
 import torch
 
-from src.data.decathlon import DOMAINS
-from src.runs.records import read_record, read_records
-from src.runs.submission import select_records, submit
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.data.decathlon import DOMAINS
+from piggyback_lab.runs.records import read_record, read_records
+from piggyback_lab.runs.submission import select_records, submit
+from piggyback_lab.utils.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -11,9 +11,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src.runs.config import check_command_line
-from src.runs.predict import predict_images, training_overrides
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.runs.config import check_command_line
+from piggyback_lab.runs.predict import predict_images, training_overrides
+from piggyback_lab.utils.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

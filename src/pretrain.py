@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from src.runs.pretraining import EPOCHS, pretrain
-from src.utils.errors import exit_on_user_error
+from piggyback_lab.runs.pretraining import EPOCHS, pretrain
+from piggyback_lab.utils.errors import exit_on_user_error
 
 
 @exit_on_user_error

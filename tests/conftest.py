@@ -46,7 +46,7 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def minicnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from src.models import build_backbone
+    from piggyback_lab.models import build_backbone
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "minicnn_random.safetensors"
@@ -99,7 +99,7 @@ def train_in_process(*overrides: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from src.runs import run
+    from piggyback_lab.runs import run
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -115,8 +115,8 @@ def method_for(
 ):
     """The method module conf/method/<method>.yaml builds around ``model`` (a ``backbone``),
     with ``overrides`` of that config (e.g. ``method.lr=5e-3``)."""
-    from src.runs.builders import build_method
-    from src.runs.config import compose
+    from piggyback_lab.runs.builders import build_method
+    from piggyback_lab.runs.config import compose
 
     cfg = compose([f"method={method}", f"backbone={backbone}", "trainer=cpu", *overrides])
     return build_method(cfg, num_classes, model=model)
@@ -145,9 +145,9 @@ def tiny_net() -> torch.nn.Module:
 def assert_refused_by_fold_and_host(tf, net, classifier: str, message: str) -> None:
     """``tf`` (a TaskFile) is refused with ``message`` (a regex) both when folded into a
     fresh ``net()`` and when hosted beside it: the two ways a task meets a backbone."""
-    from src.methods import method_of
-    from src.methods.multitask import MultiTaskModel
-    from src.utils.errors import UserError
+    from piggyback_lab.methods import method_of
+    from piggyback_lab.methods.multitask import MultiTaskModel
+    from piggyback_lab.utils.errors import UserError
 
     with pytest.raises(UserError, match=message):
         method_of(tf).fold(net(), tf, classifier)
@@ -158,8 +158,8 @@ def assert_refused_by_fold_and_host(tf, net, classifier: str, message: str) -> N
 def assert_folded_and_hosted_match(task, path: Path, net, classifier: str, x) -> None:
     """The task stored at ``path`` gives the trained ``task``'s outputs on ``x`` (within
     1e-5) both folded into a fresh ``net()`` and hosted beside it."""
-    from src.methods.api import fold_task
-    from src.methods.multitask import MultiTaskModel
+    from piggyback_lab.methods.api import fold_task
+    from piggyback_lab.methods.multitask import MultiTaskModel
 
     task.eval()
     with torch.no_grad():
@@ -174,7 +174,7 @@ def edited_task_file(tf, tensors=None, layers=None, meta=None):
     """A copy of TaskFile ``tf`` with ``tensors(dict)`` and ``meta(dict)`` applied in place
     to copies of its tensors and metadata, and its ``layers`` replaced by ``layers(old)``:
     the corrupt files the task tests feed to each method's check."""
-    from src.masking.taskfile import TaskFile
+    from piggyback_lab.masking.taskfile import TaskFile
 
     new_tensors, new_meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
     if tensors:
@@ -190,8 +190,8 @@ def published_mask(**changes):
     """The published mask settings (conf/method/piggyback.yaml), with ``changes``."""
     from dataclasses import fields
 
-    from src.masking import MaskConfig
-    from src.runs.config import compose
+    from piggyback_lab.masking import MaskConfig
+    from piggyback_lab.runs.config import compose
 
     method = compose(["method=piggyback"]).method
     return MaskConfig(**{f.name: method[f.name] for f in fields(MaskConfig)} | changes)

@@ -1,4 +1,4 @@
-"""A residual-adapter task as stored (src/methods/residual_adapters/task.py), both forms,
+"""A residual-adapter task as stored (piggyback_lab/methods/residual_adapters/task.py), both forms,
 without training: each way a file can be corrupt is refused with its message, and an
 adapter made for a conv of another shape is refused by fold and host."""
 
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from src.masking import read_task_file
-from src.masking.taskfile import TaskFile
-from src.methods import method_of
-from src.methods.api import export_task, wrap
-from src.utils.errors import UserError
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.masking.taskfile import TaskFile
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, wrap
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import assert_refused_by_fold_and_host, edited_task_file
 
 FORMS = {"parallel_adapters": "parallel.conv", "series_adapters": "series.conv"}

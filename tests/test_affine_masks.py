@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.masking import masked_layers, read_task_file
-from src.masking.taskfile import TaskFile
-from src.methods import method_of
-from src.methods.api import export_task, fold_task, wrap
-from src.utils.errors import UserError
+from piggyback_lab.masking import masked_layers, read_task_file
+from piggyback_lab.masking.taskfile import TaskFile
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, fold_task, wrap
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import tiny_net
 
 

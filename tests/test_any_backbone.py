@@ -12,12 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.masking import add_masks, masked_layers
-from src.masking.taskfile import read_task_file
-from src.methods.multitask import MultiTaskModel
-from src.methods.tasks import apply_task
-from src.models import build_backbone, classifier_name
-from src.models.surgery import prunable_weights
+from piggyback_lab.masking import add_masks, masked_layers
+from piggyback_lab.masking.taskfile import read_task_file
+from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.tasks import apply_task
+from piggyback_lab.models import build_backbone, classifier_name
+from piggyback_lab.models.surgery import prunable_weights
 from tests.conftest import (
     CONF,
     TINY_BUDGET,
@@ -139,10 +139,10 @@ def test_a_short_vit_run_masks_every_trunk_weight_and_attention_projection(
 
 
 def test_packnet_owns_attention_weights_and_earlier_tasks_stay_exact(tmp_path: Path) -> None:
-    from src.methods.packnet.sequence import train_task
-    from src.methods.packnet.state import BASE, PackNetState, init_owners, prune_owner
-    from src.runs.config import compose
-    from src.runs.sequence import module_factory
+    from piggyback_lab.methods.packnet.sequence import train_task
+    from piggyback_lab.methods.packnet.state import BASE, PackNetState, init_owners, prune_owner
+    from piggyback_lab.runs.config import compose
+    from piggyback_lab.runs.sequence import module_factory
     from tests.test_packnet import _Tensors, _trainer
 
     torch.manual_seed(0)
@@ -180,7 +180,7 @@ def test_packnet_owns_attention_weights_and_earlier_tasks_stay_exact(tmp_path: P
 def test_norms_train_per_task_only_when_asked_and_embeddings_stay_frozen(
     train_bn: bool, tmp_path: Path
 ) -> None:
-    from src.models.surgery import norm_layers
+    from piggyback_lab.models.surgery import norm_layers
 
     torch.manual_seed(0)
     weights = tmp_path / "base.pt"

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from src.methods.api import MultiTaskModel, export_task, fold_task, wrap
-from src.utils.errors import UserError
+from piggyback_lab.methods.api import MultiTaskModel, export_task, fold_task, wrap
+from piggyback_lab.utils.errors import UserError
 
 CLASSES = ["a", "b", "c"]
 
@@ -91,8 +91,8 @@ def test_every_method_wraps_with_its_config_defaults() -> None:
 def test_a_config_with_a_defaults_list_gets_its_bases_settings_as_src_train_does(
     method: str, base: str
 ) -> None:
-    from src.methods.api import method_defaults
-    from src.runs.config import compose
+    from piggyback_lab.methods.api import method_defaults
+    from piggyback_lab.runs.config import compose
 
     cls, optimizer, settings = method_defaults(method)
     composed = compose([f"method={method}"]).method

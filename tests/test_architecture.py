@@ -14,13 +14,14 @@ import pytest
 from tests.conftest import ROOT
 
 SRC = ROOT / "src"
+LIBRARY_PACKAGE = "piggyback_lab"
 # Packages of the library, and what each may not import (beyond the run layer, the
 # reporting layer and the entry points, which no library module imports).
 LIBRARY = ("utils", "masking", "models", "data", "methods")
 FORBIDDEN = {
-    "masking": ("pytorch_lightning", "lightning", "src.data", "src.methods"),
-    "data": ("src.methods",),
-    "methods": ("src.data",),
+    "masking": ("pytorch_lightning", "lightning", "piggyback_lab.data", "piggyback_lab.methods"),
+    "data": ("piggyback_lab.methods",),
+    "methods": ("piggyback_lab.data",),
 }
 
 
@@ -29,7 +30,10 @@ def within(target: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    """``src/piggyback_lab/runs/single.py`` -> piggyback_lab.runs.single (the library, as it
+    is imported); ``src/train.py`` -> src.train (an entry point of the clone)."""
+    parts = path.relative_to(SRC).with_suffix("").parts
+    parts = parts if parts[0] == LIBRARY_PACKAGE else ("src", *parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -65,8 +69,11 @@ def layer(name: str) -> str:
 
 def test_the_graph_was_read() -> None:
     assert {"src.train", "src.eval", "src.predict"} <= set(ENTRY_POINTS)
-    assert "src.runs.builders" in GRAPH["src.runs.single"]
-    assert "src.runs.sweep" in GRAPH["src.train"] and "src.runs" in GRAPH["src.runs.sweep"]
+    assert "piggyback_lab.runs.builders" in GRAPH["piggyback_lab.runs.single"]
+    assert (
+        "piggyback_lab.runs.sweep" in GRAPH["src.train"]
+        and "piggyback_lab.runs" in GRAPH["piggyback_lab.runs.sweep"]
+    )
 
 
 def test_no_import_cycle() -> None:
@@ -92,7 +99,7 @@ def test_no_module_imports_an_entry_point() -> None:
 
 
 def test_the_library_never_imports_the_layers_above_it() -> None:
-    above = ("src.runs", "src.reporting", *ENTRY_POINTS)
+    above = ("piggyback_lab.runs", "piggyback_lab.reporting", *ENTRY_POINTS)
     offenders = [
         (name, target)
         for name in GRAPH
@@ -109,7 +116,7 @@ def test_the_run_layer_never_imports_reporting() -> None:
         for name in GRAPH
         if layer(name) == "runs"
         for target in imported(MODULES[name])
-        if within(target, ("src.reporting",))
+        if within(target, ("piggyback_lab.reporting",))
     ]
     assert offenders == []
 
@@ -145,7 +152,8 @@ def test_entry_points_are_thin() -> None:
 
 
 def _package(name: str) -> str:
-    """The top package of a module under src/ (src.methods.piggyback.task -> src.methods)."""
+    """The top package of a module (piggyback_lab.methods.piggyback.task ->
+    piggyback_lab.methods)."""
     return ".".join(name.split(".")[:2])
 
 
@@ -187,7 +195,7 @@ def test_no_library_module_is_a_command_line() -> None:
 
 
 def _method_names() -> set[str]:
-    from src.methods.registry import METHODS
+    from piggyback_lab.methods.registry import METHODS
 
     return {m.name for m in METHODS.values()} | {m.kind for m in METHODS.values()}
 
@@ -222,8 +230,8 @@ def method_package(name: str) -> str | None:
 
 
 def test_no_branch_on_a_method_name_outside_its_package() -> None:
-    """Nothing outside src/methods/<name>/ decides by a method's or kind's name: it asks the
-    registry (src/methods/registry.py) what the method does."""
+    """Nothing outside piggyback_lab/methods/<name>/ decides by a method's or kind's name: it
+    asks the registry (piggyback_lab/methods/registry.py) what the method does."""
     names = _method_names()
     assert {"piggyback", "finetune", "packnet", "classifier_only", "full"} <= names
     offenders = [

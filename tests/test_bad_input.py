@@ -81,7 +81,7 @@ def _classes_differ(c: Ctx) -> list[str]:
 
 def _other_minicnn(c: Ctx) -> Path:
     torch.manual_seed(123)
-    from src.models import build_backbone
+    from piggyback_lab.models import build_backbone
 
     path = c.tmp / "inputs" / "other.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def _edited_task(change):
     contents, as an old exporter or another tool might write it."""
 
     def make(c: Ctx) -> Path:
-        from src.masking import read_task_file, write_task_file
+        from piggyback_lab.masking import read_task_file, write_task_file
 
         tf = read_task_file(c.task)
         meta, tensors = dict(tf.meta), dict(tf.tensors)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the 
 import benchmarks
 from benchmarks import FIGURES, Settings, write_results
 
-from src.models import classifier_name
+from piggyback_lab.models import classifier_name
 from tests.conftest import expected_masked_count
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def quick() -> Iterator[Settings]:
 
 def test_storage_counts_one_bit_per_masked_weight(quick: Settings) -> None:
     row = benchmarks.fig_storage(quick)["backbones"]["minicnn"]
-    from src.models.surgery import prunable_weights
+    from piggyback_lab.models.surgery import prunable_weights
 
     model = benchmarks.build_backbone("minicnn", None, 10)
     weights = prunable_weights(model, "classifier").values()

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from src.bundle import main
-from src.masking.compress import (
+from piggyback_lab.masking.compress import (
     binary_entropy,
     decode_bits,
     encode_bits,
     encode_mask,
 )
-from src.masking.taskfile import pack_bits, read_task_file
-from src.methods.piggyback import PiggybackTask
-from src.runs.bundles import export_bundle, verify_bundle
-from src.runs.records import write_record
-from src.utils.errors import UserError
+from piggyback_lab.masking.taskfile import pack_bits, read_task_file
+from piggyback_lab.methods.piggyback import PiggybackTask
+from piggyback_lab.runs.bundles import export_bundle, verify_bundle
+from piggyback_lab.runs.records import write_record
+from piggyback_lab.utils.errors import UserError
+from src.bundle import main
 from tests.test_multitask import make_task, other_weights
 
 

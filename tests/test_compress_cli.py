@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from piggyback_lab.masking import pack_bits, write_task_file
 from src.compress import main
-from src.masking import pack_bits, write_task_file
 from tests.conftest import run_module
 
 MODULE = "src.compress"
@@ -18,7 +18,7 @@ LAYERS = {"features.0": [8, 3, 3, 3], "features.3": [16, 8, 3, 3]}
 
 
 def write_piggyback_task(path: Path, density: float, seed: int) -> Path:
-    """A Piggyback task file with random masks of the given density (src.masking only)."""
+    """A Piggyback task file with random masks of the given density (piggyback_lab.masking only)."""
     g = torch.Generator().manual_seed(seed)
     tensors = {
         f"mask.{name}": pack_bits(torch.rand(shape, generator=g) < density)

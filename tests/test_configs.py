@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from src.models import build_backbone
+from piggyback_lab.models import build_backbone
 from tests.conftest import CONF
 
 GROUPS = {
@@ -103,8 +103,8 @@ def _flipped(t: torch.Tensor) -> bool:
     "dataset", ["cub", "cars", "flowers", "wikiart", "sketch", "imagenet", "decathlon/aircraft"]
 )
 def test_a_dataset_that_flips_in_training_never_flips_at_test_time(dataset: str) -> None:
-    from src.data.decathlon import decathlon_transforms
-    from src.data.transforms import build_transforms
+    from piggyback_lab.data.decathlon import decathlon_transforms
+    from piggyback_lab.data.transforms import build_transforms
 
     transforms = _compose(f"dataset={dataset}").dataset.transforms
     assert transforms.flip is True  # the published training augmentation
@@ -141,7 +141,7 @@ def test_classifier_lr_reaches_the_classifier_alone(method: str) -> None:
 
 @pytest.mark.parametrize("train_bn", [False, True])
 def test_piggyback_makes_only_masks_head_and_asked_for_norms_trainable(train_bn: bool) -> None:
-    from src.models.surgery import norm_layers
+    from piggyback_lab.models.surgery import norm_layers
     from tests.conftest import method_for
 
     task = method_for(build_backbone("minicnn", None, 4), "piggyback", 4,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from src.data.decathlon import (
+from piggyback_lab.data.decathlon import (
     CATEGORY_BASE,
     DecathlonDataModule,
     check_tree,
@@ -20,13 +20,18 @@ from src.data.decathlon import (
     read_split,
     read_stats,
 )
+from piggyback_lab.masking import add_masks, masked_layers
+from piggyback_lab.models.resnet26 import ResNet26, convert_original_state_dict
+from piggyback_lab.reporting.decathlon import (
+    BASELINE_ACCURACY,
+    decathlon_score,
+    domain_points,
+    score_records,
+)
+from piggyback_lab.runs.records import read_records
+from piggyback_lab.runs.submission import build_submission, select_records, submit
+from piggyback_lab.utils.errors import UserError
 from src.decathlon_submit import main as submit_main
-from src.masking import add_masks, masked_layers
-from src.models.resnet26 import ResNet26, convert_original_state_dict
-from src.reporting.decathlon import BASELINE_ACCURACY, decathlon_score, domain_points, score_records
-from src.runs.records import read_records
-from src.runs.submission import build_submission, select_records, submit
-from src.utils.errors import UserError
 from tests.conftest import CONF, published_mask, run_module
 
 # Rebuffi et al. 2017 finetune baseline and Piggyback's Decathlon accuracies (%), as
@@ -305,7 +310,7 @@ def test_bad_input_messages(mini_root: Path, mini_stats: Path) -> None:
         check_tree(mini_root, ["svhn"])
     with pytest.raises(UserError, match="nothing for: aircraft, cifar100"):
         build_submission({}, {}, ["aircraft", "cifar100"])
-    from src.models import build_backbone
+    from piggyback_lab.models import build_backbone
 
     with pytest.raises(UserError, match=r"absent\.safetensors does not exist; .*convert_resnet26"):
         build_backbone("resnet26", str(mini_root / "absent.safetensors"), 10)
@@ -331,8 +336,8 @@ def test_undecodable_images_are_refused_or_skipped_as_for_imagefolders(
 
 
 def test_val_fraction_does_not_change_a_decathlon_run_id() -> None:
-    from src.runs.config import compose
-    from src.runs.identity import run_identity
+    from piggyback_lab.runs.config import compose
+    from piggyback_lab.runs.identity import run_identity
 
     base = [
         "dataset=decathlon/gtsrb",
@@ -366,8 +371,8 @@ def resnet26_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _train(
     domain: str, root: Path, stats: Path, weights: Path, tmp_path: Path, *extra: str
 ) -> dict:
-    from src.runs import run
-    from src.runs.config import compose
+    from piggyback_lab.runs import run
+    from piggyback_lab.runs.config import compose
 
     overrides = [
         f"dataset=decathlon/{domain}", f"dataset.root={root}", f"dataset.num_classes={CLASSES}",
@@ -393,7 +398,7 @@ def test_mini_decathlon_trains_scores_and_submits(
     score = decathlon_score(row["val_top1"], mini_baseline)
     assert 0.0 <= score <= 1000.0 * len(MINI)
 
-    from src.runs.evaluate import evaluate
+    from piggyback_lab.runs.evaluate import evaluate
 
     [evaluated] = evaluate(
         [
@@ -469,7 +474,7 @@ def test_ten_domain_configs_compose() -> None:
         for domain, k in classes.items():
             ds = compose("config", overrides=[f"dataset=decathlon/{domain}"]).dataset
             assert (ds.domain, ds.num_classes, ds._target_) == (
-                domain, k, "src.data.DecathlonDataModule")  # fmt: skip
+                domain, k, "piggyback_lab.data.DecathlonDataModule")  # fmt: skip
             no_flip = domain in ("gtsrb", "omniglot", "svhn")
             assert (ds.transforms.size, ds.transforms.flip) == (72 if no_flip else 64, not no_flip)
             assert ds.transforms.mean is None  # from the stats file, never invented
@@ -483,8 +488,8 @@ def test_packnet_over_decathlon_domains_with_imagenet12_as_the_scored_base(
 ) -> None:
     """The real configs (ten domains' class counts, 72/64 pipelines) on a miniature tree;
     protocol=final trains every domain, the base included, on train+val."""
-    from src.data.decathlon import compute_stats, update_stats_file
-    from src.methods.packnet.state import PackNetState
+    from piggyback_lab.data.decathlon import compute_stats, update_stats_file
+    from piggyback_lab.methods.packnet.state import PackNetState
 
     domains = {"imagenet12": (6, 1000), "dtd": (4, 47), "gtsrb": (5, 43), "vgg-flowers": (10, 102)}
     root = tmp_path / "data" / "decathlon-1.0"
@@ -529,7 +534,7 @@ def test_packnet_over_decathlon_domains_with_imagenet12_as_the_scored_base(
     assert row["method"] == "packnet" and len(row["domains"]) == 4
     assert len(row["val_top1"]) == (0 if protocol == "final" else 4)
     if protocol == "clean":  # src.eval hosts the state and scores every domain, base included
-        from src.runs.evaluate import evaluate
+        from piggyback_lab.runs.evaluate import evaluate
 
         evaluated = evaluate([
             f"tasks={base['task_file']}", f"out={tmp_path / 'evals'}", "device=cpu",
@@ -562,7 +567,7 @@ def test_decathlon_table_dry_run_with_resnet26(tmp_path: Path, resnet26_weights:
     """experiment=decathlon on a miniature tree with the real ResNet-26 (random weights):
     imagenet12 is scored as the pretrained network by every method, dtd trains, finetune
     follows Rebuffi et al.'s recipe, and src.decathlon prints each recipe's source."""
-    from src.data.decathlon import compute_stats, update_stats_file
+    from piggyback_lab.data.decathlon import compute_stats, update_stats_file
 
     domains = {"imagenet12": (6, 1000), "dtd": (4, 47)}
     root = tmp_path / "data" / "decathlon-1.0"
@@ -603,7 +608,7 @@ def test_residual_adapters_train_on_a_decathlon_domain_and_src_eval_agrees(
     record = _train("dtd", mini_root, mini_stats, resnet26_weights, tmp_path, f"method={form}",
                     "method.epochs=1", "method.batch_size=4")  # fmt: skip
     assert record["method"] == form and record["backbone"] == "resnet26"
-    from src.runs.evaluate import evaluate
+    from piggyback_lab.runs.evaluate import evaluate
 
     [evaluated] = evaluate(
         [

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.masking import read_task_file
-from src.methods.packnet.state import PackNetState
-from src.runs.builders import build_image_transforms
-from src.runs.evaluate import compose_config, evaluate
-from src.runs.predict import image_paths, load_images, predict
-from src.runs.records import COMMON_KEYS, read_records
-from src.utils.errors import UserError, exit_on_user_error
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.methods.packnet.state import PackNetState
+from piggyback_lab.runs.builders import build_image_transforms
+from piggyback_lab.runs.evaluate import compose_config, evaluate
+from piggyback_lab.runs.predict import image_paths, load_images, predict
+from piggyback_lab.runs.records import COMMON_KEYS, read_records
+from piggyback_lab.utils.errors import UserError, exit_on_user_error
 from tests.conftest import TINY_BUDGET, make_image_folder, run_module, train_in_process
 from tests.test_multitask import make_packnet_state, other_weights
 

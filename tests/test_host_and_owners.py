@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.masking import masked_layers, read_task_file, write_task_file
-from src.methods.api import export_task, wrap
-from src.methods.multitask import MultiTaskModel, top_classes
-from src.methods.packnet.state import (
+from piggyback_lab.masking import masked_layers, read_task_file, write_task_file
+from piggyback_lab.methods.api import export_task, wrap
+from piggyback_lab.methods.multitask import MultiTaskModel, top_classes
+from piggyback_lab.methods.packnet.state import (
     MAX_OWNER,
     PackNetState,
     claim_free,
@@ -26,8 +26,8 @@ from src.methods.packnet.state import (
     prune_owner,
     unpack_owners,
 )
-from src.models import build_backbone
-from src.utils.errors import UserError
+from piggyback_lab.models import build_backbone
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import tiny_net
 
 
@@ -250,7 +250,7 @@ def test_pruning_breaks_magnitude_ties_by_position() -> None:
 
 
 def test_a_saved_state_reads_back_with_only_its_own_metadata(tmp_path: Path) -> None:
-    from src.models import build_backbone
+    from piggyback_lab.models import build_backbone
 
     model = build_backbone("minicnn", None, 4)
     state = PackNetState("minicnn", "classifier", model, init_owners(model, "classifier"), ["t"])

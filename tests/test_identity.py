@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.masking import state_digest
-from src.models import pretrained_state
-from src.reporting.tables import variant_key
-from src.runs.config import compose
-from src.runs.identity import existing_record, run_identity, weights_fingerprint
-from src.runs.records import write_record
+from piggyback_lab.masking import state_digest
+from piggyback_lab.models import pretrained_state
+from piggyback_lab.reporting.tables import variant_key
+from piggyback_lab.runs.config import compose
+from piggyback_lab.runs.identity import existing_record, run_identity, weights_fingerprint
+from piggyback_lab.runs.records import write_record
 
 
 def test_a_weights_file_counts_by_its_tensors(tmp_path: Path) -> None:
@@ -92,3 +92,18 @@ def test_a_finished_run_is_reused_and_a_broken_record_is_run_again(
     (tmp_path / "cut.json").write_text('{"format": ')
     assert existing_record(tmp_path / "cut.json") is None
     assert "re-running: record" in (out := capsys.readouterr().out) and "truncated" in out
+
+
+@pytest.mark.parametrize(
+    ("overrides", "recorded"),
+    [
+        ((), "mini_digits__efficientnet_lite0__piggyback__s0__9cad0cf3d5"),
+        (("backbone=minicnn", "method=lora"), "mini_digits__minicnn__lora__s0__faf365307f"),
+    ],
+)
+def test_moving_the_code_changes_no_run_id(overrides: tuple[str, ...], recorded: str) -> None:
+    """Ids computed by the code before the library became piggyback_lab (a6ce102, where
+    ``_target_`` and the prepare hints spelled ``src.``): records made then stay valid."""
+    cfg = compose([*overrides, "paths.data_dir=/data", "paths.output_dir=/out"])
+    assert "piggyback_lab." in cfg.method._target_
+    assert run_identity(cfg)[0] == recorded

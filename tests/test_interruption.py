@@ -11,8 +11,8 @@ import signal
 import pytest
 from omegaconf import OmegaConf
 
-from src.runs import sweep
-from src.utils.errors import Interrupted, exit_on_user_error, interruption_behind
+from piggyback_lab.runs import sweep
+from piggyback_lab.utils.errors import Interrupted, exit_on_user_error, interruption_behind
 
 
 def workers_die_while_unwinding() -> None:

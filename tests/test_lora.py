@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from src.methods.api import wrap
-from src.methods.lora.layer import add_lora, lora_layers
-from src.utils.errors import UserError
+from piggyback_lab.methods.api import wrap
+from piggyback_lab.methods.lora.layer import add_lora, lora_layers
+from piggyback_lab.utils.errors import UserError
 
 
 def network() -> nn.Sequential:

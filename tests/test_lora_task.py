@@ -1,4 +1,4 @@
-"""A LoRA task as stored (src/methods/lora/task.py), without training: folding and hosting
+"""A LoRA task as stored (piggyback_lab/methods/lora/task.py), without training: folding and hosting
 give the trained network's outputs with the update at lora_alpha / r, and each way a file
 can be corrupt or made for other weights is refused."""
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.masking import read_task_file
-from src.masking.taskfile import TaskFile
-from src.methods import method_of
-from src.methods.api import export_task, wrap
-from src.methods.lora.layer import lora_layers
-from src.utils.errors import UserError
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.masking.taskfile import TaskFile
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, wrap
+from piggyback_lab.methods.lora.layer import lora_layers
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import (
     assert_folded_and_hosted_match,
     assert_refused_by_fold_and_host,

@@ -9,17 +9,17 @@ import torch
 import torchvision
 from torch import nn
 
-from src.masking import (
+from piggyback_lab.masking import (
     Binarizer,
     Ternarizer,
     add_masks,
     mask_densities,
     masked_layers,
 )
-from src.masking.model_surgery import keep_all_weights, overall_density, plain_state_dict
-from src.models import build_backbone
-from src.models.surgery import freeze_norms
-from src.utils.errors import UserError
+from piggyback_lab.masking.model_surgery import keep_all_weights, overall_density, plain_state_dict
+from piggyback_lab.models import build_backbone
+from piggyback_lab.models.surgery import freeze_norms
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import published_mask
 
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import tests.tiny_method  # noqa: F401  (registers tiny_scale)
-from src.masking import read_task_file
-from src.methods import method_names, method_of
-from src.methods.multitask import MultiTaskModel
-from src.methods.registry import TaskMethod, register
-from src.methods.tasks import apply_task
-from src.models import build_backbone
-from src.runs.evaluate import evaluate
-from src.runs.records import read_records
-from src.utils.errors import UserError
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.methods import method_names, method_of
+from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.registry import TaskMethod, register
+from piggyback_lab.methods.tasks import apply_task
+from piggyback_lab.models import build_backbone
+from piggyback_lab.runs.evaluate import evaluate
+from piggyback_lab.runs.records import read_records
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import ROOT, make_image_folder, tiny_overrides, train_in_process
 
 SEARCHPATH = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"
@@ -96,8 +96,8 @@ def test_a_kind_or_name_is_registered_once() -> None:
 
 
 def test_an_unknown_kind_is_one_error(tmp_path: Path, tasks) -> None:
-    from src.masking import write_task_file
-    from src.methods.tasks import read_task
+    from piggyback_lab.masking import write_task_file
+    from piggyback_lab.methods.tasks import read_task
 
     tf = read_task_file(tasks["tiny_scale"])
     path = tmp_path / "foreign.safetensors"

@@ -1,4 +1,5 @@
-"""The embedded datasets built from Fashion-MNIST's idx files (src/data/mini.py), on a fake
+"""The embedded datasets built from Fashion-MNIST's idx files (piggyback_lab/data/mini.py), on a
+fake
 Fashion-MNIST written in the real idx format, whose pixels say where each image came from."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.data import mini
-from src.utils.errors import UserError
+from piggyback_lab.data import mini
+from piggyback_lab.utils.errors import UserError
 
 SPLIT_MARK = {"train": 1, "t10k": 2}
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.masking import masked_layers
-from src.methods.multitask import STRATEGIES, MultiTaskModel, task_paths
-from src.methods.packnet.state import PackNetState, claim_free, init_owners, prune_owner
-from src.models import build_backbone
-from src.models.surgery import norm_layers
-from src.utils.errors import UserError
+from piggyback_lab.masking import masked_layers
+from piggyback_lab.methods.multitask import STRATEGIES, MultiTaskModel, task_paths
+from piggyback_lab.methods.packnet.state import PackNetState, claim_free, init_owners, prune_owner
+from piggyback_lab.models import build_backbone
+from piggyback_lab.models.surgery import norm_layers
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import method_for
 
 CLASSES = 3

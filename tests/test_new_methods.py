@@ -1,5 +1,5 @@
 """Today's baselines beside Piggyback, each one package plus one config: each trains through
-`src.runs.run` with its config's recipe, writes a task file that `src.eval` scores as
+`piggyback_lab.runs.run` with its config's recipe, writes a task file that `src.eval` scores as
 training did, folds into a plain backbone with the hosted network's logits, and switches in
 a MultiTaskModel beside Piggyback, the backbone coming back bit for bit."""
 
@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from src.masking import read_task_file
-from src.methods import method_of
-from src.methods.api import export_task, fold_task, wrap
-from src.methods.multitask import MultiTaskModel
-from src.models import build_backbone
-from src.runs.evaluate import evaluate
-from src.runs.records import read_records
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, fold_task, wrap
+from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.models import build_backbone
+from piggyback_lab.runs.evaluate import evaluate
+from piggyback_lab.runs.records import read_records
 from tests.conftest import make_image_folder, tiny_overrides, train_in_process
 
 NEW = [

@@ -16,9 +16,9 @@ from omegaconf import open_dict
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from src.masking.taskfile import read_task_file, state_digest
-from src.methods.packnet.sequence import KeepBestEpoch, train_task
-from src.methods.packnet.state import (
+from piggyback_lab.masking.taskfile import read_task_file, state_digest
+from piggyback_lab.methods.packnet.sequence import KeepBestEpoch, train_task
+from piggyback_lab.methods.packnet.state import (
     BASE,
     FREE,
     PackNetState,
@@ -30,12 +30,12 @@ from src.methods.packnet.state import (
     prune_owner,
     unpack_owners,
 )
-from src.models import build_backbone
-from src.runs import config as run_config
-from src.runs.identity import run_identity
-from src.runs.records import COMMON_KEYS
-from src.runs.sequence import module_factory, run_sequence, sequence_id
-from src.utils.errors import UserError
+from piggyback_lab.models import build_backbone
+from piggyback_lab.runs import config as run_config
+from piggyback_lab.runs.identity import run_identity
+from piggyback_lab.runs.records import COMMON_KEYS
+from piggyback_lab.runs.sequence import module_factory, run_sequence, sequence_id
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import CONF, make_image_folder
 
 TASKS = ["mini_digits", "mini_fashion_rot", "mini_fashion_neg"]
@@ -121,7 +121,7 @@ def test_task_one_logits_come_back_bit_for_bit(tmp_path: Path, train_bias_bn: bo
     cfg = _sequence_cfg(train_bias_bn)
     extras = None
     if train_bias_bn:
-        from src.methods.packnet.state import bias_bn_state
+        from piggyback_lab.methods.packnet.state import bias_bn_state
 
         extras = bias_bn_state(model, "classifier")
     base_weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n == "fc.0"}
@@ -258,7 +258,7 @@ def test_killed_sequence_resumes_after_its_last_finished_task(
 ) -> None:
     """Interrupted during task 3, the same command resumes there and ends as an
     uninterrupted run does: the same state file, bit for bit, and the same numbers."""
-    import src.methods.packnet.sequence as sequence  # the algorithm
+    import piggyback_lab.methods.packnet.sequence as sequence  # the algorithm
 
     runs = {}
     for name in ("whole", "killed"):
@@ -299,7 +299,7 @@ def test_killed_base_retraining_resumes_at_its_last_finished_epoch(
 ) -> None:
     """The base's retraining (10 ImageNet epochs, the grid's longest phase) is checkpointed
     every epoch: killed in its second epoch, the same command runs only that epoch again."""
-    import src.runs.sequence as sequence
+    import piggyback_lab.runs.sequence as sequence
 
     base_task = "mini_fashion_flip"
     for task in (*TASKS[:1], base_task):
@@ -343,7 +343,7 @@ def test_killed_base_retraining_resumes_at_its_last_finished_epoch(
 def test_corrupt_or_foreign_progress_is_refused(
     mini_tree: Path, minicnn_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import src.methods.packnet.sequence as sequence  # the algorithm
+    import piggyback_lab.methods.packnet.sequence as sequence  # the algorithm
 
     def stop_at_second(cfg, state, task, *args, **kwargs):
         if task == TASKS[1]:
@@ -409,14 +409,14 @@ class _Scores(pl.Callback):
 
 
 def _packnet_module(cfg):
-    from src.methods.packnet.sequence import SEQUENCE_KEYS
-    from src.runs.builders import build_method
+    from piggyback_lab.methods.packnet.sequence import SEQUENCE_KEYS
+    from piggyback_lab.runs.builders import build_method
 
     torch.manual_seed(0)
     model = build_backbone("minicnn", None, 4)
     owners = init_owners(model, "classifier")
     prune_owner(model, owners, "classifier", BASE, 0.5)
-    from src.methods.packnet.state import claim_free
+    from piggyback_lab.methods.packnet.state import claim_free
 
     claim_free(owners, 1)
     return build_method(cfg, 4, model, SEQUENCE_KEYS, owners=owners, owner=1)
@@ -449,7 +449,7 @@ def test_each_phase_ends_at_its_best_validation_epoch_and_never_below_the_floor(
 def test_a_packnet_module_exports_its_task_alone(tmp_path: Path) -> None:
     """export_task writes the task's view of the shared network as a one-task state: hosted
     from that file it gives the view's logits exactly (earlier tasks' weights included)."""
-    from src.methods.multitask import MultiTaskModel
+    from piggyback_lab.methods.multitask import MultiTaskModel
 
     cfg = _sequence_cfg(False)
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from src.data.prepare import Expected
-from src.models import build_backbone
+from piggyback_lab.data.prepare import Expected
+from piggyback_lab.models import build_backbone
 from tests.conftest import ROOT
 from tests.test_prepare import _prep, make_cars, make_cub
 from tests.test_prepare_imagenet import MINI, make_imagenet

@@ -1,4 +1,5 @@
-"""A Piggyback task as stored (src/methods/piggyback/task.py), without training: each way a
+"""A Piggyback task as stored (piggyback_lab/methods/piggyback/task.py), without training: each
+way a
 file can be corrupt or made for other weights is refused, its compression report is the
 codes' sizes, and a host sets aside exactly the weights a mask changes."""
 
@@ -11,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.masking import masked_layers, read_task_file
-from src.masking.compress import binary_entropy, coded_sizes
-from src.masking.taskfile import TaskFile
-from src.methods import method_of
-from src.methods.api import export_task, wrap
-from src.methods.multitask import MultiTaskModel
-from src.methods.piggyback.task import layer_mask
-from src.utils.errors import UserError
+from piggyback_lab.masking import masked_layers, read_task_file
+from piggyback_lab.masking.compress import binary_entropy, coded_sizes
+from piggyback_lab.masking.taskfile import TaskFile
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, wrap
+from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.piggyback.task import layer_mask
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import assert_refused_by_fold_and_host, edited_task_file, tiny_net
 
 

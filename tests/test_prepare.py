@@ -16,9 +16,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from src.data import prepare as P
-from src.data.prepare import Checksum, Expected, prepare_dataset
-from src.utils.errors import UserError
+from piggyback_lab.data import prepare as P
+from piggyback_lab.data.prepare import Checksum, Expected, prepare_dataset
+from piggyback_lab.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CUB_CLASSES = ["Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross"]
@@ -260,7 +260,7 @@ def test_authors_presplit_folder_or_archive(tmp_path: Path, as_zip: bool) -> Non
 
 
 def test_resized_form_matches_the_raw_pipeline(tmp_path: Path) -> None:
-    from src.data.transforms import build_transforms
+    from piggyback_lab.data.transforms import build_transforms
 
     src = tmp_path / "sketches"
     for split in ("train", "test"):
@@ -376,7 +376,7 @@ def test_prepared_miniature_trains_through_src_train(tmp_path: Path) -> None:
     import torch  # noqa: F401  (the weights file needs torch)
     from safetensors.torch import save_file
 
-    from src.models import build_backbone
+    from piggyback_lab.models import build_backbone
 
     root = _prep("flowers", make_flowers(tmp_path), tmp_path / "data", Expected(3, 6, 6))
     weights = tmp_path / "minicnn.safetensors"

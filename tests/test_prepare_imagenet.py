@@ -14,9 +14,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from src.data import prepare as P
-from src.data.prepare import Expected, prepare_dataset
-from src.utils.errors import UserError
+from piggyback_lab.data import prepare as P
+from piggyback_lab.data.prepare import Expected, prepare_dataset
+from piggyback_lab.utils.errors import UserError
 from tests.test_prepare import REPO, _empty, _prep, _struct, _tree
 
 # ILSVRC2012_ID -> wnid; the ids' order is not the sorted wnid order, as in the real devkit.

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.models import build_backbone
-from src.runs.builders import build_datamodule
-from src.runs.config import compose
-from src.utils.errors import UserError
+from piggyback_lab.models import build_backbone
+from piggyback_lab.runs.builders import build_datamodule
+from piggyback_lab.runs.config import compose
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import make_image_folder, tiny_overrides, train_in_process
 
 CLASSES = 10  # minicnn's own classifier
@@ -78,7 +78,7 @@ def test_under_faithful_the_one_test_pass_is_also_the_validation_score(
 
 
 def test_the_classifier_stored_with_the_weights_is_read_by_name(minicnn_weights: Path) -> None:
-    from src.models.registry import pretrained_classifier
+    from piggyback_lab.models.registry import pretrained_classifier
 
     head = pretrained_classifier("minicnn", str(minicnn_weights))
     assert set(head) == {"weight", "bias"} and head["weight"].shape == (10, 128)

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize
 
-from src.masking import add_masks, masked_layers
-from src.masking.taskfile import pack_bits, unpack_bits
-from src.methods.api import MultiTaskModel, export_task, wrap
-from src.methods.packnet.state import (
+from piggyback_lab.masking import add_masks, masked_layers
+from piggyback_lab.masking.taskfile import pack_bits, unpack_bits
+from piggyback_lab.methods.api import MultiTaskModel, export_task, wrap
+from piggyback_lab.methods.packnet.state import (
     BASE,
     FREE,
     apply_view,
@@ -32,7 +32,7 @@ from src.methods.packnet.state import (
     prune_owner,
     unpack_owners,
 )
-from src.runs.records import read_record, run_id, write_record
+from piggyback_lab.runs.records import read_record, run_id, write_record
 from tests.conftest import published_mask
 
 SLOW = settings(max_examples=15, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from src.runs.config import check_command_line
+from piggyback_lab.runs.config import check_command_line
 from tests.conftest import ROOT, run_module
 
 README = ROOT / "README.md"

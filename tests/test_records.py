@@ -1,4 +1,4 @@
-"""Run records (src/runs/records.py) function by function: what a run id hashes, the keys
+"""Run records (piggyback_lab/runs/records.py) function by function: what a run id hashes, the keys
 and order of every record, the stamps it gets, and each way reading one can fail."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.runs import records as R
-from src.utils.errors import UserError
+from piggyback_lab.runs import records as R
+from piggyback_lab.utils.errors import UserError
 
 CONFIG = {
     "dataset": {"name": "cub"},

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.masking import read_task_file, state_digest
-from src.models import build_backbone
-from src.runs.config import compose
-from src.runs.identity import run_identity
-from src.utils.atomic import atomic_dir, atomic_path, atomic_write_json
-from src.utils.errors import UserError
+from piggyback_lab.masking import read_task_file, state_digest
+from piggyback_lab.models import build_backbone
+from piggyback_lab.runs.config import compose
+from piggyback_lab.runs.identity import run_identity
+from piggyback_lab.utils.atomic import atomic_dir, atomic_path, atomic_write_json
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import ROOT, make_image_folder, run_module, tiny_overrides
 
 
@@ -183,7 +183,7 @@ def test_wandb_online_failure_falls_back_to_offline(tmp_path, monkeypatch, caplo
     from hydra import compose, initialize_config_dir
     from pytorch_lightning.loggers import WandbLogger
 
-    from src.runs.builders import build_loggers
+    from piggyback_lab.runs.builders import build_loggers
     from tests.conftest import CONF
 
     def no_network(self):
@@ -214,7 +214,7 @@ def test_first_time_pretraining_does_not_change_the_run(tmp_path, tiny_folder, m
     """A run that pretrains its base in-process equals one that finds the base cached."""
     from safetensors.torch import save_file
 
-    import src.runs.pretraining
+    import piggyback_lab.runs.pretraining
     from tests.conftest import train_in_process
 
     calls = []
@@ -225,7 +225,7 @@ def test_first_time_pretraining_does_not_change_the_run(tmp_path, tiny_folder, m
         calls.append(out)
         return {"wall_time_s": 0.0}
 
-    monkeypatch.setattr(src.runs.pretraining, "pretrain", fake_pretrain)
+    monkeypatch.setattr(piggyback_lab.runs.pretraining, "pretrain", fake_pretrain)
     weights = tmp_path / "base.safetensors"
     results = []
     for name in ("first", "cached"):  # the first run pretrains, the second finds the file
@@ -242,7 +242,7 @@ def test_random_states_survive_a_json_round_trip() -> None:
 
     import numpy as np
 
-    from src.utils.random_state import rng_state, set_rng_state
+    from piggyback_lab.utils.random_state import rng_state, set_rng_state
 
     def draws() -> tuple:
         return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()

@@ -8,7 +8,7 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from src.runs.config import compose
+from piggyback_lab.runs.config import compose
 from tests.conftest import ROOT
 
 DOC = ROOT / "docs" / "reproduction.md"
@@ -55,7 +55,7 @@ def test_preset_composes_to_the_published_value(preset: str, key: str, value: st
 
 
 def test_rebuffi_finetune_schedule_steps_at_epochs_80_and_100() -> None:
-    from src.models import build_backbone
+    from piggyback_lab.models import build_backbone
     from tests.conftest import method_for
 
     module = method_for(build_backbone("minicnn", None, 4), "decathlon/finetune", 4)
@@ -75,8 +75,8 @@ def test_rebuffi_finetune_schedule_steps_at_epochs_80_and_100() -> None:
     [(15, [80, 100], "both set"), (None, [100, 80], "must increase"), (None, None, "integer")],
 )
 def test_a_schedule_is_either_periodic_or_milestones(every, milestones, message) -> None:
-    from src.methods.base import check_schedule
-    from src.utils.errors import UserError
+    from piggyback_lab.methods.base import check_schedule
+    from piggyback_lab.utils.errors import UserError
 
     with pytest.raises(UserError, match=message):
         check_schedule(every, milestones)

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.masking import read_task_file
-from src.methods import method_of
-from src.methods.api import export_task, fold_task, wrap
-from src.methods.residual_adapters.layer import (
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, fold_task, wrap
+from piggyback_lab.methods.residual_adapters.layer import (
     SeriesAdapter,
     adaptable,
     add_parallel,
@@ -27,9 +27,9 @@ from src.methods.residual_adapters.layer import (
     series_layers,
     with_parallel,
 )
-from src.models.resnet26 import ResNet26
-from src.models.surgery import stored_weight
-from src.utils.errors import UserError
+from piggyback_lab.models.resnet26 import ResNet26
+from piggyback_lab.models.surgery import stored_weight
+from piggyback_lab.utils.errors import UserError
 
 FORMS = ["parallel_adapters", "series_adapters"]
 

@@ -12,9 +12,9 @@ import torch
 import torchvision
 from torch import nn
 
-from src.methods.api import wrap
-from src.methods.ssf.layer import add_ssf, ssf_layers
-from src.utils.errors import UserError
+from piggyback_lab.methods.api import wrap
+from piggyback_lab.methods.ssf.layer import add_ssf, ssf_layers
+from piggyback_lab.utils.errors import UserError
 
 
 @pytest.mark.parametrize(

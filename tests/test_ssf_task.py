@@ -1,4 +1,4 @@
-"""An SSF task as stored (src/methods/ssf/task.py), without training: folding and hosting
+"""An SSF task as stored (piggyback_lab/methods/ssf/task.py), without training: folding and hosting
 give the trained network's outputs (a CNN with a norm, a ViT with attention), a task stores
 a scale per adapted weight and trains only scales, shifts and the classifier, a scale that
 is not a vector is refused, and so is one made for another number of output channels."""
@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from src.masking import read_task_file
-from src.masking.taskfile import TaskFile
-from src.methods import method_of
-from src.methods.api import export_task, wrap
-from src.methods.ssf.layer import add_ssf, ssf_layers
-from src.models import build_backbone
-from src.utils.errors import UserError
+from piggyback_lab.masking import read_task_file
+from piggyback_lab.masking.taskfile import TaskFile
+from piggyback_lab.methods import method_of
+from piggyback_lab.methods.api import export_task, wrap
+from piggyback_lab.methods.ssf.layer import add_ssf, ssf_layers
+from piggyback_lab.models import build_backbone
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import assert_folded_and_hosted_match, assert_refused_by_fold_and_host
 
 WIDE = 300  # above CPython's cached small ints (-5..256): `is` on two counts is False here

@@ -44,7 +44,7 @@ def test_epoch_order_is_one_permutation_shared_out_by_rank() -> None:
     sampler (a DistributedSampler) instead of putting bare indices in its place."""
     from torch.utils.data import DistributedSampler
 
-    from src.data.datamodule import EpochSeededSampler
+    from piggyback_lab.data.datamodule import EpochSeededSampler
 
     data = list(range(7))
     alone = list(EpochSeededSampler(data, seed=3, epoch=2))
@@ -62,7 +62,7 @@ def test_ddp_on_cpu_keeps_ranks_identical_and_writes_one_record(tmp_path, minicn
     """Two CPU ranks: one record and task file, every rank with the same task, and a test
     top-1 over the 9 test images themselves (a distributed test sampler would pad them to
     10 with a repeat), as a single-process eval of the task file finds it."""
-    from src.runs.evaluate import evaluate
+    from piggyback_lab.runs.evaluate import evaluate
 
     data = make_image_folder(tmp_path / "tiny", classes=3, per_class=6)  # 9 test images
     proc = run_module(
@@ -106,7 +106,7 @@ def test_experiment_presets_compose(experiment: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     if cfg.method.name == "packnet":  # one job runs the whole sequence
-        from src.runs.config import dataset_config_names
+        from piggyback_lab.runs.config import dataset_config_names
 
         assert len(cfg.method.tasks) >= 4 and set(cfg.method.tasks) <= set(dataset_config_names())
     else:
@@ -116,7 +116,7 @@ def test_experiment_presets_compose(experiment: str) -> None:
 def _batch_count_with_two_loader_workers() -> int:
     from torch.utils.data import TensorDataset
 
-    from src.data.datamodule import SplitDataModule
+    from piggyback_lab.data.datamodule import SplitDataModule
 
     data = SplitDataModule(batch_size=4, num_workers=2, protocol="clean", seed=0)
     return sum(1 for _ in data._loader(TensorDataset(torch.zeros(12, 3)), shuffle=False))
@@ -138,7 +138,7 @@ def test_a_presets_dataset_settings_reach_every_task_of_a_sequence(monkeypatch) 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from src.runs.config import compose, with_dataset
+    from piggyback_lab.runs.config import compose, with_dataset
 
     # outside a Hydra app, as here; an earlier test in this process may have set one
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.methods import method_names
-from src.models.registry import backbone_facts
-from src.reporting.decathlon import BASELINE_ACCURACY
-from src.reporting.tables import (
+from piggyback_lab.methods import method_names
+from piggyback_lab.models.registry import backbone_facts
+from piggyback_lab.reporting.decathlon import BASELINE_ACCURACY
+from piggyback_lab.reporting.tables import (
     SUMMARY_COLUMNS,
     build_tables,
     load_published,
@@ -21,7 +21,7 @@ from src.reporting.tables import (
     to_markdown,
     write_tables,
 )
-from src.runs.records import read_records, run_id, write_record
+from piggyback_lab.runs.records import read_records, run_id, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "results" / "paper" / "published.csv"
@@ -252,7 +252,7 @@ def test_bad_inputs_are_clear(tmp_path: Path, capsys) -> None:
 def test_wandb_summary(tmp_path: Path, monkeypatch, runs: Path) -> None:
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    from src.runs.wandb_summary import log_run_summary
+    from piggyback_lab.runs.wandb_summary import log_run_summary
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -291,7 +291,7 @@ def test_readme_mini_table_is_replaced_between_markers(tmp_path: Path) -> None:
 
 
 def test_untested_final_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
-    from src.reporting.tables import records_frame
+    from piggyback_lab.reporting.tables import records_frame
 
     d = tmp_path / "runs"
     make_record(d, "resnet26", "piggyback", "cub", 0, 70.0)
@@ -304,7 +304,7 @@ def test_untested_final_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
 
 
 def test_runs_differing_only_in_their_seed_share_a_variant_the_datamodules_copy_included() -> None:
-    from src.reporting.tables import flat_config, variant_key
+    from piggyback_lab.reporting.tables import flat_config, variant_key
 
     def config(seed: int, lr: float = 1e-4) -> dict:
         return {"seed": seed, "dataset": {"name": "d", "seed": seed},
@@ -316,8 +316,8 @@ def test_runs_differing_only_in_their_seed_share_a_variant_the_datamodules_copy_
 
 
 def test_a_copied_record_counts_once_and_a_bad_top1_is_refused(tmp_path: Path, capsys) -> None:
-    from src.reporting.tables import records_frame, summarize
-    from src.utils.errors import UserError
+    from piggyback_lab.reporting.tables import records_frame, summarize
+    from piggyback_lab.utils.errors import UserError
 
     d = tmp_path / "runs"
     make_record(d, "resnet50", "piggyback", "cub", 0, 70.0)

@@ -1,4 +1,4 @@
-"""The checks every method's tasks share (src/methods/registry.py), without training: a
+"""The checks every method's tasks share (piggyback_lab/methods/registry.py), without training: a
 stored classifier must make a Linear layer with one output per class name, a task's state
 and classifier must fit the backbone, a storage count must be a positive integer, and a
 method name or task-file kind is registered once."""
@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import src.methods  # noqa: F401  (registers the built-in methods)
-from src.masking.taskfile import TaskFile
-from src.methods.registry import (
+import piggyback_lab.methods  # noqa: F401  (registers the built-in methods)
+from piggyback_lab.masking.taskfile import TaskFile
+from piggyback_lab.methods.registry import (
     METHODS,
     TaskMethod,
     check_head_fits,
@@ -23,7 +23,7 @@ from src.methods.registry import (
     method_named,
     register,
 )
-from src.utils.errors import UserError
+from piggyback_lab.utils.errors import UserError
 
 PATH = Path("task.safetensors")
 

@@ -1,4 +1,4 @@
-"""What every method's LightningModule shares (src/methods/base.py), called directly: the
+"""What every method's LightningModule shares (piggyback_lab/methods/base.py), called directly: the
 step schedule's checks, the metrics' k, what a step logs, a diverged loss, the norms it
 freezes and the memory format it leaves alone by default."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.methods.api import wrap
-from src.methods.base import TaskModule, check_schedule
-from src.models import build_backbone
-from src.models.surgery import norm_layers
-from src.utils.errors import UserError
+from piggyback_lab.methods.api import wrap
+from piggyback_lab.methods.base import TaskModule, check_schedule
+from piggyback_lab.models import build_backbone
+from piggyback_lab.models.surgery import norm_layers
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import tiny_net
 
 

@@ -1,4 +1,4 @@
-"""The task-file container (src/masking/taskfile.py) on its own: what it writes, what it
+"""The task-file container (piggyback_lab/masking/taskfile.py) on its own: what it writes, what it
 refuses on reading, and when a task is refused for the backbone in hand."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from src.masking import check_compatible, read_task_file, write_task_file
-from src.masking.taskfile import FORMAT, _digest
-from src.utils.errors import UserError
+from piggyback_lab.masking import check_compatible, read_task_file, write_task_file
+from piggyback_lab.masking.taskfile import FORMAT, _digest
+from piggyback_lab.utils.errors import UserError
 
 TENSORS = {"mask.conv": torch.tensor([3, 255], dtype=torch.uint8), "classifier.bias": torch.ones(2)}
 META = {"kind": "piggyback", "backbone": "minicnn", "fingerprint": "0123456789abcdef"}

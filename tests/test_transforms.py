@@ -1,4 +1,4 @@
-"""The input pipelines as published (src/data/transforms.py): step by step, with the sizes
+"""The input pipelines as published (piggyback_lab/data/transforms.py): step by step, with the sizes
 each step uses, for both styles, and what a config left unsaid defaults to."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from torchvision import transforms as T
 
-from src.data.transforms import build_transforms
-from src.runs.config import compose
-from src.utils.errors import UserError
+from piggyback_lab.data.transforms import build_transforms
+from piggyback_lab.runs.config import compose
+from piggyback_lab.utils.errors import UserError
 
 STATS = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
 

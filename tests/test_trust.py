@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from src.models import build_backbone
-from src.runs.config import compose
-from src.runs.identity import run_identity
-from src.runs.resume import run_lock
-from src.utils.errors import UserError
+from piggyback_lab.models import build_backbone
+from piggyback_lab.runs.config import compose
+from piggyback_lab.runs.identity import run_identity
+from piggyback_lab.runs.resume import run_lock
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import run_module, tiny_overrides
 
 
@@ -105,7 +105,7 @@ def test_a_sweep_with_a_bad_value_runs_the_others_and_names_the_failed_job(
 
 
 def test_image_check_sees_a_same_size_change(tmp_path: Path, tiny_folder: Path) -> None:
-    from src.data.datamodule import ImageFolderDataModule
+    from piggyback_lab.data.datamodule import ImageFolderDataModule
 
     tf = {"style": "resize_exact", "size": 12, "flip": False, "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -224,7 +224,7 @@ def test_a_loss_stuck_at_ln_classes_is_named_as_chance() -> None:
 
     import torch
 
-    from src.runs.single import stuck_at_chance
+    from piggyback_lab.runs.single import stuck_at_chance
 
     def trainer(loss: float) -> SimpleNamespace:
         return SimpleNamespace(callback_metrics={"train/loss": torch.tensor(loss)})
@@ -254,8 +254,8 @@ def test_first_runs_at_once_pretrain_the_base_once(tmp_path: Path, monkeypatch) 
 
     from omegaconf import OmegaConf
 
-    import src.runs.pretraining as pretraining
-    from src.runs.builders import ensure_backbone_weights
+    import piggyback_lab.runs.pretraining as pretraining
+    from piggyback_lab.runs.builders import ensure_backbone_weights
 
     weights = tmp_path / "pretrained" / "base.safetensors"
     calls = []
@@ -288,8 +288,8 @@ def test_a_write_that_fails_after_training_leaves_neither_file_and_keeps_the_che
 ) -> None:
     import errno
 
-    import src.runs.single as single
-    from src.utils.errors import UserError
+    import piggyback_lab.runs.single as single
+    from piggyback_lab.utils.errors import UserError
     from tests.conftest import train_in_process
 
     def full_disk(path, *args, **kwargs):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from src.masking.taskfile import TaskFile, prefixed, unprefixed
-from src.methods.base import TaskModule
-from src.methods.registry import TaskMethod, register
-from src.models.surgery import norm_layers
+from piggyback_lab.masking.taskfile import TaskFile, prefixed, unprefixed
+from piggyback_lab.methods.base import TaskModule
+from piggyback_lab.methods.registry import TaskMethod, register
+from piggyback_lab.models.surgery import norm_layers
 
 
 def norm_scales(model: nn.Module) -> dict[str, nn.Parameter]:

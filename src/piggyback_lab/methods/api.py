@@ -1,0 +1,136 @@
+"""The methods on one's own model and training loop: no Lightning Trainer, no Hydra.
+
+peft's ``get_peft_model`` / ``save_pretrained`` / ``from_pretrained`` are the model::
+
+    from piggyback_lab.methods.api import wrap, export_task, fold_task, MultiTaskModel
+
+    task = wrap(torchvision.models.resnet18(), "piggyback", classifier="fc", num_classes=10)
+    optimizer, schedule = task.recipe()              # the published recipe, or your own
+    for x, y in loader:                              # any loop
+        loss = F.cross_entropy(task(x), y)
+        ...
+    export_task(task, "cub.safetensors", class_names)   # 1 bit per weight + classifier
+    model = fold_task(resnet18_again, "cub.safetensors")  # a plain network, task folded in
+    host = MultiTaskModel("resnet18", None, ["cub.safetensors"], model=resnet18_again)
+
+A method's settings default to conf/method/<name>.yaml, the same defaults as ``src.train``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from piggyback_lab.masking.taskfile import backbone_fingerprint, check_compatible
+from piggyback_lab.methods.base import TaskModule
+from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.tasks import apply_task, read_task
+from piggyback_lab.models.surgery import replace_module
+from piggyback_lab.utils.checkout import CONF_DIR
+from piggyback_lab.utils.errors import UserError
+
+METHOD_CONF = CONF_DIR / "method"
+RUN_KEYS = ("_target_", "name", "epochs", "batch_size", "optimizer")
+
+__all__ = ["MultiTaskModel", "export_task", "fold_task", "method_defaults", "wrap"]
+
+
+def _target(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def method_config(method: str) -> DictConfig:
+    """conf/method/<method>.yaml with the method configs its defaults list names merged
+    under it (``- piggyback``, ``- /method/finetune@_here_``), in the list's order, as Hydra
+    composes them."""
+    conf = OmegaConf.load(METHOD_CONF / f"{method}.yaml")
+    defaults = list(conf.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for entry in defaults:
+        base = str(entry).removeprefix("/method/").removesuffix("@_here_")
+        merged = OmegaConf.merge(merged, conf if entry == "_self_" else method_config(base))
+    return merged
+
+
+def method_defaults(method: str) -> tuple[type[TaskModule], Any, dict[str, Any]]:
+    """(module class, optimizer factory, settings) of conf/method/<method>.yaml."""
+    path = METHOD_CONF / f"{method}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in METHOD_CONF.glob("*.yaml"))
+        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
+    conf = OmegaConf.to_container(method_config(method), resolve=False)
+    optimizer = dict(conf.get("optimizer") or {})
+    factory = functools.partial(
+        _target(optimizer.pop("_target_")),
+        **{k: v for k, v in optimizer.items() if not k.startswith("_")},
+    )
+    settings = {k: v for k, v in conf.items() if k not in RUN_KEYS and not isinstance(v, dict)}
+    return _target(conf["_target_"]), factory, settings
+
+
+def wrap(
+    model: nn.Module,
+    method: str = "piggyback",
+    *,
+    classifier: str,
+    num_classes: int | None = None,
+    backbone: str | None = None,
+    **settings: Any,
+) -> TaskModule:
+    """``model`` under ``method`` (its config's defaults, ``settings`` overriding them).
+
+    ``classifier``: the path of the model's last Linear layer; ``num_classes`` replaces it
+    by a fresh one of that size. ``backbone`` names the model in the task file (default:
+    the model's class name). The result is an nn.Module: call it, optimise what it trains
+    (``trainable_parameters()`` or ``recipe()``), then ``export_task``.
+    """
+    cls, optimizer, defaults = method_defaults(method)
+    if num_classes is not None:
+        old = model.get_submodule(classifier)
+        if not isinstance(old, nn.Linear):
+            raise UserError(f"{classifier} is a {type(old).__name__}, not a Linear classifier")
+        replace_module(model, classifier, nn.Linear(old.in_features, num_classes))
+    head = model.get_submodule(classifier)
+    return cls(
+        model=model,
+        classifier=classifier,
+        backbone=backbone or type(model).__name__.lower(),
+        num_classes=head.out_features,
+        optimizer=optimizer,
+        **{**defaults, **settings},
+    )
+
+
+def export_task(
+    task: TaskModule,
+    path: str | os.PathLike,
+    class_names: list[str] | None = None,
+    **meta: Any,
+) -> int:
+    """Write ``task``'s task file (what the method stores, tied to the backbone's
+    fingerprint); returns its size in bytes. ``meta``: more metadata (e.g. ``dataset``)."""
+    head = task.head
+    names = list(class_names) if class_names is not None else []
+    if names and len(names) != head.out_features:
+        raise UserError(f"{len(names)} class names for {head.out_features} classifier outputs")
+    full = {"method": task.task_method.name, "num_classes": head.out_features, **meta}
+    return task.export_task(path, {**full, "class_names": names})
+
+
+def fold_task(
+    model: nn.Module, path: str | os.PathLike, classifier: str | None = None
+) -> nn.Module:
+    """Fold a task file into ``model`` (the plain backbone it was trained on) in place and
+    return it, in eval mode: one network that costs what the backbone costs."""
+    tf = read_task(path)
+    classifier = classifier or tf.meta["classifier"]
+    check_compatible(tf, tf.meta["backbone"], backbone_fingerprint(model, classifier))
+    return apply_task(model, tf, classifier).eval()

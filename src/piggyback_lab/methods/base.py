@@ -1,0 +1,203 @@
+"""What every method shares: loss, top-1/top-5 metrics, the optimizer recipe, BN handling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from piggyback_lab.masking import backbone_fingerprint, write_task_file
+from piggyback_lab.methods.registry import TaskMethod
+from piggyback_lab.models.surgery import freeze_norms, norm_layers, set_norms_eval
+from piggyback_lab.utils.errors import UserError, check_integer, check_positive
+
+# Builds the optimizer from parameter groups and the base learning rate: a partial of a
+# torch.optim class, whose other settings (momentum, weight decay, fused) the config holds.
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def check_schedule(lr_decay_every: int | None, lr_milestones: list[int] | None) -> None:
+    """The lr steps either every ``lr_decay_every`` epochs or at the ``lr_milestones``."""
+    if lr_milestones is None:
+        check_integer("method.lr_decay_every", lr_decay_every)
+        return
+    if lr_decay_every is not None:
+        raise UserError(
+            "method.lr_decay_every and method.lr_milestones both set; keep one (set the "
+            "other to null)"
+        )
+    steps = [check_integer("method.lr_milestones[]", m) for m in lr_milestones]
+    if steps != sorted(set(steps)):
+        raise UserError(f"method.lr_milestones must increase (got {list(lr_milestones)})")
+
+
+class TaskModule(pl.LightningModule):
+    """A backbone with a task classifier, trained by a published recipe.
+
+    Subclasses decide what is trainable (``param_groups``) and what a task stores
+    (``task_tensors``). The backbone fingerprint is taken before any training. The recipe
+    (optimizer, learning rates, step schedule) comes from conf/method/<name>.yaml.
+    """
+
+    task_method: type[TaskMethod]  # how its tasks are stored (its package's registration)
+    channels_last: bool = False  # set from the root key channels_last (auto: on for CUDA)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classifier: str,
+        backbone: str,
+        num_classes: int,
+        optimizer: OptimizerFactory,
+        lr: float,
+        lr_decay_every: int | None,
+        lr_decay_factor: float,
+        train_bn: bool,
+        classifier_lr: float | None = None,
+        lr_milestones: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        check_positive("method.lr", lr)
+        if classifier_lr is not None:
+            check_positive("method.classifier_lr", classifier_lr)
+        check_schedule(lr_decay_every, lr_milestones)
+        self.optimizer_factory = optimizer
+        self.model = model
+        self.classifier = classifier
+        self.backbone = backbone
+        self.fingerprint = backbone_fingerprint(model, classifier)
+        if not train_bn:
+            freeze_norms(model)
+        metrics = MetricCollection(
+            {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.classifier)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_fit_start(self) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.channels_last:
+            x, y = batch
+            return x.contiguous(memory_format=torch.channels_last), y
+        return batch
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Tag checkpoints with their run, so a resume never picks up another config's state."""
+        checkpoint["run_id"] = getattr(self, "run_id", None)
+
+    def train(self, mode: bool = True) -> TaskModule:
+        super().train(mode)
+        if mode and not self.hparams.train_bn:
+            set_norms_eval(self.model)
+        return self
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        if not torch.isfinite(loss):  # nothing after this step would mean anything
+            raise UserError(
+                f"the training loss is {loss.detach().item()} at epoch "
+                f"{self.current_epoch + 1}, batch {batch_idx + 1}: the run diverged; lower "
+                f"method.lr (now {self.hparams.lr})"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection
+    ) -> None:
+        x, y = batch
+        logits = self(x)
+        metrics.update(logits, y)
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+
+    # --- what subclasses define -------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Trainable parameters with their learning rates."""
+        raise NotImplementedError
+
+    def task_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors a task file stores for this method."""
+        raise NotImplementedError
+
+    def head_and_norm_groups(self) -> list[dict]:
+        """The classifier's group at ``classifier_lr`` (default: ``lr``) and, with
+        ``train_bn``, the norms' group at the same rate: what a method training a trunk
+        adapter adds after the adapter's own group."""
+        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
+        groups = [{"params": list(self.head.parameters()), "lr": classifier_lr}]
+        if self.hparams.train_bn:
+            norms = [p for m in norm_layers(self.model).values() for p in m.parameters()]
+            groups.append({"params": norms, "lr": classifier_lr})
+        return groups
+
+    def task_meta(self) -> dict:
+        """Method-specific metadata for the task file and the run record."""
+        return {}
+
+    # ---------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = self.optimizer_factory(self.trainable_parameters(), lr=hp.lr)
+        if hp.get("lr_milestones") is not None:
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, list(hp.lr_milestones), gamma=hp.lr_decay_factor
+            )
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(
+                opt, hp.lr_decay_every, gamma=hp.lr_decay_factor
+            )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def export_task(self, path: str | Path, meta: dict) -> int:
+        """Write this task's file; returns its size in bytes."""
+        full_meta = {
+            **meta,
+            "kind": self.task_method.kind,
+            "backbone": self.backbone,
+            "fingerprint": self.fingerprint,
+            "classifier": self.classifier,
+            **self.task_meta(),
+        }
+        return write_task_file(path, self.task_tensors(), full_meta)
+
+    def recipe(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The method's optimizer over what it trains, and its step schedule (``step()`` once
+        per epoch): the published recipe, for a loop of one's own."""
+        built = self.configure_optimizers()
+        return built["optimizer"], built["lr_scheduler"]["scheduler"]
+
+    def trainable_parameters(self) -> list[dict]:
+        """What the method trains, as optimizer parameter groups with their learning rates."""
+        return [g for g in self.param_groups() if g["params"]]
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for g in self.param_groups() for p in g["params"])

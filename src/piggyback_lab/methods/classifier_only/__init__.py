@@ -1,0 +1,9 @@
+"""Classifier only: a new linear classifier on the frozen backbone's features."""
+
+from piggyback_lab.methods.classifier_only.module import ClassifierOnly
+from piggyback_lab.methods.classifier_only.task import ClassifierOnlyTask
+from piggyback_lab.methods.registry import register
+
+register(ClassifierOnlyTask())
+
+__all__ = ["ClassifierOnly", "ClassifierOnlyTask"]

@@ -1,0 +1,12 @@
+"""Residual adapters (Rebuffi, Bilen, Vedaldi; srebuffi/residual_adapters): 1x1 convolutions
+beside (parallel, CVPR 2018) or after (series, NeurIPS 2017) the frozen backbone's
+convolutions, with the norms and a classifier per task; both fold into the backbone."""
+
+from piggyback_lab.methods.registry import register
+from piggyback_lab.methods.residual_adapters.module import ParallelAdapters, SeriesAdapters
+from piggyback_lab.methods.residual_adapters.task import ParallelAdaptersTask, SeriesAdaptersTask
+
+register(ParallelAdaptersTask())
+register(SeriesAdaptersTask())
+
+__all__ = ["ParallelAdapters", "ParallelAdaptersTask", "SeriesAdapters", "SeriesAdaptersTask"]
