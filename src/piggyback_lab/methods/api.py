@@ -32,7 +32,7 @@ from piggyback_lab.methods.multitask import MultiTaskModel
 from piggyback_lab.methods.tasks import apply_task, read_task
 from piggyback_lab.models.surgery import replace_module
 from piggyback_lab.utils.checkout import CONF_DIR
-from piggyback_lab.utils.errors import UserError
+from piggyback_lab.utils.errors import UserError, check_integer
 
 METHOD_CONF = CONF_DIR / "method"
 RUN_KEYS = ("_target_", "name", "epochs", "batch_size", "optimizer")
@@ -113,15 +113,22 @@ def export_task(
     task: TaskModule,
     path: str | os.PathLike,
     class_names: list[str] | None = None,
+    transforms: dict[str, Any] | None = None,
     **meta: Any,
 ) -> int:
     """Write ``task``'s task file (what the method stores, tied to the backbone's
-    fingerprint); returns its size in bytes. ``meta``: more metadata (e.g. ``dataset``)."""
+    fingerprint); returns its size in bytes. ``transforms``: how its images are prepared
+    for testing (``{"size": 64}``; ``style`` resize_exact, or resize_crop as the ImageNet
+    test crop), so ``src.predict`` and ``src.eval`` serve the file as it is. ``meta``: more
+    metadata (e.g. ``dataset``, a conf/dataset name for ``src.eval``)."""
     head = task.head
     names = list(class_names) if class_names is not None else []
     if names and len(names) != head.out_features:
         raise UserError(f"{len(names)} class names for {head.out_features} classifier outputs")
     full = {"method": task.task_method.name, "num_classes": head.out_features, **meta}
+    if transforms is not None:
+        check_integer("transforms.size", transforms.get("size"))
+        full["transforms"] = {"style": "resize_exact", "flip": False, **transforms}
     return task.export_task(path, {**full, "class_names": names})
 
 

@@ -87,8 +87,13 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
     device = pick_device(str(cfg.device))
     tf = _single_task(cfg) if cfg.task else None
     if tf is not None:
+        if not (tf.meta.get("dataset") or tf.meta.get("transforms")):
+            raise UserError(
+                f"task file {tf.path} names neither its dataset nor its test transforms; "
+                "re-export it with export_task(..., transforms={'size': <pixels>})"
+            )
         task_cfg = compose_config(
-            tf.meta["dataset"], tf.meta["backbone"], overrides, tf.meta.get("transforms")
+            tf.meta.get("dataset"), tf.meta["backbone"], overrides, tf.meta.get("transforms")
         )
     else:
         task_cfg = _pretrained_config(cfg, overrides)

@@ -1,0 +1,115 @@
+"""Each method's settings as a typed dataclass in its own package (peft's ``LoraConfig`` is the
+model): one default per hyperparameter, its help and, for a published value, its source.
+
+A method's package registers its config once (``register_config``). That makes it the schema
+of conf/method/<name>.yaml in Hydra's ConfigStore (``method/<name>_schema``, which the YAML
+names in its defaults list and so repeats no value), so ``src.train`` composes a typed,
+closed config, and it gives ``wrap`` its defaults without reading any YAML.
+
+A config's fields are those of the composed ``method`` node, key for key, value for value:
+run ids hash that node, so a field the YAML never had (``lr_milestones: null``) would change
+every id. A method that steps at milestones declares ``lr_milestones``; the others have none.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from piggyback_lab.utils.errors import UserError
+
+CONFIGS: dict[str, type] = {}  # by config name, as ``method=`` names it (decathlon/finetune)
+
+
+def hyperparameter(default: Any, help: str, source: str | None = None) -> Any:
+    """A dataclass field with its default and, in its metadata, a one-line ``help`` and the
+    ``source`` of a published value (paper, or official code as file:line). A list or a
+    dataclass default is copied for each instance."""
+    metadata = {"help": help} if source is None else {"help": help, "source": source}
+    if isinstance(default, list) or dataclasses.is_dataclass(default):
+        factory = functools.partial(copy.deepcopy, default)
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# The optimizer node: Hydra builds a partial of a torch.optim class; the module completes it
+# with its parameter groups and base learning rate. A method's config gives every value.
+@dataclasses.dataclass
+class AdamConfig:
+    """torch.optim.Adam, as a method's ``optimizer`` node."""
+
+    _target_: str = hyperparameter("torch.optim.Adam", "the torch.optim class")
+    _partial_: bool = hyperparameter(
+        True, "build a partial: the module passes its parameter groups and lr"
+    )
+    weight_decay: float = hyperparameter(MISSING, "L2 penalty on every trained parameter")
+
+
+@dataclasses.dataclass
+class SGDConfig:
+    """torch.optim.SGD, as a method's ``optimizer`` node."""
+
+    _target_: str = hyperparameter("torch.optim.SGD", "the torch.optim class")
+    _partial_: bool = hyperparameter(
+        True, "build a partial: the module passes its parameter groups and lr"
+    )
+    momentum: float = hyperparameter(MISSING, "SGD momentum (dampening 0, no Nesterov)")
+    weight_decay: float = hyperparameter(MISSING, "L2 penalty on every trained parameter")
+
+
+def register_config(config_name: str, config: type) -> type:
+    """Register ``config`` (a dataclass) as the settings of ``method=<config_name>``: the
+    schema conf/method/<config_name>.yaml names (``<config_name>_schema`` in its group) and
+    what ``wrap`` builds. A name is registered once; another class under it is refused."""
+    if not dataclasses.is_dataclass(config):
+        raise ValueError(f"{config!r} is not a dataclass")
+    if CONFIGS.get(config_name, config) is not config:
+        raise ValueError(f"method config {config_name!r} is registered already")
+    group, _, name = f"method/{config_name}".rpartition("/")
+    ConfigStore.instance().store(group=group, name=f"{name}_schema", node=config)
+    CONFIGS[config_name] = config
+    return config
+
+
+def config_names() -> list[str]:
+    return sorted(CONFIGS)
+
+
+def config_named(config_name: str) -> type:
+    """The registered config of ``method=<config_name>``; an unknown name is a UserError."""
+    if config_name not in CONFIGS:
+        raise UserError(
+            f"unknown method {config_name!r}; choose one of: {', '.join(config_names())}"
+        )
+    return CONFIGS[config_name]
+
+
+def check_schema_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """No typed node of a composed config holds a key its dataclass lacks. Hydra adds what
+    ``+key=`` or ``++key=`` names even to a structured config (``force_add``), so
+    ``+method.treshold=1e-3`` would train with an unused key; refuse it, naming the setting
+    it resembles."""
+    schema = OmegaConf.get_type(cfg)
+    known = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    )
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise UserError(
+                f"unknown key {path}: {schema.__name__} has no such setting (its keys: "
+                f"{', '.join(sorted(known))}){hint}"
+            )
+        if OmegaConf.is_interpolation(cfg, key) or OmegaConf.is_missing(cfg, key):
+            continue
+        node = cfg[key]
+        if isinstance(node, DictConfig):
+            check_schema_keys(node, f"{path}.")
