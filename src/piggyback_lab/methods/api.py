@@ -13,28 +13,31 @@ peft's ``get_peft_model`` / ``save_pretrained`` / ``from_pretrained`` are the mo
     model = fold_task(resnet18_again, "cub.safetensors")  # a plain network, task folded in
     host = MultiTaskModel("resnet18", None, ["cub.safetensors"], model=resnet18_again)
 
-A method's settings default to conf/method/<name>.yaml, the same defaults as ``src.train``.
+A method's settings default to its config dataclass (``PiggybackConfig`` in
+piggyback_lab/methods/piggyback/config.py), the schema ``src.train`` composes
+conf/method/<name>.yaml from: the same defaults, with no conf/ folder needed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from piggyback_lab.masking.taskfile import backbone_fingerprint, check_compatible
-from piggyback_lab.methods.base import TaskModule
+from piggyback_lab.methods.base import OptimizerFactory, TaskModule
+from piggyback_lab.methods.config import config_named
 from piggyback_lab.methods.multitask import MultiTaskModel
 from piggyback_lab.methods.tasks import apply_task, read_task
 from piggyback_lab.models.surgery import replace_module
-from piggyback_lab.utils.checkout import CONF_DIR
+from piggyback_lab.taskfile import backbone_fingerprint, check_compatible
 from piggyback_lab.utils.errors import UserError, check_integer
 
-METHOD_CONF = CONF_DIR / "method"
+# The keys a run uses itself, never passed to the module: which module, the name records use,
+# the training loop's length and batch, and the optimizer (``recipe()`` builds it).
 RUN_KEYS = ("_target_", "name", "epochs", "batch_size", "optimizer")
 
 __all__ = ["MultiTaskModel", "export_task", "fold_task", "method_defaults", "wrap"]
@@ -45,28 +48,18 @@ def _target(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def method_config(method: str) -> DictConfig:
-    """conf/method/<method>.yaml with the method configs its defaults list names merged
-    under it (``- piggyback``, ``- /method/finetune@_here_``), in the list's order, as Hydra
-    composes them."""
-    conf = OmegaConf.load(METHOD_CONF / f"{method}.yaml")
-    defaults = list(conf.pop("defaults", []))
-    if "_self_" not in defaults:
-        defaults.append("_self_")
-    merged = OmegaConf.create()
-    for entry in defaults:
-        base = str(entry).removeprefix("/method/").removesuffix("@_here_")
-        merged = OmegaConf.merge(merged, conf if entry == "_self_" else method_config(base))
-    return merged
+def method_config(method: str) -> Any:
+    """The default settings of ``method=<method>``: its registered config dataclass (the
+    same schema ``src.train`` composes, e.g. ``PiggybackConfig()``); read from the method's
+    package, so it needs no conf/ folder (a wheel has none)."""
+    return config_named(method)()
 
 
-def method_defaults(method: str) -> tuple[type[TaskModule], Any, dict[str, Any]]:
-    """(module class, optimizer factory, settings) of conf/method/<method>.yaml."""
-    path = METHOD_CONF / f"{method}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in METHOD_CONF.glob("*.yaml"))
-        raise UserError(f"unknown method {method!r}; choose one of: {', '.join(known)}")
-    conf = OmegaConf.to_container(method_config(method), resolve=False)
+def method_defaults(method: str) -> tuple[type[TaskModule], OptimizerFactory, dict[str, Any]]:
+    """(module class, optimizer factory, settings) of ``method``'s config: the settings are
+    its flat keys but the run's own (``RUN_KEYS``); nested nodes (PackNet's
+    ``base_retrain``) belong to the run layer's sequence and are left out."""
+    conf = dataclasses.asdict(method_config(method))
     optimizer = dict(conf.get("optimizer") or {})
     factory = functools.partial(
         _target(optimizer.pop("_target_")),

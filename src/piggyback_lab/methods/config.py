@@ -1,10 +1,15 @@
 """Each method's settings as a typed dataclass in its own package (peft's ``LoraConfig`` is the
-model): one default per hyperparameter, its help and, for a published value, its source.
+model): one default per setting, its help and, for a published value, its source.
 
-A method's package registers its config once (``register_config``). That makes it the schema
-of conf/method/<name>.yaml in Hydra's ConfigStore (``method/<name>_schema``, which the YAML
-names in its defaults list and so repeats no value), so ``src.train`` composes a typed,
-closed config, and it gives ``wrap`` its defaults without reading any YAML.
+Each field is ``field(default=..., metadata={"help": ..., "source": ...})``: ``source`` names
+the paper or official code (file:line) a published value comes from; a value that is our
+choice (no recipe is published for these backbones) has none, its class docstring says so.
+
+A method's package registers its config once (``register_config``). That stores it in Hydra's
+ConfigStore as ``method/schema/<name>``, the schema conf/method/<name>.yaml names in its
+defaults list (Hydra's "Extending configs" pattern), so the YAML repeats no value and
+``src.train`` composes a typed, closed config; and it gives ``wrap`` its defaults without
+reading any YAML.
 
 A config's fields are those of the composed ``method`` node, key for key, value for value:
 run ids hash that node, so a field the YAML never had (``lr_milestones: null``) would change
@@ -13,11 +18,9 @@ every id. A method that steps at milestones declares ``lr_milestones``; the othe
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
-import functools
-from typing import Any
+from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -25,54 +28,49 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from piggyback_lab.utils.errors import UserError
 
 CONFIGS: dict[str, type] = {}  # by config name, as ``method=`` names it (decathlon/finetune)
-
-
-def hyperparameter(default: Any, help: str, source: str | None = None) -> Any:
-    """A dataclass field with its default and, in its metadata, a one-line ``help`` and the
-    ``source`` of a published value (paper, or official code as file:line). A list or a
-    dataclass default is copied for each instance."""
-    metadata = {"help": help} if source is None else {"help": help, "source": source}
-    if isinstance(default, list) or dataclasses.is_dataclass(default):
-        factory = functools.partial(copy.deepcopy, default)
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+# Where the schemas are stored: a group below ``method``, so that ``method=`` choices (and
+# Hydra's list of them for an unknown one) stay the YAML configs.
+SCHEMA_GROUP = "method/schema"
 
 
 # The optimizer node: Hydra builds a partial of a torch.optim class; the module completes it
 # with its parameter groups and base learning rate. A method's config gives every value.
-@dataclasses.dataclass
+PARTIAL = {"help": "build a partial: the module passes its parameter groups and lr"}
+WEIGHT_DECAY = {"help": "L2 penalty on every trained parameter"}
+
+
+@dataclass
 class AdamConfig:
     """torch.optim.Adam, as a method's ``optimizer`` node."""
 
-    _target_: str = hyperparameter("torch.optim.Adam", "the torch.optim class")
-    _partial_: bool = hyperparameter(
-        True, "build a partial: the module passes its parameter groups and lr"
-    )
-    weight_decay: float = hyperparameter(MISSING, "L2 penalty on every trained parameter")
+    _target_: str = field(default="torch.optim.Adam", metadata={"help": "the torch.optim class"})
+    _partial_: bool = field(default=True, metadata=PARTIAL)
+    weight_decay: float = field(default=MISSING, metadata=WEIGHT_DECAY)
 
 
-@dataclasses.dataclass
+@dataclass
 class SGDConfig:
     """torch.optim.SGD, as a method's ``optimizer`` node."""
 
-    _target_: str = hyperparameter("torch.optim.SGD", "the torch.optim class")
-    _partial_: bool = hyperparameter(
-        True, "build a partial: the module passes its parameter groups and lr"
+    _target_: str = field(default="torch.optim.SGD", metadata={"help": "the torch.optim class"})
+    _partial_: bool = field(default=True, metadata=PARTIAL)
+    momentum: float = field(
+        default=MISSING, metadata={"help": "SGD momentum (dampening 0, no Nesterov)"}
     )
-    momentum: float = hyperparameter(MISSING, "SGD momentum (dampening 0, no Nesterov)")
-    weight_decay: float = hyperparameter(MISSING, "L2 penalty on every trained parameter")
+    weight_decay: float = field(default=MISSING, metadata=WEIGHT_DECAY)
 
 
 def register_config(config_name: str, config: type) -> type:
     """Register ``config`` (a dataclass) as the settings of ``method=<config_name>``: the
-    schema conf/method/<config_name>.yaml names (``<config_name>_schema`` in its group) and
-    what ``wrap`` builds. A name is registered once; another class under it is refused."""
+    schema conf/method/<config_name>.yaml names in its defaults list
+    (``/method/schema/<config_name>@_here_``) and what ``wrap`` builds. A name is
+    registered once; another class under it is refused."""
     if not dataclasses.is_dataclass(config):
         raise ValueError(f"{config!r} is not a dataclass")
     if CONFIGS.get(config_name, config) is not config:
         raise ValueError(f"method config {config_name!r} is registered already")
-    group, _, name = f"method/{config_name}".rpartition("/")
-    ConfigStore.instance().store(group=group, name=f"{name}_schema", node=config)
+    group, _, name = f"{SCHEMA_GROUP}/{config_name}".rpartition("/")
+    ConfigStore.instance().store(group=group, name=name, node=config)
     CONFIGS[config_name] = config
     return config
 

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from piggyback_lab.methods import check_schema_keys  # importing it registers the schemas
 from piggyback_lab.utils.checkout import CONF_DIR
 from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
@@ -29,11 +30,15 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
     try:
         if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its search path
-            return hydra_compose(config_name, overrides=list(overrides))
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=list(overrides))
-    except HydraException as err:
-        raise UserError(f"bad config override: {one_line(err)}") from None
+            cfg = hydra_compose(config_name, overrides=list(overrides))
+        else:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = hydra_compose(config_name, overrides=list(overrides))
+    except HydraException as err:  # a typed config's reason is the cause: 'abc' is no Float
+        cause = f" ({one_line(err.__cause__)})" if err.__cause__ else ""
+        raise UserError(f"bad config override: {one_line(err)}{cause}") from None
+    check_schema_keys(cfg)  # +method.treshold=1e-3: Hydra adds a key even to a typed node
+    return cfg
 
 
 HYDRA_DETAIL = ("full_key:", "object_type", "reference_type", "Set the environment variable")

@@ -6,11 +6,14 @@ views; ``sequence``: the algorithm (claim, train, prune, retrain, freeze; the ba
 ``task``: how the stored state is read and hosted.
 """
 
+from piggyback_lab.methods.config import register_config
 from piggyback_lab.methods.packnet import sequence
+from piggyback_lab.methods.packnet.config import PackNetConfig
 from piggyback_lab.methods.packnet.module import PackNet
 from piggyback_lab.methods.packnet.task import PackNetTask
 from piggyback_lab.methods.registry import register
 
 register(PackNetTask(sequence=sequence))
+register_config("packnet", PackNetConfig)
 
-__all__ = ["PackNet", "PackNetTask"]
+__all__ = ["PackNet", "PackNetConfig", "PackNetTask"]
