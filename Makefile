@@ -49,7 +49,7 @@ smoke: $(STAMP)
 	rm -rf $(SMOKE)
 	$(PY) -m src.train debug=smoke $(ARGS)
 	$(PY) -m src.eval tasks=$(SMOKE)/results/tasks paths.results_dir=$(SMOKE)/results
-	$(PY) scripts/make_tables.py --runs $(SMOKE)/results/runs --out $(SMOKE)
+	$(PY) scripts/make_tables.py --runs $(SMOKE)/results/runs --out $(SMOKE) --include-cut-short --only-run
 
 # The suite runs on every core (pytest-xdist; TEST_WORKERS=0 runs it in one process).
 TEST_WORKERS ?= auto
@@ -91,10 +91,10 @@ mutation: $(MUTATION_STAMP) data-deps
 tables: $(STAMP)
 	$(PY) scripts/make_tables.py $(ARGS)
 
-# The project's measured tables (results/reference/), and the README's mini table from them.
+# The project's measured tables (results/reference/), and docs/results.md's mini tables from them.
 reference-tables: $(STAMP)
 	$(PY) scripts/make_tables.py --runs results/reference/runs --out results/reference \
-		--readme README.md $(ARGS)
+		--readme docs/results.md $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

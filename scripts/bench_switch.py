@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from piggyback_lab.masking.taskfile import backbone_fingerprint, read_task_file
 from piggyback_lab.methods.multitask import STRATEGIES, MultiTaskModel
 from piggyback_lab.models import build_backbone, classifier_name
+from piggyback_lab.taskfile import backbone_fingerprint, read_task_file
 
 
 def time_switches(model: MultiTaskModel, names: Sequence[str], rounds: int = 5) -> float:
@@ -52,9 +52,9 @@ def benchmark(
     """
     from safetensors.torch import save_file
 
-    from piggyback_lab.masking.taskfile import pack_bits, prefixed, write_task_file
     from piggyback_lab.methods.tasks import apply_task
     from piggyback_lab.models.surgery import prunable_weights
+    from piggyback_lab.taskfile import pack_bits, prefixed, write_task_file
 
     torch.manual_seed(0)
     model = build_backbone(backbone, None, 10)

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from piggyback_lab.masking import masked_layers
+from piggyback_lab.methods.piggyback.masks import masked_layers
 from piggyback_lab.models import build_backbone, classifier_name
 from piggyback_lab.models.surgery import prunable_weights
 from piggyback_lab.runs.builders import build_method, build_trainer, channels_last, precision
@@ -443,8 +443,8 @@ def export_piggyback(
 
 def fig_inference(s: Settings) -> dict:
     """3. Forward pass of a task folded into a plain backbone vs the plain backbone."""
-    from piggyback_lab.masking import check_compatible, read_task_file
     from piggyback_lab.methods.tasks import apply_task
+    from piggyback_lab.taskfile import check_compatible, read_task_file
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "task.safetensors"
@@ -476,7 +476,7 @@ def fig_inference(s: Settings) -> dict:
 
 
 def _fingerprint(model, classifier: str) -> str:
-    from piggyback_lab.masking import backbone_fingerprint
+    from piggyback_lab.taskfile import backbone_fingerprint
 
     return backbone_fingerprint(model, classifier)
 
@@ -496,9 +496,9 @@ def fig_task_switch(s: Settings) -> dict:
     scripts/bench_switch.py's ``benchmark`` writes the files and adds the per-strategy
     select times.
     """
-    from piggyback_lab.masking.taskfile import read_task_file
     from piggyback_lab.methods.multitask import MultiTaskModel
     from piggyback_lab.methods.piggyback.task import layer_mask
+    from piggyback_lab.taskfile import read_task_file
 
     backbone = "resnet50" if not s.quick else s.backbone
     with tempfile.TemporaryDirectory() as tmp:
@@ -600,7 +600,7 @@ def fig_storage(s: Settings) -> dict:
     ``mask_bits_per_weight`` counts the stored mask tensors only (the judged figure);
     ``overhead_bytes`` is the rest beyond mask + classifier (safetensors header, metadata).
     """
-    from piggyback_lab.masking import read_task_file
+    from piggyback_lab.taskfile import read_task_file
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

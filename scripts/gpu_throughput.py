@@ -1,7 +1,7 @@
 """Training throughput and peak memory, Piggyback against finetuning, on synthetic images.
 
   python scripts/gpu_throughput.py --out results/gpu_check      # CUDA: ResNet-50, ViT-B/16
-  python scripts/gpu_throughput.py --quick --device cpu --out /tmp/x   # a tiny CPU smoke run
+  python scripts/gpu_throughput.py --quick --device cpu --out outputs/gpu_quick  # tiny, CPU
 
 Per backbone and method: images per second over timed steps (after warm-up) in bf16-mixed
 autocast with channels_last (CNNs), and the peak GPU memory of a step; written to

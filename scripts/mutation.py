@@ -1,6 +1,6 @@
 """Mutation testing of the core with cosmic-ray: which one-line bugs do the tests catch?
 
-    python scripts/mutation.py [--scope src/piggyback_lab/masking/threshold.py ...] [--workers 2]
+    python scripts/mutation.py [--scope <a module path under src/>] [--workers 2]
     python scripts/mutation.py --survivors [--scope ...]   # after adding tests: re-run only
                                                           # the last run's survivors
 
@@ -49,14 +49,14 @@ class Scope:
 
 
 SCOPES: dict[str, Scope] = {
-    "src/piggyback_lab/masking/threshold.py": Scope(("tests/test_masking.py",)),
-    "src/piggyback_lab/masking/layers.py": Scope(
+    "src/piggyback_lab/methods/piggyback/threshold.py": Scope(("tests/test_masking.py",)),
+    "src/piggyback_lab/methods/piggyback/layers.py": Scope(
         ("tests/test_masking.py", "tests/test_properties.py")
     ),
-    "src/piggyback_lab/masking/model_surgery.py": Scope(
+    "src/piggyback_lab/methods/piggyback/masks.py": Scope(
         ("tests/test_masking.py", "tests/test_properties.py")
     ),
-    "src/piggyback_lab/masking/taskfile.py": Scope(
+    "src/piggyback_lab/taskfile.py": Scope(
         (
             "tests/test_taskfile_format.py",
             "tests/test_piggyback_taskfile.py",

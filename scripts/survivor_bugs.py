@@ -20,13 +20,13 @@ WORK = ROOT / "results" / "mutation" / "survivors"
 
 # (bug, file, the line as it is, the line with the bug, the tests that must catch it)
 BUGS = [
-    ("threshold boundary: > becomes >=", "src/piggyback_lab/masking/threshold.py",
+    ("threshold boundary: > becomes >=", "src/piggyback_lab/methods/piggyback/threshold.py",
      "return (mask_real > threshold)", "return (mask_real >= threshold)",
      "tests/test_masking.py"),
-    ("1s init at twice mask_scale", "src/piggyback_lab/masking/layers.py",
+    ("1s init at twice mask_scale", "src/piggyback_lab/methods/piggyback/layers.py",
      "torch.full_like(w, config.mask_scale)", "torch.full_like(w, 2 * config.mask_scale)",
      "tests/test_masking.py"),
-    ("individual scaling divides by the mean", "src/piggyback_lab/masking/layers.py",
+    ("individual scaling divides by the mean", "src/piggyback_lab/methods/piggyback/layers.py",
      "return grad / abs_w.clamp_min(1e-12)", "return grad / abs_w.mean().clamp_min(1e-12)",
      "tests/test_masking.py"),
     ("PackNet count: Python 3 round", "src/piggyback_lab/methods/packnet/state.py",

@@ -4,7 +4,7 @@
   python -m src.compress a.safetensors b.safetensors
 
 The coding (Rice-coded gaps, below 1 bit per weight for sparse masks):
-piggyback_lab/masking/compress.py.
+piggyback_lab/methods/piggyback/compress.py.
 """
 
 from __future__ import annotations

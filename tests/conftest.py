@@ -174,7 +174,7 @@ def edited_task_file(tf, tensors=None, layers=None, meta=None):
     """A copy of TaskFile ``tf`` with ``tensors(dict)`` and ``meta(dict)`` applied in place
     to copies of its tensors and metadata, and its ``layers`` replaced by ``layers(old)``:
     the corrupt files the task tests feed to each method's check."""
-    from piggyback_lab.masking.taskfile import TaskFile
+    from piggyback_lab.taskfile import TaskFile
 
     new_tensors, new_meta = dict(tf.tensors), {**tf.meta, "layers": dict(tf.meta["layers"])}
     if tensors:
@@ -190,7 +190,7 @@ def published_mask(**changes):
     """The published mask settings (conf/method/piggyback.yaml), with ``changes``."""
     from dataclasses import fields
 
-    from piggyback_lab.masking import MaskConfig
+    from piggyback_lab.methods.piggyback.layers import MaskConfig
     from piggyback_lab.runs.config import compose
 
     method = compose(["method=piggyback"]).method

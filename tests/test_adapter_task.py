@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from piggyback_lab.masking import read_task_file
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.api import export_task, wrap
+from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import assert_refused_by_fold_and_host, edited_task_file
 

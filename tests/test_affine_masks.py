@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from piggyback_lab.masking import masked_layers, read_task_file
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.api import export_task, fold_task, wrap
+from piggyback_lab.methods.piggyback.masks import masked_layers
+from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import tiny_net
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from piggyback_lab.masking import add_masks, masked_layers
-from piggyback_lab.masking.taskfile import read_task_file
 from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.piggyback.masks import add_masks, masked_layers
 from piggyback_lab.methods.tasks import apply_task
 from piggyback_lab.models import build_backbone, classifier_name
 from piggyback_lab.models.surgery import prunable_weights
+from piggyback_lab.runs.config import compose
+from piggyback_lab.taskfile import read_task_file
 from tests.conftest import (
     CONF,
     TINY_BUDGET,
@@ -28,8 +28,10 @@ from tests.conftest import (
     train_in_process,
 )
 
-TORCHVISION_CONFIGS = sorted(  # configs that name torchvision weights
-    p.stem for p in (CONF / "backbone").glob("*.yaml") if "weights: IMAGENET1K" in p.read_text()
+TORCHVISION_CONFIGS = sorted(  # configs over the torchvision base (IMAGENET1K_V1 weights)
+    p.stem
+    for p in (CONF / "backbone").glob("*.yaml")
+    if "/backbone_base/torchvision@_here_" in p.read_text()
 )
 NEW_ONES = ("vit_b_16", "swin_t", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large")
 
@@ -42,7 +44,7 @@ def test_the_shipped_configs_cover_the_paper_and_the_modern_backbones() -> None:
 def test_config_states_what_the_registry_finds(name: str) -> None:
     import torchvision
 
-    cfg = OmegaConf.load(CONF / "backbone" / f"{name}.yaml")
+    cfg = compose([f"backbone={name}", "paths.output_dir=/out"]).backbone
     assert cfg.classifier == classifier_name(name)
     assert isinstance(build_backbone(name, None, 3).get_submodule(cfg.classifier), nn.Linear)
     weights = torchvision.models.get_model_weights(name)

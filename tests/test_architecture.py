@@ -7,6 +7,7 @@ forbidden import fails here before anyone has to draw the graph.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ SRC = ROOT / "src"
 LIBRARY_PACKAGE = "piggyback_lab"
 # Packages of the library, and what each may not import (beyond the run layer, the
 # reporting layer and the entry points, which no library module imports).
-LIBRARY = ("utils", "masking", "models", "data", "methods")
+LIBRARY = ("utils", "taskfile", "models", "data", "methods")
 FORBIDDEN = {
-    "masking": ("pytorch_lightning", "lightning", "piggyback_lab.data", "piggyback_lab.methods"),
+    "taskfile": ("pytorch_lightning", "lightning", "piggyback_lab.data", "piggyback_lab.methods"),
     "data": ("piggyback_lab.methods",),
     "methods": ("piggyback_lab.data",),
 }
@@ -158,7 +159,7 @@ def _package(name: str) -> str:
 
 
 def test_no_package_cycle() -> None:
-    """Packages, not only modules, import one way (models never imports masking back)."""
+    """Packages, not only modules, import one way (models never imports methods back)."""
     packages: dict[str, set[str]] = {}
     for name, targets in GRAPH.items():
         packages.setdefault(_package(name), set()).update(
@@ -251,3 +252,81 @@ def test_the_name_branch_check_finds_each_kind_of_branch(tmp_path: Path) -> None
     )
     hits = name_branches(branchy, _method_names())
     assert sorted(h.split(": ")[1] for h in hits) == ["'full'", "'packnet'", "'piggyback'"]
+
+
+MAX_FUNCTION_LINES = 60  # one screen: a function longer than this is split into named steps
+
+
+def test_every_function_fits_on_one_screen() -> None:
+    """A run reads top to bottom: no function under src/ is longer than one screen (ruff's
+    C901 and PLR0915 keep their complexity and statement counts; this keeps their length)."""
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
+        for path in MODULES.values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (length := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES
+    ]
+    assert long == []
+
+
+# The run layer's spine and the records' writer: what they say of a trained state comes from
+# the method's hooks (``state_facts``, ``as_pretrained``), never in a method's own words.
+METHOD_NEUTRAL = ("single", "sequence", "records", "identity", "builders", "evaluate", "sweep")
+# (piggyback_lab and piggyback-lab name the project, not the method)
+METHOD_WORDS = re.compile(r"mask|threshold|prune|lora|adapter|packnet|piggyback(?![_-]lab)", re.I)
+
+
+def spoken_words(path: Path) -> list[str]:
+    """The names and strings of ``path``'s code (not its comments or docstrings) that use a
+    method's vocabulary."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    words = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        elif isinstance(node, ast.alias):
+            text = node.name
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = "" if id(node) in docstrings else node.value
+        else:
+            continue
+        if METHOD_WORDS.search(text):
+            words.append(f"{path.name}:{getattr(node, 'lineno', '?')}: {text[:60]!r}")
+    return words
+
+
+@pytest.mark.parametrize("module", METHOD_NEUTRAL)
+def test_the_run_spine_speaks_no_methods_vocabulary(module: str) -> None:
+    assert spoken_words(MODULES[f"{LIBRARY_PACKAGE}.runs.{module}"]) == []
+
+
+def test_the_vocabulary_check_finds_a_methods_words(tmp_path: Path) -> None:
+    spoken = tmp_path / "spoken.py"
+    spoken.write_text(
+        '"""Docstrings may say mask."""\nfrom x import add_masks\n'
+        'def f(r):\n    """Nor here: threshold."""\n    # a mask in a comment is fine\n'
+        '    return r["mask_density"], masked_layers(r)\n'
+    )
+    hits = sorted(h.split(": ", 1)[1] for h in spoken_words(spoken))
+    assert hits == ["'add_masks'", "'mask_density'", "'masked_layers'"]
+
+
+def test_no_package_named_src_is_installed() -> None:
+    """The wheel's packages are found under src/ (the src layout), so ``src`` itself, the
+    clone's entry points, is never installed beside other projects' (test_wheel.py builds the
+    wheel and looks inside)."""
+    import tomllib
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert find["find"]["where"] == ["src"] and find["find"]["include"] == [f"{LIBRARY_PACKAGE}*"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from piggyback_lab.masking import pack_bits, write_task_file
+from piggyback_lab.taskfile import pack_bits, write_task_file
 from src.compress import main
 from tests.conftest import run_module
 

@@ -20,7 +20,7 @@ from piggyback_lab.data.decathlon import (
     read_split,
     read_stats,
 )
-from piggyback_lab.masking import add_masks, masked_layers
+from piggyback_lab.methods.piggyback.masks import add_masks, masked_layers
 from piggyback_lab.models.resnet26 import ResNet26, convert_original_state_dict
 from piggyback_lab.reporting.decathlon import (
     BASELINE_ACCURACY,

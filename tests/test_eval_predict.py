@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from piggyback_lab.masking import read_task_file
 from piggyback_lab.methods.packnet.state import PackNetState
 from piggyback_lab.runs.builders import build_image_transforms
 from piggyback_lab.runs.evaluate import compose_config, evaluate
 from piggyback_lab.runs.predict import image_paths, load_images, predict
 from piggyback_lab.runs.records import COMMON_KEYS, read_records
+from piggyback_lab.taskfile import read_task_file
 from piggyback_lab.utils.errors import UserError, exit_on_user_error
 from tests.conftest import TINY_BUDGET, make_image_folder, run_module, train_in_process
 from tests.test_multitask import make_packnet_state, other_weights
@@ -69,6 +69,19 @@ def test_eval_reproduces_the_training_top1(trained: Path, minicnn_weights: Path)
         assert evals[name]["n_test"] == 2 * TASKS[name]
         assert evals[name]["test_transforms"]["size"] == TRAINED_SIZE[name]  # as it trained
         assert Path(evals[name]["record_path"]).parent == trained / "results" / "evals"
+
+
+@pytest.mark.parametrize("form", ["comma", "list"])
+def test_eval_takes_a_list_of_task_files_as_the_readme_writes_it(
+    trained: Path, minicnn_weights: Path, form: str
+) -> None:
+    """``tasks=a,b`` and ``tasks=[a,b]``: at a6ce102 the first was Hydra's "Ambiguous
+    value" and the second a stringified list; only ``tasks="'a,b'"`` worked."""
+    a, b = sorted((trained / "results" / "tasks").glob("*.safetensors"))
+    listed = f"{a},{b}" if form == "comma" else f"[{a},{b}]"
+    out = trained / f"evals_{form}"
+    records = evaluate([f"tasks={listed}", f"out={out}", *common(trained, minicnn_weights)])
+    assert sorted(r["task_file"] for r in records) == [str(a), str(b)]
 
 
 def test_a_task_is_tested_at_the_size_it_trained_at_unless_told_otherwise(trained: Path) -> None:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from piggyback_lab.masking import masked_layers, read_task_file, write_task_file
 from piggyback_lab.methods.api import export_task, wrap
 from piggyback_lab.methods.multitask import MultiTaskModel, top_classes
 from piggyback_lab.methods.packnet.state import (
@@ -26,7 +25,9 @@ from piggyback_lab.methods.packnet.state import (
     prune_owner,
     unpack_owners,
 )
+from piggyback_lab.methods.piggyback.masks import masked_layers
 from piggyback_lab.models import build_backbone
+from piggyback_lab.taskfile import read_task_file, write_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import tiny_net
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from piggyback_lab.masking import state_digest
 from piggyback_lab.models import pretrained_state
 from piggyback_lab.reporting.tables import variant_key
 from piggyback_lab.runs.config import compose
 from piggyback_lab.runs.identity import existing_record, run_identity, weights_fingerprint
 from piggyback_lab.runs.records import write_record
+from piggyback_lab.taskfile import state_digest
 
 
 def test_a_weights_file_counts_by_its_tensors(tmp_path: Path) -> None:

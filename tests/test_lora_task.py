@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from piggyback_lab.masking import read_task_file
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.api import export_task, wrap
 from piggyback_lab.methods.lora.layer import lora_layers
+from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import (
     assert_folded_and_hosted_match,

@@ -9,16 +9,16 @@ import torch
 import torchvision
 from torch import nn
 
-from piggyback_lab.masking import (
-    Binarizer,
-    Ternarizer,
+from piggyback_lab.methods.piggyback.masks import (
     add_masks,
+    keep_all_weights,
     mask_densities,
     masked_layers,
 )
-from piggyback_lab.masking.model_surgery import keep_all_weights, overall_density, plain_state_dict
+from piggyback_lab.methods.piggyback.threshold import Binarizer, Ternarizer
+from piggyback_lab.methods.registry import overall_density
 from piggyback_lab.models import build_backbone
-from piggyback_lab.models.surgery import freeze_norms
+from piggyback_lab.models.surgery import freeze_norms, plain_state_dict
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import published_mask
 

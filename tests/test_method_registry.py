@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import tests.tiny_method  # noqa: F401  (registers tiny_scale)
-from piggyback_lab.masking import read_task_file
 from piggyback_lab.methods import method_names, method_of
 from piggyback_lab.methods.multitask import MultiTaskModel
 from piggyback_lab.methods.registry import TaskMethod, register
@@ -18,6 +17,7 @@ from piggyback_lab.methods.tasks import apply_task
 from piggyback_lab.models import build_backbone
 from piggyback_lab.runs.evaluate import evaluate
 from piggyback_lab.runs.records import read_records
+from piggyback_lab.taskfile import read_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import ROOT, make_image_folder, tiny_overrides, train_in_process
 
@@ -96,8 +96,8 @@ def test_a_kind_or_name_is_registered_once() -> None:
 
 
 def test_an_unknown_kind_is_one_error(tmp_path: Path, tasks) -> None:
-    from piggyback_lab.masking import write_task_file
     from piggyback_lab.methods.tasks import read_task
+    from piggyback_lab.taskfile import write_task_file
 
     tf = read_task_file(tasks["tiny_scale"])
     path = tmp_path / "foreign.safetensors"

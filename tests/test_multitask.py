@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from piggyback_lab.masking import masked_layers
 from piggyback_lab.methods.multitask import STRATEGIES, MultiTaskModel, task_paths
 from piggyback_lab.methods.packnet.state import PackNetState, claim_free, init_owners, prune_owner
+from piggyback_lab.methods.piggyback.masks import masked_layers
 from piggyback_lab.models import build_backbone
 from piggyback_lab.models.surgery import norm_layers
 from piggyback_lab.utils.errors import UserError

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from piggyback_lab.masking import read_task_file
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.api import export_task, fold_task, wrap
 from piggyback_lab.methods.multitask import MultiTaskModel
 from piggyback_lab.models import build_backbone
 from piggyback_lab.runs.evaluate import evaluate
 from piggyback_lab.runs.records import read_records
+from piggyback_lab.taskfile import read_task_file
 from tests.conftest import make_image_folder, tiny_overrides, train_in_process
 
 NEW = [

@@ -16,7 +16,6 @@ from omegaconf import open_dict
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from piggyback_lab.masking.taskfile import read_task_file, state_digest
 from piggyback_lab.methods.packnet.sequence import KeepBestEpoch, train_task
 from piggyback_lab.methods.packnet.state import (
     BASE,
@@ -35,6 +34,7 @@ from piggyback_lab.runs import config as run_config
 from piggyback_lab.runs.identity import run_identity
 from piggyback_lab.runs.records import COMMON_KEYS
 from piggyback_lab.runs.sequence import module_factory, run_sequence, sequence_id
+from piggyback_lab.taskfile import read_task_file, state_digest
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import CONF, make_image_folder
 

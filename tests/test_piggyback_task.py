@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from piggyback_lab.masking import masked_layers, read_task_file
-from piggyback_lab.masking.compress import binary_entropy, coded_sizes
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.api import export_task, wrap
 from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.piggyback.compress import binary_entropy, coded_sizes
+from piggyback_lab.methods.piggyback.masks import masked_layers
 from piggyback_lab.methods.piggyback.task import layer_mask
+from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import assert_refused_by_fold_and_host, edited_task_file, tiny_net
 

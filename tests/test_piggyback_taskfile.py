@@ -10,16 +10,16 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from piggyback_lab.masking import (
+from piggyback_lab.methods.tasks import apply_task
+from piggyback_lab.models import build_backbone
+from piggyback_lab.models.surgery import plain_state_dict
+from piggyback_lab.taskfile import (
     backbone_fingerprint,
     check_compatible,
     pack_bits,
     read_task_file,
     unpack_bits,
 )
-from piggyback_lab.masking.model_surgery import plain_state_dict
-from piggyback_lab.methods.tasks import apply_task
-from piggyback_lab.models import build_backbone
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import method_for, published_mask
 
@@ -152,7 +152,7 @@ def test_folding_the_stored_mask_gives_the_training_time_weights_bit_for_bit(
 ) -> None:
     """layer_mask hands back integer bits; W * bits must equal W * threshold(m) exactly,
     the sign of every zero included."""
-    from piggyback_lab.masking import add_masks, masked_layers
+    from piggyback_lab.methods.piggyback.masks import add_masks, masked_layers
     from piggyback_lab.methods.piggyback.task import layer_mask, piggyback_tensors
 
     model = plain_backbone()

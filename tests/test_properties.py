@@ -19,8 +19,6 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize
 
-from piggyback_lab.masking import add_masks, masked_layers
-from piggyback_lab.masking.taskfile import pack_bits, unpack_bits
 from piggyback_lab.methods.api import MultiTaskModel, export_task, wrap
 from piggyback_lab.methods.packnet.state import (
     BASE,
@@ -32,7 +30,9 @@ from piggyback_lab.methods.packnet.state import (
     prune_owner,
     unpack_owners,
 )
+from piggyback_lab.methods.piggyback.masks import add_masks, masked_layers
 from piggyback_lab.runs.records import read_record, run_id, write_record
+from piggyback_lab.taskfile import pack_bits, unpack_bits
 from tests.conftest import published_mask
 
 SLOW = settings(max_examples=15, suppress_health_check=[HealthCheck.too_slow])

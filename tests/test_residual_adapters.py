@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from piggyback_lab.masking import read_task_file
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.api import export_task, fold_task, wrap
 from piggyback_lab.methods.residual_adapters.layer import (
@@ -29,6 +28,7 @@ from piggyback_lab.methods.residual_adapters.layer import (
 )
 from piggyback_lab.models.resnet26 import ResNet26
 from piggyback_lab.models.surgery import stored_weight
+from piggyback_lab.taskfile import read_task_file
 from piggyback_lab.utils.errors import UserError
 
 FORMS = ["parallel_adapters", "series_adapters"]

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import piggyback_lab.methods  # noqa: F401  (registers the built-in methods)
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods.registry import (
     METHODS,
     TaskMethod,
@@ -23,6 +22,7 @@ from piggyback_lab.methods.registry import (
     method_named,
     register,
 )
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError
 
 PATH = Path("task.safetensors")
@@ -73,7 +73,7 @@ def test_a_task_without_class_names_takes_any_head() -> None:
 
 
 def test_a_task_stores_no_masks_by_default() -> None:
-    stats = TaskMethod().mask_stats(head_file(torch.zeros(3, 7), None, names(3)))
+    stats = TaskMethod().state_facts(head_file(torch.zeros(3, 7), None, names(3)))
     assert stats == {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
 
 

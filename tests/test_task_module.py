@@ -1,14 +1,18 @@
 """What every method's LightningModule shares (piggyback_lab/methods/base.py), called directly: the
 step schedule's checks, the metrics' k, what a step logs, a diverged loss, the norms it
-freezes and the memory format it leaves alone by default."""
+freezes, what trains against what the optimizer sees, and the memory format it leaves alone
+by default."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from piggyback_lab.methods.api import wrap
+from piggyback_lab.methods import config_names, method_names
+from piggyback_lab.methods.api import method_defaults, wrap
 from piggyback_lab.methods.base import TaskModule, check_schedule
+from piggyback_lab.methods.packnet.sequence import SEQUENCE_KEYS
+from piggyback_lab.methods.packnet.state import BASE, claim_free, init_owners, prune_owner
 from piggyback_lab.models import build_backbone
 from piggyback_lab.models.surgery import norm_layers
 from piggyback_lab.utils.errors import UserError
@@ -82,6 +86,50 @@ def test_norms_are_frozen_unless_the_method_trains_them(train_bn: bool) -> None:
     assert norms and all(p.requires_grad == train_bn for n in norms for p in n.parameters())
     task.train()
     assert all(n.training == train_bn for n in norms)
+
+
+def _on_minicnn(method: str, train_bn: bool) -> TaskModule:
+    """``method`` around a fresh minicnn; PackNet (whose ``train_bias_bn`` is its train_bn)
+    trains its first task on the half of the weights a pruned base freed."""
+    torch.manual_seed(0)
+    model = build_backbone("minicnn", None, 4)
+    if method != "packnet":
+        return wrap(model, method, classifier="classifier", train_bn=train_bn)
+    owners = init_owners(model, "classifier")
+    prune_owner(model, owners, "classifier", BASE, 0.5)
+    claim_free(owners, 1)
+    cls, optimizer, settings = method_defaults("packnet")
+    settings = {k: v for k, v in settings.items() if k not in SEQUENCE_KEYS}
+    return cls(
+        model=model,
+        classifier="classifier",
+        backbone="minicnn",
+        num_classes=4,
+        optimizer=optimizer,
+        owners=owners,
+        owner=1,
+        **{**settings, "train_bias_bn": train_bn},
+    )
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+# the project's methods, the ones wrap() builds (a test may register a method of its own)
+@pytest.mark.parametrize("method", [m for m in method_names() if m in config_names()])
+def test_what_trains_is_exactly_what_the_optimizer_sees(method: str, train_bn: bool) -> None:
+    """A parameter that requires grad but is in no group gets gradients nothing applies;
+    one in a group but frozen never changes: either way the method would not train what
+    it says it trains (and its trainable count would be wrong)."""
+    try:
+        task = _on_minicnn(method, train_bn)
+    except UserError as refused:  # a method that keeps the norms frozen (SSF)
+        assert train_bn and "train_bn" in str(refused)
+        return
+    names = {id(p): name for name, p in task.named_parameters()}
+    grouped = [names[id(p)] for group in task.param_groups() for p in group["params"]]
+    assert len(grouped) == len(set(grouped))  # no parameter in two groups
+    trains = {name for name, p in task.named_parameters() if p.requires_grad}
+    assert trains == set(grouped)
+    assert trains >= {"model.classifier.weight", "model.classifier.bias"}
 
 
 def test_batches_keep_their_memory_format_unless_channels_last_is_set() -> None:

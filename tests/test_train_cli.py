@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from piggyback_lab.masking import read_task_file
+from piggyback_lab.taskfile import read_task_file
 from tests.conftest import run_module, tiny_overrides
 
 

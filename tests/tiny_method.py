@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import TaskFile, prefixed, unprefixed
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.registry import TaskMethod, register
 from piggyback_lab.models.surgery import norm_layers
+from piggyback_lab.taskfile import TaskFile, prefixed, unprefixed
 
 
 def norm_scales(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -30,9 +30,7 @@ class TinyScale(TaskModule):
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         super().__init__(model, classifier, **kwargs)
-        model.requires_grad_(False)
-        for p in [*norm_scales(model).values(), *self.head.parameters()]:
-            p.requires_grad_(True)
+        self.train_only(norm_scales(model).values(), norms=False)  # and the classifier
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(norm_scales(self.model).values())},
@@ -40,7 +38,7 @@ class TinyScale(TaskModule):
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
         scales = {k: p.detach() for k, p in norm_scales(self.model).items()}
-        return {**prefixed(self.head.state_dict(), "classifier."), **prefixed(scales, "scale.")}
+        return {**self.head_tensors(), **prefixed(scales, "scale.")}
 
 
 register(TinyScaleTask())

@@ -431,4 +431,3 @@ def write_stats(
     if stats:
         update_stats_file(out, stats)
     return stats
-

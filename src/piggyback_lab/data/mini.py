@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from piggyback_lab.utils.errors import UserError, check_choice
 from piggyback_lab.utils.atomic import atomic_dir
+from piggyback_lab.utils.errors import UserError, check_choice
 
 FASHION_CLASSES = [
     "tshirt", "trouser", "pullover", "dress", "coat",

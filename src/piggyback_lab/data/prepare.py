@@ -29,7 +29,12 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 from torchvision.datasets.imagenet import ARCHIVE_META
 
-from piggyback_lab.utils.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json
+from piggyback_lab.utils.atomic import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+)
 from piggyback_lab.utils.checkout import CHECKOUT_ROOT
 from piggyback_lab.utils.errors import UserError
 
@@ -747,6 +752,34 @@ def fetch(
 # ----------------------------------------------------------------------------- entry point
 
 
+def _jobs(
+    name: str,
+    source: Path,
+    roots: list[Path],
+    archives: dict[str, Path],
+    work: Path,
+    sketch_split: dict | None,
+    progress: bool,
+) -> tuple[dict, str]:
+    """(the image jobs, the source's form): the authors' pre-split folders when found (not
+    for ImageNet), else the official release with its split."""
+    presplit = (
+        next((p for r in roots if (p := find_presplit(r, name))), None)
+        if name in OFFICIAL_NAMES
+        else None
+    )
+    if presplit is not None:
+        return presplit_jobs(presplit), "presplit"
+    if name == "wikiart":
+        raise UserError(f"wikiart: no train/ and test/ folders under {source}; {WHERE[name]}")
+    if name == "sketch":
+        split = load_sketch_split() if sketch_split is None else sketch_split
+        return sketch_jobs(roots, split), "official"
+    if name == "imagenet":
+        return imagenet_jobs(archives, work, progress), "official"
+    return {"cub": cub_jobs, "cars": cars_jobs, "flowers": flowers_jobs}[name](roots), "official"
+
+
 def prepare_dataset(
     name: str,
     source: str | os.PathLike,
@@ -782,24 +815,7 @@ def prepare_dataset(
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     with tempfile.TemporaryDirectory(prefix=f".{name}.source.", dir=out_dir) as work:
         roots = _source_roots(source, Path(work), checksums if verify else {})
-        presplit = (  # ImageNet has no authors' pre-split form
-            next((p for r in roots if (p := find_presplit(r, name))), None)
-            if name in OFFICIAL_NAMES
-            else None
-        )
-        if presplit is not None:
-            jobs, form = presplit_jobs(presplit), "presplit"
-        elif name == "wikiart":
-            raise UserError(f"wikiart: no train/ and test/ folders under {source}; {WHERE[name]}")
-        else:
-            form = "official"
-            if name == "sketch":
-                split = load_sketch_split() if sketch_split is None else sketch_split
-                jobs = sketch_jobs(roots, split)
-            elif name == "imagenet":
-                jobs = imagenet_jobs(archives, Path(work), progress)
-            else:
-                jobs = {"cub": cub_jobs, "cars": cars_jobs, "flowers": flowers_jobs}[name](roots)
+        jobs, form = _jobs(name, source, roots, archives, Path(work), sketch_split, progress)
         counts = check_counts(name, jobs, expected, allow_count_mismatch)
         mode = RESIZE_MODE.get(name, "short")
         manifest = {"dataset": name, "form": form, "counts": counts, "resize": resize,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -12,9 +13,14 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from piggyback_lab.masking import backbone_fingerprint, write_task_file
-from piggyback_lab.methods.registry import TaskMethod
-from piggyback_lab.models.surgery import freeze_norms, norm_layers, set_norms_eval
+from piggyback_lab.methods.registry import NO_MASKS, TaskMethod, norm_tensors
+from piggyback_lab.models.surgery import (
+    freeze_norms,
+    norm_layers,
+    prunable_weight_count,
+    set_norms_eval,
+)
+from piggyback_lab.taskfile import backbone_fingerprint, prefixed, write_task_file
 from piggyback_lab.utils.errors import UserError, check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
@@ -40,9 +46,11 @@ def check_schedule(lr_decay_every: int | None, lr_milestones: list[int] | None) 
 class TaskModule(pl.LightningModule):
     """A backbone with a task classifier, trained by a published recipe.
 
-    Subclasses decide what is trainable (``param_groups``) and what a task stores
-    (``task_tensors``). The backbone fingerprint is taken before any training. The recipe
-    (optimizer, learning rates, step schedule) comes from conf/method/<name>.yaml.
+    Subclasses decide what is trainable (``train_only``, ``param_groups``) and what a task
+    stores (``task_tensors``), from the parts every method shares (the freezing rule; the
+    classifier's group, rate and tensors; the norms'). The backbone fingerprint is taken
+    before any training. The recipe (optimizer, learning rates, step schedule) comes from
+    the method's typed config (its package's config.py).
     """
 
     task_method: type[TaskMethod]  # how its tasks are stored (its package's registration)
@@ -95,7 +103,9 @@ class TaskModule(pl.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.channels_last:
             x, y = batch
             return x.contiguous(memory_format=torch.channels_last), y
@@ -148,23 +158,76 @@ class TaskModule(pl.LightningModule):
         """The tensors a task file stores for this method."""
         raise NotImplementedError
 
-    def head_and_norm_groups(self) -> list[dict]:
-        """The classifier's group at ``classifier_lr`` (default: ``lr``) and, with
-        ``train_bn``, the norms' group at the same rate: what a method training a trunk
-        adapter adds after the adapter's own group."""
-        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
-        groups = [{"params": list(self.head.parameters()), "lr": classifier_lr}]
-        if self.hparams.train_bn:
-            norms = [p for m in norm_layers(self.model).values() for p in m.parameters()]
-            groups.append({"params": norms, "lr": classifier_lr})
-        return groups
-
     def task_meta(self) -> dict:
         """Method-specific metadata for the task file and the run record."""
         return {}
 
+    def state_facts(self) -> dict[str, Any]:
+        """What the run record says of the trained state beyond its size, in the words of
+        the method's ``state_facts`` for a stored task (a mask method: masked weights and
+        densities); the run layer writes it without reading it."""
+        return dict(NO_MASKS)
+
+    def as_pretrained(self) -> None:
+        """Make the network compute the pretrained one as it is, for scoring it on the data
+        it was trained on; a method whose fresh state changes the network undoes that here."""
+
+    # --- the shared parts subclasses build on ---------------------------------------------
+    def train_only(self, own: Iterable[nn.Parameter], *, norms: bool = True) -> None:
+        """Freeze the whole network but ``own`` (the method's tensors), the classifier and,
+        with ``train_bn``, the norm layers' parameters: every method's freezing rule, stated
+        once, so that what trains is what its ``param_groups`` hands the optimizer. Call it
+        once ``own`` exists (after attaching adapters or masks). ``norms=False``: the norms'
+        parameters stay frozen even with ``train_bn``, which then only lets their running
+        statistics follow the task's data (ClassifierOnly; BitFit's norm biases are own)."""
+        trained = [*own, *self.head.parameters()]  # read before freezing: own may be lazy
+        if norms and self.hparams.train_bn:
+            trained += self.norm_parameters()
+        self.model.requires_grad_(False)
+        for p in trained:
+            p.requires_grad_(True)
+
+    def norm_parameters(self) -> list[nn.Parameter]:
+        """Every norm layer's parameters: what ``train_bn`` trains."""
+        return [p for m in norm_layers(self.model).values() for p in m.parameters()]
+
+    @property
+    def head_lr(self) -> float:
+        """The classifier's learning rate: ``classifier_lr``, or ``lr`` when that is null. A
+        fresh classifier often wants a rate of its own; one rule keeps every method's
+        fallback the same."""
+        return self.hparams.classifier_lr or self.hparams.lr
+
+    def head_group(self) -> dict:
+        """The classifier's parameter group, at ``head_lr``, in the head's parameter order
+        (optimizer state is matched by position on resume)."""
+        return {"params": list(self.head.parameters()), "lr": self.head_lr}
+
+    def head_and_norm_groups(self) -> list[dict]:
+        """The classifier's group and, with ``train_bn``, the norms' group at the same rate:
+        what a method training a trunk adapter adds after the adapter's own group."""
+        groups = [self.head_group()]
+        if self.hparams.train_bn:
+            groups.append({"params": self.norm_parameters(), "lr": self.head_lr})
+        return groups
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The classifier's state under ``classifier.``: what every task stores of its head
+        (``TaskMethod.head_state`` reads it back)."""
+        return prefixed(self.head.state_dict(), "classifier.")
+
+    def trained_norm_tensors(self) -> dict[str, torch.Tensor]:
+        """Every norm's state (``norm_tensors``) when ``train_bn`` lets it follow the task's
+        data; none otherwise, as the backbone's own norms then serve the task."""
+        return norm_tensors(self.model) if self.hparams.train_bn else {}
+
+    def trunk_meta(self) -> dict[str, int]:
+        """``trunk_weights``, the count of prunable trunk weights: the unit a task storing
+        trunk state reports its storage in (``stored_bits_per_weight`` divides by it)."""
+        return {"trunk_weights": prunable_weight_count(self.model, self.classifier)}
+
     # ---------------------------------------------------------------------------------
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = self.optimizer_factory(self.trainable_parameters(), lr=hp.lr)
         if hp.get("lr_milestones") is not None:

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import TaskFile, backbone_fingerprint, check_compatible
 from piggyback_lab.methods.registry import HostedTask, check_head_fits, check_state_fits, method_of
 from piggyback_lab.methods.tasks import read_task
 from piggyback_lab.models import build_backbone, classifier_name
 from piggyback_lab.models.surgery import linear_from_state, prunable_weights, replace_module
+from piggyback_lab.taskfile import TaskFile, backbone_fingerprint, check_compatible
 from piggyback_lab.utils.errors import UserError
 
 STRATEGIES = ("restore", "copy")

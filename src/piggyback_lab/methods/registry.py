@@ -13,22 +13,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from piggyback_lab.masking.model_surgery import is_masked
-from piggyback_lab.masking.taskfile import TaskFile, unprefixed
 from piggyback_lab.models.surgery import (
+    is_parametrized,
     linear_from_state,
     norm_layers,
     prunable_weights,
     replace_module,
 )
+from piggyback_lab.taskfile import TaskFile, unprefixed
 from piggyback_lab.utils.errors import UserError
 
+if TYPE_CHECKING:
+    from piggyback_lab.methods.sequence import SequenceAlgorithm
+
 NO_MASKS = {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
+
+
+def overall_density(density: dict[str, float], sizes: dict[str, int]) -> float | None:
+    """Share of all ``sizes``' weights kept, from per-layer ``density`` (None: no layers)."""
+    total = sum(sizes.values())
+    return sum(density[n] * sizes[n] for n in sizes) / total if total else None
 
 
 @dataclass
@@ -59,17 +68,15 @@ class TaskMethod:
     the plain backbone; a method overrides what it adds.
     """
 
-    name: str = ""  # conf/method/<name>.yaml's ``name``: records and tables use it
+    name: str = ""  # its config's ``name`` (method=<name>): records and tables use it
     kind: str = ""  # the task-file kind (``meta["kind"]``) its tasks are stored as
     shared_network: bool = False  # one file holds its own network and several tasks
     decathlon_recipe: str = "no published Decathlon recipe"  # printed under the scores
 
-    def __init__(self, sequence: Any = None) -> None:
+    def __init__(self, sequence: SequenceAlgorithm | None = None) -> None:
         """``sequence``: for a method that trains a whole task sequence in one job (names
-        ``method.tasks``), the module of its algorithm (see
-        piggyback_lab/methods/packnet/sequence.py:
-        ``SEQUENCE_KEYS``, ``check_settings``, ``build_base``, ``retrain_base``,
-        ``train_task``, ``evaluate_from_file``, ``task_facts``, ``load_state``)."""
+        ``method.tasks``), the module of its algorithm, a ``SequenceAlgorithm``
+        (piggyback_lab/methods/sequence.py; PackNet's: methods/packnet/sequence.py)."""
         self.sequence = sequence
 
     # --- reading --------------------------------------------------------------------
@@ -145,7 +152,7 @@ class TaskMethod:
         """Bits per weight of each mask coding (src.compress); None: the task has no masks."""
         return None
 
-    def mask_stats(self, tf: TaskFile) -> dict[str, Any]:
+    def state_facts(self, tf: TaskFile) -> dict[str, Any]:
         """Masked weights and densities, as training records them."""
         return dict(NO_MASKS)
 
@@ -177,7 +184,7 @@ class WeightRewriteTask(TaskMethod):
 
     @torch.no_grad()
     def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
-        if is_masked(model):  # any parametrization: peft's merge, say, drops an update there
+        if is_parametrized(model):  # any parametrization: peft's merge, say, drops an update there
             raise ValueError("fold expects a plain backbone, not a parametrized model")
         weights = prunable_weights(model, classifier)
         self.check_fits(tf, weights)

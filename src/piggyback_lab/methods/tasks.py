@@ -10,8 +10,8 @@ import os
 
 from torch import nn
 
-from piggyback_lab.masking.taskfile import TaskFile, read_task_file
 from piggyback_lab.methods.registry import method_of
+from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
 
 REQUIRED_META = ("kind", "backbone", "fingerprint")

@@ -336,14 +336,18 @@ def pretrained_classifier(name: str, weights: str | None) -> dict[str, torch.Ten
 
 
 def build_backbone(
-    name: str, weights: str | None, num_classes: int | None, keep_classifier: bool = False
+    name: str,
+    weights: str | None,
+    num_classes: int | None = None,
+    keep_classifier: bool = False,
 ) -> nn.Module:
-    """The named network with its pretrained weights and a fresh ``num_classes`` classifier.
+    """The named network with its pretrained weights and a fresh ``num_classes`` classifier
+    (None: the pretrained classifier as it is, whatever its size).
 
     ``weights`` is a torchvision weights name (e.g. IMAGENET1K_V1), a file path
-    (.safetensors or a weights-only torch file), or None for random initialisation.
-    ``keep_classifier``: keep the pretrained classifier instead (scoring the network on the
-    data it was trained on); it must have ``num_classes`` outputs (None: whatever it has).
+    (.safetensors or a weights-only torch file), a packaged weights name, a timm tag, or
+    None for random initialisation. ``keep_classifier``: keep the pretrained classifier, which
+    must have ``num_classes`` outputs (scoring the network on the data it was trained on).
     """
     spec = _spec(name)
     model = spec.build()
@@ -365,8 +369,7 @@ def build_backbone(
             )
     old, stored = model.get_submodule(spec.classifier), own_head.get("weight")
     if num_classes is None:  # keep the stored classifier, whatever its size
-        if not keep_classifier:
-            raise ValueError("build_backbone: num_classes=None needs keep_classifier=True")
+        keep_classifier = True
         num_classes = 0 if stored is None else stored.shape[0]
     new = nn.Linear(old.in_features, num_classes)
     if keep_classifier:

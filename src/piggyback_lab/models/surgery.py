@@ -12,6 +12,7 @@ weight under a parametrization (a mask) counts as the stored weight it wraps.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import torch
@@ -111,3 +112,21 @@ def linear_from_state(state: dict[str, torch.Tensor]) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
     layer.load_state_dict(state)
     return layer
+
+
+PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")  # a parametrized weight
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without its weight parametrizations (a method's masks or adapters):
+    each parametrized weight under its plain key, the parametrizations' own tensors left out."""
+    return {
+        PARAMETRIZED.sub(r".\1", key): value
+        for key, value in model.state_dict().items()
+        if ".parametrizations." not in key or PARAMETRIZED.search(key)
+    }
+
+
+def is_parametrized(model: nn.Module) -> bool:
+    """Whether any weight of ``model`` carries a parametrization (a method's masks, LoRA)."""
+    return any(parametrize.is_parametrized(m) for m in model.modules())

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.multitask import TASK_SUFFIX, task_paths
 from piggyback_lab.methods.tasks import read_task
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError
 
 HOW = f"pass task files (*{TASK_SUFFIX}) or a folder of them"

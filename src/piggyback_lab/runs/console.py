@@ -24,7 +24,19 @@ NOISE = (
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning's adverts and info lines and the warnings in ``NOISE``."""
+    """Silence Lightning's adverts and info lines and the warnings in ``NOISE``.
+
+    Imported before Hydra set up logging (the method configs register on import, before the
+    command line is composed), Lightning gives its logger a stderr handler of its own; its
+    records go through the root logger's handlers (Hydra's job log) instead, as they do when
+    Lightning is imported later, so an info line ("Received SIGTERM") does not reach stderr.
+    """
+    for name in ("pytorch_lightning", "lightning.pytorch"):
+        own = logging.getLogger(name)
+        if logging.getLogger().hasHandlers() and not own.propagate:
+            for handler in [h for h in own.handlers if type(h) is logging.StreamHandler]:
+                own.removeHandler(handler)
+            own.propagate = True
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in NOISE:

@@ -7,9 +7,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from piggyback_lab.masking import state_digest
 from piggyback_lab.models import load_state_dict_file, pretrained_state, weights_source
 from piggyback_lab.runs.records import read_record, run_id
+from piggyback_lab.taskfile import state_digest
 from piggyback_lab.utils.errors import UserError
 from piggyback_lab.utils.output import say
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.multitask import TASK_SUFFIX, MultiTaskModel, top_classes
 from piggyback_lab.methods.tasks import read_task
@@ -23,6 +22,7 @@ from piggyback_lab.models.registry import classifier_name, pretrained_class_name
 from piggyback_lab.runs.builders import build_image_transforms
 from piggyback_lab.runs.config import compose
 from piggyback_lab.runs.evaluate import compose_config, pick_device, training_overrides
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError, check_choice, check_integer
 
 FORMATS = ("table", "jsonl")
@@ -48,7 +48,9 @@ def image_paths(spec: str) -> list[Path]:
     return paths
 
 
-def load_images(paths: Sequence[Path], transform) -> tuple[list[Path], torch.Tensor | None]:
+def load_images(
+    paths: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]
+) -> tuple[list[Path], torch.Tensor | None]:
     """Transformed images; files that are not images are named in a warning and skipped."""
     kept, tensors = [], []
     for path in paths:

@@ -111,22 +111,28 @@ def run_record(
     return {**common, **facts}  # a common key in facts is a TypeError: each is a parameter
 
 
-def code_version() -> dict[str, Any]:
-    """The git commit of the code that ran, and whether the tree had local changes."""
-    root = CHECKOUT_ROOT
+# Where untracked files are code or configs that a run may use (a method just added).
+CODE_FOLDERS = ("src", "conf")
+
+
+def code_version(root: Path = CHECKOUT_ROOT) -> dict[str, Any]:
+    """The git commit of the code that ran, and whether the tree differed from it: local
+    changes, or files git does not track under the code and config folders (listed)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root, capture_output=True, text=True, check=True,
-            ).stdout.strip()
-        )  # fmt: skip
+        sha = git("rev-parse", "HEAD").strip()
+        changed = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", *CODE_FOLDERS)
     except (OSError, subprocess.CalledProcessError):
         return {"git": None, "dirty": None}
-    return {"git": sha, "dirty": dirty}
+    listed = sorted(untracked.split())
+    version = {"git": sha, "dirty": changed or bool(listed)}
+    return {**version, "untracked": listed} if listed else version
 
 
 def device_name(device: torch.device | None = None) -> str:

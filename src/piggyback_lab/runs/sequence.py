@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from piggyback_lab.methods import method_named
+from piggyback_lab.methods.sequence import SequenceAlgorithm
 from piggyback_lab.models import normalisation
 from piggyback_lab.runs.builders import (
     build_datamodule,
@@ -45,7 +47,7 @@ from piggyback_lab.utils.random_state import rng_state, set_rng_state
 BASE_DATASETS = ("fashion_mnist",)  # base data that is not a dataset config (no record)
 
 
-def algorithm(cfg: DictConfig) -> Any:
+def algorithm(cfg: DictConfig) -> SequenceAlgorithm:
     """The configured method's sequence algorithm (its registration's ``sequence``)."""
     method = method_named(str(cfg.method.name))
     if method is None or method.sequence is None:
@@ -190,6 +192,37 @@ def run_sequence(cfg: DictConfig) -> list[dict[str, Any]]:
     return records
 
 
+@dataclass
+class SequenceRun:
+    """One sequence job's settings and, as its phases go, its state and results."""
+
+    cfg: DictConfig
+    tasks: list[str]
+    scored: list[str]  # every task that gets a record (the scored base first)
+    task_cfgs: dict[str, DictConfig]
+    identities: dict[str, tuple[str, dict[str, Any]]]
+    seq_id: str
+    progress_dir: Path
+    algo: SequenceAlgorithm
+    base_task: str | None
+    state: Any = None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base_info: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+    datamodules: dict[str, pl.LightningDataModule] = field(default_factory=dict)
+
+    @property
+    def progress_path(self) -> Path:
+        return self.progress_dir / "progress.safetensors"
+
+    @property
+    def weights(self) -> str | None:
+        return str(self.cfg.backbone.weights) if self.cfg.backbone.weights else None
+
+    def save_progress(self) -> None:
+        save_progress(self.progress_path, self.state, self.results, self.base_info)
+
+
 def _run(
     cfg: DictConfig,
     tasks: list[str],
@@ -199,59 +232,79 @@ def _run(
     seq_id: str,
     progress_dir: Path,
 ) -> list[dict[str, Any]]:
-    """The sequence itself, under its lock; returns the records, not yet written."""
-    algo = algorithm(cfg)
-    name = str(cfg.method.name)
-    base_task = scored_base_task(cfg)
-    progress_path = progress_dir / "progress.safetensors"
-    resumed = None if cfg.force else load_progress(cfg, progress_path, seq_id)
-    weights = str(cfg.backbone.weights) if cfg.backbone.weights else None
+    """The sequence under its lock, phase by phase: start (or resume), every dataset, the
+    base, the tasks in order, then every task again from the written state; returns the
+    records, not yet written."""
+    seq = SequenceRun(
+        cfg, tasks, scored, task_cfgs, identities, seq_id, progress_dir,
+        algo=algorithm(cfg), base_task=scored_base_task(cfg),
+    )  # fmt: skip
+    rng = _start_or_resume(seq)
+    for task in scored:  # every dataset is checked before any training
+        seq.datamodules[task] = build_datamodule(task_cfgs[task])
+        seq.datamodules[task].setup("fit")
+    if rng is not None:
+        set_rng_state(rng)  # as it was when the last finished task ended
+    elif seq.algo.retrains_base(cfg.method):
+        _retrain_base(seq)
+    _train_tasks(seq)
+    return _evaluate_and_record(seq)
+
+
+def _start_or_resume(seq: SequenceRun) -> dict[str, Any] | None:
+    """The base network and its meta, built or read back from the progress file; returns
+    the saved random states when resuming."""
+    cfg = seq.cfg
+    resumed = None if cfg.force else load_progress(cfg, seq.progress_path, seq.seq_id)
     if resumed is None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        state, base_info = algo.build_base(cfg.method, cfg.backbone.name, weights, tasks, base_task)
-        state.meta.update({"seed": cfg.seed, "sequence_id": seq_id})
-        results: dict[str, dict[str, Any]] = {}
+        seq.state, seq.base_info = seq.algo.build_base(
+            cfg.method, cfg.backbone.name, seq.weights, seq.tasks, seq.base_task
+        )
+        seq.state.meta.update({"seed": cfg.seed, "sequence_id": seq.seq_id})
+        rng = None
     else:
-        state, results, base_info, rng = resumed
-        say(f"resuming the {name} sequence after {len(state.tasks)} finished task(s): "
-            f"{', '.join(state.tasks)} ({progress_path})")  # fmt: skip
+        seq.state, seq.results, seq.base_info, rng = resumed
+        seq.resumed = True
+        say(f"resuming the {cfg.method.name} sequence after {len(seq.state.tasks)} finished "
+            f"task(s): {', '.join(seq.state.tasks)} ({seq.progress_path})")  # fmt: skip
     # each task is tested later (src.eval) at the transforms it trained with
-    state.meta["task_transforms"] = {
-        t: OmegaConf.to_container(c.dataset.transforms, resolve=True) for t, c in task_cfgs.items()
+    seq.state.meta["task_transforms"] = {
+        t: OmegaConf.to_container(c.dataset.transforms, resolve=True)
+        for t, c in seq.task_cfgs.items()
     }
-    datamodules: dict[str, pl.LightningDataModule] = {}
-    for task in scored:  # every dataset is checked before any training
-        datamodules[task] = build_datamodule(task_cfgs[task])
-        datamodules[task].setup("fit")
-    if resumed is not None:
-        set_rng_state(rng)  # as it was when the last finished task ended
-    elif algo.retrains_base(cfg.method):
-        base_start = time.time()
-        base_ckpt_dir = progress_dir / "base"
-        data = base_data(cfg, datamodules.get(base_task))
-        resume = None if cfg.force else resumable_checkpoint(
-            base_ckpt_dir / "last.ckpt", algo.base_run_id(state)
-        )  # fmt: skip
+    return rng
 
-        def base_trainer(epochs: int, callbacks: list | tuple = (), **kwargs: Any) -> pl.Trainer:
-            return build_trainer(cfg, epochs, logger=False, callbacks=list(callbacks), **kwargs)
 
-        retrained = algo.retrain_base(
-            cfg.method, state, data, module_factory(cfg), base_trainer, base_ckpt_dir,
-            weights, resume,
-        )  # fmt: skip
-        base_info["base_retrain"] = state.meta["base_retrain"] = retrained
-        if base_task is not None:
-            results[base_task] = {
-                "top1_after_task": retrained["top1"],
-                "top5_after_task": retrained["top5"],
-                **{k: retrained[k] for k in ("val_top1", "eval_split", "trainable_params")},
-                "epochs": retrained["epochs"],
-                "pruned": True,  # the base is pruned before its retraining
-                "wall_time_s": round(time.time() - base_start, 2),
-            }
-        save_progress(progress_path, state, results, base_info)
-        shutil.rmtree(base_ckpt_dir, ignore_errors=True)  # the progress file holds it now
+def _retrain_base(seq: SequenceRun) -> None:
+    """Retrain the pruned base on its own data (resumable); a scored base gets results."""
+    cfg, algo = seq.cfg, seq.algo
+    base_start = time.time()
+    base_ckpt_dir = seq.progress_dir / "base"
+    data = base_data(cfg, seq.datamodules.get(seq.base_task))
+    resume = None if cfg.force else resumable_checkpoint(
+        base_ckpt_dir / "last.ckpt", algo.base_run_id(seq.state)
+    )  # fmt: skip
+
+    def base_trainer(epochs: int, callbacks: list | tuple = (), **kwargs: Any) -> pl.Trainer:
+        return build_trainer(cfg, epochs, logger=False, callbacks=list(callbacks), **kwargs)
+
+    retrained = algo.retrain_base(
+        cfg.method, seq.state, data, module_factory(cfg), base_trainer, base_ckpt_dir,
+        seq.weights, resume,
+    )  # fmt: skip
+    seq.base_info["base_retrain"] = seq.state.meta["base_retrain"] = retrained
+    if seq.base_task is not None:
+        seq.results[seq.base_task] = {
+            **algo.scored_base_result(retrained),
+            "wall_time_s": round(time.time() - base_start, 2),
+        }
+    seq.save_progress()
+    shutil.rmtree(base_ckpt_dir, ignore_errors=True)  # the progress file holds it now
+
+
+def _trainer_factory(cfg: DictConfig) -> Any:
+    """``make_trainer(epochs, log_name, callbacks)`` for the tasks' phases."""
     no_val = {"limit_val_batches": 0} if cfg.protocol == "final" else {}  # nothing held out
 
     def make_trainer(
@@ -266,37 +319,51 @@ def _run(
             **no_val,
         )
 
-    base_extras = algo.base_extras(cfg.method, state)
+    return make_trainer
+
+
+def _train_tasks(seq: SequenceRun) -> None:
+    """Each task not yet finished, in order; progress is saved after each but the last."""
+    cfg, algo, tasks = seq.cfg, seq.algo, seq.tasks
+    name = str(cfg.method.name)
+    make_trainer = _trainer_factory(cfg)
+    base_extras = algo.base_extras(cfg.method, seq.state)
     for position, task in enumerate(tasks):
-        if task in state.tasks:  # finished before an interruption
+        if task in seq.state.tasks:  # finished before an interruption
             continue
         task_start = time.time()
-        results[task] = algo.train_task(
+        seq.results[task] = algo.train_task(
             cfg.method,
-            state,
+            seq.state,
             task,
-            datamodules[task],
-            module_factory(task_cfgs[task]),
+            seq.datamodules[task],
+            module_factory(seq.task_cfgs[task]),
             lambda epochs, callbacks=(), t=task: make_trainer(epochs, f"{name}/{t}", callbacks),
             base_extras,
         )
-        results[task]["wall_time_s"] = round(time.time() - task_start, 2)
+        seq.results[task]["wall_time_s"] = round(time.time() - task_start, 2)
         say(
             f"{name} task {position + 1}/{len(tasks)} {task}: top-1 "
-            f"{algo.percent(results[task]['top1_after_task'])} right after its training"
+            f"{algo.percent(seq.results[task]['top1_after_task'])} right after its training"
         )
         if task != tasks[-1]:
-            save_progress(progress_path, state, results, base_info)
+            seq.save_progress()
 
-    state_path = Path(cfg.paths.tasks_dir) / f"{seq_id}.safetensors"
+
+def _evaluate_and_record(seq: SequenceRun) -> list[dict[str, Any]]:
+    """Write the state once, score every task from the file, and make the records."""
+    cfg, algo, state = seq.cfg, seq.algo, seq.state
+    state_path = Path(cfg.paths.tasks_dir) / f"{seq.seq_id}.safetensors"
     state_bytes = state.save(state_path)
-    final = algo.evaluate_from_file(state_path, datamodules, module_factory(cfg), make_trainer)
-    sequence_s = round(sum(r["wall_time_s"] for r in results.values()), 2)
+    final = algo.evaluate_from_file(
+        state_path, seq.datamodules, module_factory(cfg), _trainer_factory(cfg)
+    )
+    sequence_s = round(sum(r["wall_time_s"] for r in seq.results.values()), 2)
     records = []
-    for position, task in enumerate(scored, start=-1 if base_task else 0):
-        rid, config = identities[task]
-        facts = algo.task_facts(state, task, position, results[task], final[task], state_bytes,
-                                base_info)  # fmt: skip
+    for position, task in enumerate(seq.scored, start=-1 if seq.base_task else 0):
+        rid, config = seq.identities[task]
+        facts = algo.task_facts(state, task, position, seq.results[task], final[task],
+                                state_bytes, seq.base_info)  # fmt: skip
         wall_time_s = facts.pop("wall_time_s")
         records.append(
             run_record(
@@ -304,7 +371,7 @@ def _run(
                 source="train",
                 dataset=task,
                 backbone=cfg.backbone.name,
-                method=name,
+                method=str(cfg.method.name),
                 seed=cfg.seed,
                 protocol=cfg.protocol,
                 top1=final[task][0],
@@ -317,9 +384,10 @@ def _run(
                 **facts,
                 config=config,
                 sequence_wall_time_s=sequence_s,  # training time, across resumes
-                sequence_resumed=resumed is not None,
+                sequence_resumed=seq.resumed,
             )
         )
-    say(f"{name} state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> {state_path}")
-    progress_path.unlink(missing_ok=True)
+    say(f"{cfg.method.name} state ({state_bytes / 1e6:.3f} MB, {state.bits} bits/weight) -> "
+        f"{state_path}")  # fmt: skip
+    seq.progress_path.unlink(missing_ok=True)
     return records

@@ -8,6 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from piggyback_lab.data import eval_split
-from piggyback_lab.masking import (
-    keep_all_weights,
-    mask_densities,
-    masked_layers,
-    overall_density,
-    state_digest,
-)
 from piggyback_lab.runs.builders import (
     build_callbacks,
     build_checkpoint,
@@ -37,6 +31,7 @@ from piggyback_lab.runs.identity import existing_record, run_identity
 from piggyback_lab.runs.records import run_record, write_record
 from piggyback_lab.runs.resume import resumable_checkpoint, run_lock
 from piggyback_lab.runs.wandb_summary import log_run_summary
+from piggyback_lab.taskfile import state_digest
 from piggyback_lab.utils.distributed import all_ranks_agree
 from piggyback_lab.utils.errors import UserError
 from piggyback_lab.utils.output import say
@@ -59,104 +54,148 @@ class TrainingClock(pl.Callback):
         self.before, self.started = float(state["seconds"]), time.time()
 
 
+@dataclass
+class Run:
+    """What one training run is made of, built before any training."""
+
+    rid: str
+    config: dict[str, Any]  # the resolved config, as recorded
+    record_path: Path
+    task_path: Path
+    ckpt_dir: Path
+    datamodule: pl.LightningDataModule = None
+    method: pl.LightningModule = None
+    trainer: pl.Trainer = None
+    checkpoint: Any = None
+    clock: TrainingClock = None
+    as_is: bool = False  # scores the pretrained network on its own data, no training
+    selects: bool = True  # picks an epoch on a validation split (protocol=final: the last)
+
+
 def run_single(cfg: DictConfig) -> dict[str, Any] | None:
-    """Train one task; returns its record (None when skipped, or on ranks other than 0)."""
+    """Train one task; returns its record (None when skipped, or on ranks other than 0).
+
+    The phases, top to bottom: identify the run (skip it when recorded), build, fit (or
+    score the pretrained network as it is), test, write the task file and the record.
+    """
     pretrain_s = ensure_backbone_weights(cfg)  # before seeding: pretraining draws numbers
-    rid, config = run_identity(cfg)
-    record_path = Path(cfg.paths.runs_dir) / f"{rid}.json"
-    for path in (record_path, Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"):
-        if path.is_dir():
-            raise UserError(f"{path} is a folder, where this run writes a file; move it away")
-    if not cfg.force and existing_record(record_path) is not None:
+    run = _identify(cfg)
+    if not cfg.force and existing_record(run.record_path) is not None:
         return None
-    ckpt_dir = Path(cfg.paths.checkpoint_dir) / rid
-    with run_lock(record_path.with_suffix("")):  # beside the record: one per results folder
-        record = _train(cfg, rid, config, record_path, ckpt_dir, pretrain_s)
+    with run_lock(run.record_path.with_suffix("")):  # beside the record: one per results folder
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        _build(cfg, run)
+        best_val, best_name = _score_as_is(cfg, run) if run.as_is else _fit(cfg, run)
+        test, at_chance = _test(cfg, run)
+        record = _record(cfg, run, test, at_chance, best_val, best_name, pretrain_s)
     if record is not None and not cfg.get("keep_checkpoints", False):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(run.ckpt_dir, ignore_errors=True)
     return record
 
 
-def _train(
-    cfg: DictConfig,
-    rid: str,
-    config: dict[str, Any],
-    record_path: Path,
-    ckpt_dir: Path,
-    pretrain_s: float,
-) -> dict[str, Any] | None:
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    as_is = scores_pretrained(cfg)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("test" if as_is else "fit")
-    method = build_method(cfg, datamodule.num_classes)
-    method.run_id = rid
-    selects = datamodule.val_set is not None  # protocol=final: keep the last epoch
-    checkpoint = build_checkpoint(cfg, ckpt_dir, selects)
-    clock = TrainingClock()
-    trainer = build_trainer(
+def _identify(cfg: DictConfig) -> Run:
+    """The run's id and where its files go; a folder in a file's place is refused."""
+    rid, config = run_identity(cfg)
+    run = Run(
+        rid=rid,
+        config=config,
+        record_path=Path(cfg.paths.runs_dir) / f"{rid}.json",
+        task_path=Path(cfg.paths.tasks_dir) / f"{rid}.safetensors",
+        ckpt_dir=Path(cfg.paths.checkpoint_dir) / rid,
+    )
+    for path in (run.record_path, run.task_path):
+        if path.is_dir():
+            raise UserError(f"{path} is a folder, where this run writes a file; move it away")
+    return run
+
+
+def _build(cfg: DictConfig, run: Run) -> None:
+    """Data, the method's module, the checkpoint, the clock and the trainer."""
+    run.as_is = scores_pretrained(cfg)
+    run.datamodule = build_datamodule(cfg)
+    run.datamodule.setup("test" if run.as_is else "fit")
+    run.method = build_method(cfg, run.datamodule.num_classes)
+    run.method.run_id = run.rid
+    run.selects = run.datamodule.val_set is not None  # protocol=final: keep the last epoch
+    run.checkpoint = build_checkpoint(cfg, run.ckpt_dir, run.selects)
+    run.clock = TrainingClock()
+    run.trainer = build_trainer(
         cfg,
         cfg.method.epochs,
-        callbacks=[checkpoint, clock, *build_callbacks(cfg)],
+        callbacks=[run.checkpoint, run.clock, *build_callbacks(cfg)],
         logger=build_loggers(cfg),
-        **({} if selects else {"limit_val_batches": 0}),
+        **({} if run.selects else {"limit_val_batches": 0}),
     )
-    for logger in trainer.loggers:
-        logger.log_hyperparams(config)  # the whole run config, not only the module's
-    if as_is:
-        say(
-            f"{cfg.dataset.name} is the data {cfg.backbone.name} was trained on: scoring the "
-            "pretrained network as it is (pretrained_as_is=false trains on it instead)"
-        )
-        keep_all_weights(method.model)
-        reuse = datamodule.val_set is datamodule.test_set  # faithful: the test pass serves
-        best_val = _val_top1(trainer, method, datamodule) if selects and not reuse else None
-        best_name = None
-    else:
-        best_val, best_name = _fit(cfg, rid, method, datamodule, trainer, checkpoint, ckpt_dir)
-    train_s = clock.seconds()
-    tested = eval_split(datamodule) != "none"  # protocol=final without a labelled test split
-    test = trainer.test(method, datamodule=datamodule, verbose=False)[0] if tested else {}
-    at_chance = stuck_at_chance(trainer, datamodule.num_classes) and not as_is
+    for logger in run.trainer.loggers:
+        logger.log_hyperparams(run.config)  # the whole run config, not only the module's
+
+
+def _score_as_is(cfg: DictConfig, run: Run) -> tuple[float | None, None]:
+    """No training: the pretrained network as it is, on the data it was trained on; its
+    validation top-1 when it selects (None: the test pass will say it)."""
+    say(
+        f"{cfg.dataset.name} is the data {cfg.backbone.name} was trained on: scoring the "
+        "pretrained network as it is (pretrained_as_is=false trains on it instead)"
+    )
+    run.method.as_pretrained()
+    reuse = run.datamodule.val_set is run.datamodule.test_set  # faithful: the test pass serves
+    if not run.selects or reuse:
+        return None, None
+    return _val_top1(run.trainer, run.method, run.datamodule), None
+
+
+def _test(cfg: DictConfig, run: Run) -> tuple[dict[str, float], bool]:
+    """The test pass (none without a labelled test split), and whether training ended at
+    chance (said as a warning; the record carries it)."""
+    tested = eval_split(run.datamodule) != "none"  # protocol=final without a test split
+    test = (
+        run.trainer.test(run.method, datamodule=run.datamodule, verbose=False)[0] if tested else {}
+    )
+    num_classes = run.datamodule.num_classes
+    at_chance = stuck_at_chance(run.trainer, num_classes) and not run.as_is
     if at_chance:
         say(
-            f"warning: the training loss ended at ln({datamodule.num_classes}), chance: the "
-            f"network learned nothing (diverged?); the record says at_chance=true. Lower "
+            f"warning: the training loss ended at ln({num_classes}), chance: the network "
+            "learned nothing (diverged?); the record says at_chance=true. Lower "
             f"method.lr (now {cfg.method.lr})",
             logging.WARNING,
         )
-    if as_is and selects and best_val is None:
+    return test, at_chance
+
+
+def _record(
+    cfg: DictConfig,
+    run: Run,
+    test: dict[str, float],
+    at_chance: bool,
+    best_val: float | None,
+    best_name: str | None,
+    pretrain_s: float,
+) -> dict[str, Any] | None:
+    """Write the task file and the record together (rank 0 only); returns the record."""
+    train_s = run.clock.seconds()
+    if run.as_is and run.selects and best_val is None:
         best_val = 100.0 * float(test["test/top1"])
+    method, trainer, datamodule = run.method, run.trainer, run.datamodule
     ranks_agree = all_ranks_agree(state_digest(method.task_tensors()))
     if not trainer.is_global_zero:  # only rank 0 writes task files and records
         return None
-
-    task_path = Path(cfg.paths.tasks_dir) / f"{rid}.safetensors"
-    task_meta = {
-        "dataset": cfg.dataset.name,
-        "method": cfg.method.name,
-        "class_names": datamodule.class_names,
-        "num_classes": datamodule.num_classes,
-        "run_id": rid,
-        "transforms": OmegaConf.to_container(cfg.dataset.transforms, resolve=True),
-    }
-    with written_together(task_path, ckpt_dir):
-        task_bytes = method.export_task(task_path, task_meta)
-        report = state_report(method, task_bytes)
+    with written_together(run.task_path, run.ckpt_dir):
+        task_bytes = method.export_task(run.task_path, _task_meta(cfg, run))
         record = run_record(
-            run_id=rid,
+            run_id=run.rid,
             source="train",
             dataset=cfg.dataset.name,
             backbone=cfg.backbone.name,
             method=cfg.method.name,
             seed=cfg.seed,
             protocol=cfg.protocol,
-            top1=100.0 * float(test["test/top1"]) if tested else None,
-            top5=100.0 * float(test["test/top5"]) if tested else None,
-            weights_fingerprint=config["weights_fingerprint"],
+            top1=100.0 * float(test["test/top1"]) if test else None,
+            top5=100.0 * float(test["test/top5"]) if test else None,
+            weights_fingerprint=run.config["weights_fingerprint"],
             backbone_fingerprint=method.fingerprint,
-            task_file=str(task_path),
-            task_state_bytes=report.pop("task_state_bytes"),
+            task_file=str(run.task_path),
+            task_state_bytes=task_bytes,
             wall_time_s=train_s,
             val_top1=best_val,
             eval_split=eval_split(datamodule),
@@ -164,26 +203,43 @@ def _train(
             precision=str(trainer.precision),  # as it ran (16-mixed on a CPU runs bf16-mixed)
             ranks_agree=ranks_agree,
             epochs=trainer.current_epoch,
-            pretrained_as_is=as_is,
+            pretrained_as_is=run.as_is,
             skipped_images=getattr(datamodule, "skipped_images", []),
             best_checkpoint=best_name,
             at_chance=at_chance,
-            **report,
-            config=config,
+            trainable_params=method.trainable_parameter_count(),
+            **method.state_facts(),
+            config=run.config,
             pretrain_time_s=round(pretrain_s, 2),
         )
-        write_record(record_path, record, device=method.device)
-    log_run_summary(trainer.loggers, record, Path(cfg.paths.output_dir) / "mask_density.png")
+        write_record(run.record_path, record, device=method.device)
+    log_run_summary(trainer.loggers, record, cfg.paths.output_dir)
+    _say_result(cfg, record, task_bytes, run.record_path)
+    return record
+
+
+def _task_meta(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """What the task file says of its task, so src.eval and src.predict serve it as is."""
+    return {
+        "dataset": cfg.dataset.name,
+        "method": cfg.method.name,
+        "class_names": run.datamodule.class_names,
+        "num_classes": run.datamodule.num_classes,
+        "run_id": run.rid,
+        "transforms": OmegaConf.to_container(cfg.dataset.transforms, resolve=True),
+    }
+
+
+def _say_result(cfg: DictConfig, record: dict[str, Any], task_bytes: int, path: Path) -> None:
     score_text = (
         f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%"
-        if tested
+        if record["top1"] is not None
         else "not tested (no labelled test split)"
     )
     say(
         f"{cfg.method.name} on {cfg.dataset.name} ({cfg.backbone.name}, seed {cfg.seed}): "
-        f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {record_path}"
+        f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {path}"
     )
-    return record
 
 
 @contextlib.contextmanager
@@ -213,27 +269,18 @@ def _val_top1(
     )
 
 
-def _fit(
-    cfg: DictConfig,
-    rid: str,
-    method: pl.LightningModule,
-    datamodule: pl.LightningDataModule,
-    trainer: pl.Trainer,
-    checkpoint: Any,
-    ckpt_dir: Path,
-) -> tuple[float | None, str]:
+def _fit(cfg: DictConfig, run: Run) -> tuple[float | None, str]:
     """Train (resuming this run's last checkpoint) and load the selected epoch; returns its
     validation top-1 (None without selection) and its checkpoint's name."""
-    resume = resumable_checkpoint(ckpt_dir / "last.ckpt", rid) if not cfg.force else None
+    resume = None if cfg.force else resumable_checkpoint(run.ckpt_dir / "last.ckpt", run.rid)
     if resume:
         say(f"resuming from {resume}")
-    trainer.fit(method, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    score = checkpoint.best_model_score
-    selects = datamodule.val_set is not None
-    best_val = 100.0 * float(score) if selects and score is not None else None
-    best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
-    method.load_state_dict(best["state_dict"])
-    return best_val, Path(checkpoint.best_model_path).name
+    run.trainer.fit(run.method, datamodule=run.datamodule, ckpt_path=resume, weights_only=True)
+    score = run.checkpoint.best_model_score
+    best_val = 100.0 * float(score) if run.selects and score is not None else None
+    best = torch.load(run.checkpoint.best_model_path, map_location="cpu", weights_only=True)
+    run.method.load_state_dict(best["state_dict"])
+    return best_val, Path(run.checkpoint.best_model_path).name
 
 
 def stuck_at_chance(trainer: pl.Trainer, num_classes: int) -> bool:
@@ -242,17 +289,3 @@ def stuck_at_chance(trainer: pl.Trainer, num_classes: int) -> bool:
     loss = trainer.callback_metrics.get("train/loss")
     chance = math.log(num_classes) if num_classes > 1 else 0.0
     return loss is not None and chance > 0 and abs(float(loss) - chance) < 1e-3 * chance
-
-
-def state_report(method: pl.LightningModule, task_bytes: int) -> dict[str, Any]:
-    """Storage and mask statistics for the record."""
-    layers = masked_layers(method.model)
-    density = mask_densities(method.model) if layers else {}
-    sizes = {n: m.weight.numel() for n, m in layers.items()}
-    return {
-        "task_state_bytes": task_bytes,
-        "trainable_params": method.trainable_parameter_count(),
-        "masked_weights": sum(sizes.values()),
-        "mask_density": density,
-        "mask_density_overall": overall_density(density, sizes),
-    }

@@ -32,11 +32,14 @@ def _wandb_logger(logger: Any) -> Any | None:
     return next((lg for lg in loggers if isinstance(lg, WandbLogger)), None)
 
 
-def log_run_summary(logger: Any, record: dict[str, Any], figure_path: str | Path) -> bool:
+FIGURE_NAME = "mask_density.png"  # in the run's output folder
+
+
+def log_run_summary(logger: Any, record: dict[str, Any], figure_dir: str | Path) -> bool:
     """Put the record's final metrics in the wandb run summary and log its mask figure.
 
     ``logger``: the trainer's loggers (or one logger); nothing happens when none is a
-    WandbLogger. The per-layer mask-density figure is drawn to ``figure_path`` when the
+    WandbLogger. The per-layer mask-density figure is drawn into ``figure_dir`` when the
     run has masks. Returns whether anything was sent.
     """
     wandb_logger = _wandb_logger(logger)
@@ -52,7 +55,7 @@ def log_run_summary(logger: Any, record: dict[str, Any], figure_path: str | Path
     run.summary.update(summary)
     for layer, density in (record.get("mask_density") or {}).items():
         run.summary[f"final/mask_density/{layer}"] = density
-    figure = plot_run_mask_density(record, figure_path)
+    figure = plot_run_mask_density(record, Path(figure_dir) / FIGURE_NAME)
     if figure is not None:
         import wandb
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import WandbLogger
 
 log = logging.getLogger(__name__)
 
 
-def make_wandb_logger(mode: str = "offline", **kwargs: Any):
+def make_wandb_logger(mode: str = "offline", **kwargs: Any) -> WandbLogger:
     """A Lightning WandbLogger; ``mode=online`` falls back to offline with a warning when
     it cannot connect (no network, no API key, server down)."""
     from pytorch_lightning.loggers import WandbLogger

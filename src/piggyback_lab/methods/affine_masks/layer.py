@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking import MaskConfig, WeightMask
+from piggyback_lab.methods.piggyback.layers import MaskConfig, WeightMask
 
 START = (0.0, 1.0, 0.0)  # (k0, k1, k2): the plain binary mask
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from piggyback_lab.masking import masked_layers
 from piggyback_lab.methods.affine_masks.layer import AffineWeightMask
 from piggyback_lab.methods.affine_masks.task import AffineMaskTask
 from piggyback_lab.methods.piggyback import Piggyback
+from piggyback_lab.methods.piggyback.masks import masked_layers
 
 
 class AffineMasks(Piggyback):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods.affine_masks.layer import affine_masked
 from piggyback_lab.methods.piggyback.task import PiggybackTask
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError
 
 BITS_PER_LAYER = 3 * 32  # (k0, k1, k2) in float32

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import prefixed
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.bitfit.task import BitFitTask, trunk_biases
-from piggyback_lab.models.surgery import prunable_weight_count
+from piggyback_lab.taskfile import prefixed
 
 
 class BitFit(TaskModule):
@@ -19,19 +18,15 @@ class BitFit(TaskModule):
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         super().__init__(model, classifier, **kwargs)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in [*trunk_biases(model, classifier).values(), *self.head.parameters()]:
-            p.requires_grad_(True)
+        self.train_only(trunk_biases(model, classifier).values(), norms=False)
 
     def param_groups(self) -> list[dict]:
-        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
         biases = list(trunk_biases(self.model, self.classifier).values())
-        return [{"params": biases}, {"params": list(self.head.parameters()), "lr": classifier_lr}]
+        return [{"params": biases}, self.head_group()]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
         biases = {k: p.detach() for k, p in trunk_biases(self.model, self.classifier).items()}
-        return {**prefixed(self.head.state_dict(), "classifier."), **prefixed(biases, "bias.")}
+        return {**self.head_tensors(), **prefixed(biases, "bias.")}
 
     def task_meta(self) -> dict:
-        return {"trunk_weights": prunable_weight_count(self.model, self.classifier)}
+        return self.trunk_meta()

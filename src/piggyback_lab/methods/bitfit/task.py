@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import TaskFile, unprefixed
 from piggyback_lab.methods.registry import TaskMethod, check_trunk_weights, stored_bits_per_weight
+from piggyback_lab.taskfile import TaskFile, unprefixed
 from piggyback_lab.utils.errors import UserError
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import prefixed
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.classifier_only.task import ClassifierOnlyTask
-from piggyback_lab.methods.registry import norm_tensors
 
 
 class ClassifierOnly(TaskModule):
@@ -20,12 +18,10 @@ class ClassifierOnly(TaskModule):
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         super().__init__(model, classifier, **kwargs)
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith(classifier + "."))
+        self.train_only((), norms=False)
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.head.parameters())}]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
-        head = prefixed(self.head.state_dict(), "classifier.")
-        return {**head, **(norm_tensors(self.model) if self.hparams.train_bn else {})}
+        return {**self.head_tensors(), **self.trained_norm_tensors()}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.model_surgery import is_masked
-from piggyback_lab.masking.taskfile import TaskFile, unprefixed
 from piggyback_lab.methods.registry import TaskMethod
+from piggyback_lab.models.surgery import is_parametrized
+from piggyback_lab.taskfile import TaskFile, unprefixed
 from piggyback_lab.utils.errors import UserError
 
 
@@ -31,7 +31,7 @@ class FinetuneTask(TaskMethod):
         return {k: v for k, v in trunk.items() if not k.startswith(classifier + ".")}
 
     def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
-        if is_masked(model):
+        if is_parametrized(model):
             raise ValueError("fold expects a plain backbone, not a masked model")
         return super().fold(model, tf, classifier)
 

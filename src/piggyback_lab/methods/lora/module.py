@@ -7,12 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import prefixed
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.lora.layer import add_lora, lora_layers
 from piggyback_lab.methods.lora.task import LoRATask
-from piggyback_lab.methods.registry import norm_tensors
-from piggyback_lab.models.surgery import norm_layers, prunable_weight_count
 from piggyback_lab.utils.errors import UserError, check_integer, check_positive
 
 
@@ -42,29 +39,27 @@ class LoRA(TaskModule):
         if targets is not None and not isinstance(targets, str):
             targets = [str(t) for t in targets]
         super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
-        model.requires_grad_(False)
         if not add_lora(model, classifier, r, lora_alpha, targets):
             raise UserError(
                 f"method.target_modules={target_modules!r} matches no Conv, Linear or attention "
                 "weight of this backbone; name modules (e.g. [qkv, fc1]) or a regex, or null "
                 "for all of them"
             )
-        for p in self.head.parameters():
-            p.requires_grad_(True)
-        if self.hparams.train_bn:
-            for norm in norm_layers(model).values():
-                norm.requires_grad_(True)
+        self.train_only(self.adapter_parameters())
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every update's A and B: what LoRA trains in the trunk."""
+        return [p for d in lora_layers(self.model).values() for p in (d.lora_A, d.lora_B)]
 
     def param_groups(self) -> list[dict]:
-        adapters = [p for d in lora_layers(self.model).values() for p in (d.lora_A, d.lora_B)]
-        return [{"params": adapters}, *self.head_and_norm_groups()]
+        return [{"params": self.adapter_parameters()}, *self.head_and_norm_groups()]
 
     def task_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = prefixed(self.head.state_dict(), "classifier.")
+        tensors = self.head_tensors()
         for key, delta in lora_layers(self.model).items():
             tensors[f"lora_A.{key}"] = delta.lora_A.detach()
             tensors[f"lora_B.{key}"] = delta.lora_B.detach()
-        return {**tensors, **(norm_tensors(self.model) if self.hparams.train_bn else {})}
+        return {**tensors, **self.trained_norm_tensors()}
 
     def task_meta(self) -> dict:
         layers = lora_layers(self.model)
@@ -72,6 +67,6 @@ class LoRA(TaskModule):
             "r": self.hparams.r,
             "lora_alpha": self.hparams.lora_alpha,
             "train_bn": bool(self.hparams.train_bn),
-            "trunk_weights": prunable_weight_count(self.model, self.classifier),
+            **self.trunk_meta(),
             "layers": {key: list(delta.shape) for key, delta in layers.items()},
         }

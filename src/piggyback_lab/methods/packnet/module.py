@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from piggyback_lab.methods.packnet.state import (
     task_owner,
 )
 from piggyback_lab.methods.packnet.task import PackNetTask
-from piggyback_lab.models.surgery import norm_layers, prunable_biases, prunable_weights
+from piggyback_lab.models.surgery import prunable_biases, prunable_weights
 
 
 class PackNet(TaskModule):
@@ -47,14 +48,8 @@ class PackNet(TaskModule):
         self.owner = owner
         self._masks: dict[str, torch.Tensor] = {}
         self._frozen: dict[str, torch.Tensor] = {}
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for weight in self.weights().values():
-            weight.requires_grad_(True)
-        for p in self.head.parameters():
-            p.requires_grad_(True)
-        for p in self.bias_bn_parameters():
-            p.requires_grad_(train_bias_bn)
+        biases = prunable_biases(model, classifier).values() if train_bias_bn else ()
+        self.train_only([*self.weights().values(), *biases])  # the norms: train_bias_bn
 
     def weights(self) -> dict[str, nn.Parameter]:
         """The shared network's prunable weights, by key (the keys of ``owners``)."""
@@ -62,19 +57,14 @@ class PackNet(TaskModule):
 
     def bias_bn_parameters(self) -> list[nn.Parameter]:
         biases = list(prunable_biases(self.model, self.classifier).values())
-        return biases + [p for norm in norm_layers(self.model).values() for p in norm.parameters()]
+        return biases + self.norm_parameters()
 
     def trainable_masks(self) -> dict[str, torch.Tensor]:
         """Per prunable layer: which weights this task may change."""
         return {name: own.eq(self.owner) for name, own in self.owners.items()}
 
     def param_groups(self) -> list[dict]:
-        weights = list(self.weights().values())
-        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
-        groups = [
-            {"params": weights},
-            {"params": list(self.head.parameters()), "lr": classifier_lr},
-        ]
+        groups = [{"params": list(self.weights().values())}, self.head_group()]
         if self.hparams.train_bias_bn:
             groups.append({"params": self.bias_bn_parameters()})
         return groups
@@ -95,7 +85,7 @@ class PackNet(TaskModule):
                 weight.grad.masked_fill_(~self._masks[name], 0.0)
 
     @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Weight decay moves weights even with zero gradients: put frozen ones back exactly.
         for name, weight in self.weights().items():
             weight.copy_(torch.where(self._masks[name], weight, self._frozen[name]))

@@ -20,8 +20,6 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-from piggyback_lab.masking.model_surgery import overall_density
-from piggyback_lab.masking.taskfile import backbone_fingerprint
 from piggyback_lab.methods.packnet.module import PackNet
 from piggyback_lab.methods.packnet.state import (
     BASE,
@@ -34,9 +32,11 @@ from piggyback_lab.methods.packnet.state import (
     packed_size,
     prune_owner,
 )
+from piggyback_lab.methods.registry import overall_density
 from piggyback_lab.models import build_backbone, classifier_name
 from piggyback_lab.models.registry import pretrained_classifier
 from piggyback_lab.models.surgery import replace_module
+from piggyback_lab.taskfile import backbone_fingerprint
 from piggyback_lab.utils.errors import UserError
 from piggyback_lab.utils.output import say
 
@@ -168,7 +168,9 @@ def check_settings(settings: DictConfig, tasks: list[str], base_datasets: list[s
             "retrained base is scored on it, so leave it out of method.tasks"
         )
     if retrain.dataset is not None and settings.base_weights:
-        raise UserError("method.base_weights is already a retrained base; set base_retrain=null")
+        raise UserError(
+            "method.base_weights is already a retrained base; set method.base_retrain.dataset=null"
+        )
 
 
 def _test(trainer: pl.Trainer, module: PackNet, data: PhaseData) -> Score:
@@ -283,6 +285,17 @@ def retrain_base(
             "eval_split": data.split}  # fmt: skip
 
 
+def scored_base_result(retrained: dict[str, Any]) -> dict[str, Any]:
+    """A scored base task's result, from its retraining's (as ``train_task`` returns one)."""
+    return {
+        "top1_after_task": retrained["top1"],
+        "top5_after_task": retrained["top5"],
+        **{k: retrained[k] for k in ("val_top1", "eval_split", "trainable_params")},
+        "epochs": retrained["epochs"],
+        "pruned": True,  # the base is pruned before its retraining
+    }
+
+
 def base_run_id(state: PackNetState) -> str:
     """What the base retraining's checkpoints are tagged with."""
     return f"{state.meta['sequence_id']}/base"
@@ -322,17 +335,7 @@ def train_task(
     if not last:
         prune_owner(model, state.owners, head_name, owner, float(settings.task_prune))
         if settings.retrain_epochs > 0:
-            module.set_schedule(
-                settings.retrain_lr,
-                settings.retrain_lr_decay_every,
-                settings.retrain_lr_decay_factor,
-            )
-            trainer = make_trainer(
-                settings.retrain_epochs, callbacks=[best] if data.selects else []
-            )
-            if data.selects:  # the pruned network's accuracy is the floor of the retrain
-                best.floor(trainer, module, **data.test)
-            trainer.fit(module, **data.fit)
+            trainer = _retrain_pruned(settings, module, data, make_trainer, best)
             epochs += settings.retrain_epochs
     val = best.val_top1(trainer)
     top1, top5 = _test(trainer, module, data)
@@ -349,6 +352,24 @@ def train_task(
         "trainable_params": trainable,
         "pruned": not last,
     }
+
+
+def _retrain_pruned(
+    settings: DictConfig,
+    module: PackNet,
+    data: PhaseData,
+    make_trainer: TrainerFactory,
+    best: KeepBestEpoch,
+) -> pl.Trainer:
+    """Retrain a task's weights left after its pruning, at the retraining schedule."""
+    module.set_schedule(
+        settings.retrain_lr, settings.retrain_lr_decay_every, settings.retrain_lr_decay_factor
+    )
+    trainer = make_trainer(settings.retrain_epochs, callbacks=[best] if data.selects else [])
+    if data.selects:  # the pruned network's accuracy is the floor of the retrain
+        best.floor(trainer, module, **data.test)
+    trainer.fit(module, **data.fit)
+    return trainer
 
 
 load_state = PackNetState.load  # the sequence's progress and result files

@@ -22,14 +22,6 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from piggyback_lab.masking.taskfile import (
-    TaskFile,
-    backbone_fingerprint,
-    prefixed,
-    read_task_file,
-    unprefixed,
-    write_task_file,
-)
 from piggyback_lab.models import build_backbone, classifier_name
 from piggyback_lab.models.surgery import (
     linear_from_state,
@@ -37,6 +29,14 @@ from piggyback_lab.models.surgery import (
     prunable_biases,
     prunable_weights,
     replace_module,
+)
+from piggyback_lab.taskfile import (
+    TaskFile,
+    backbone_fingerprint,
+    prefixed,
+    read_task_file,
+    unprefixed,
+    write_task_file,
 )
 from piggyback_lab.utils.errors import UserError
 

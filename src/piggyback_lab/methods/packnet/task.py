@@ -9,14 +9,18 @@ task, as ``PackNetState.view`` does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods.packnet.state import FREE, KIND, PackNetState
 from piggyback_lab.methods.registry import HostedTask, TaskMethod
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from piggyback_lab.methods.multitask import MultiTaskModel
 
 
 class PackNetTask(TaskMethod):
@@ -48,7 +52,9 @@ class PackNetTask(TaskMethod):
             "MultiTaskModel.from_file(path) and select a task"
         )
 
-    def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
+    def hosted(
+        self, tf: TaskFile, host: MultiTaskModel, name: str | None = None
+    ) -> list[HostedTask]:
         state = self._state(tf)
         owners = {n: o.to(host.device) for n, o in state.owners.items()}
         tasks = []
@@ -59,7 +65,12 @@ class PackNetTask(TaskMethod):
                 own = owners[key]
                 return own.eq(FREE) | own.gt(owner)
 
-            def fold(key: str, weight: torch.Tensor, source: torch.Tensor, changed=changed) -> None:
+            def fold(
+                key: str,
+                weight: torch.Tensor,
+                source: torch.Tensor,
+                changed: torch.Tensor = changed,
+            ) -> None:
                 if source is not weight:
                     weight.copy_(source)
                 weight.masked_fill_(changed(key), 0.0)  # as the view zeroes them

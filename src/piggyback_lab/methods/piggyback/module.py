@@ -5,17 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking import (
-    MaskConfig,
-    WeightMask,
+from piggyback_lab.methods.base import TaskModule
+from piggyback_lab.methods.piggyback.layers import MaskConfig, WeightMask
+from piggyback_lab.methods.piggyback.masks import (
     add_masks,
+    keep_all_weights,
     mask_densities,
     mask_parameters,
     masked_layers,
 )
-from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.piggyback.task import PiggybackTask, piggyback_tensors
-from piggyback_lab.models.surgery import norm_layers
+from piggyback_lab.methods.registry import overall_density
 
 
 class Piggyback(TaskModule):
@@ -36,15 +36,9 @@ class Piggyback(TaskModule):
         """The mask settings are the config's flat keys (``method.threshold=...`` sweeps)."""
         mask = MaskConfig(mask_init, mask_scale, threshold_fn, threshold, scale_gradients)
         super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
-        for p in model.parameters():
-            p.requires_grad_(False)
         add_masks(model, mask, classifier, self.mask_type)
-        for p in self.head.parameters():
-            p.requires_grad_(True)
-        if self.hparams.train_bn:
-            for norm in norm_layers(model).values():
-                for p in norm.parameters():
-                    p.requires_grad_(True)
+        # every mask's own parameters: its real-valued mask (and AffineMasks' k's)
+        self.train_only(p for layer in masked_layers(model).values() for p in layer.parameters())
 
     def param_groups(self) -> list[dict]:
         return [{"params": mask_parameters(self.model)}, *self.head_and_norm_groups()]
@@ -65,3 +59,16 @@ class Piggyback(TaskModule):
                 for n, m in layers.items()
             },
         }
+
+    def state_facts(self) -> dict:
+        layers = masked_layers(self.model)
+        density = mask_densities(self.model)
+        sizes = {n: m.weight.numel() for n, m in layers.items()}
+        return {
+            "masked_weights": sum(sizes.values()),
+            "mask_density": density,
+            "mask_density_overall": overall_density(density, sizes),
+        }
+
+    def as_pretrained(self) -> None:
+        keep_all_weights(self.model)

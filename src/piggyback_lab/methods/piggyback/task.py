@@ -8,17 +8,21 @@ backbone costs; a MultiTaskModel computes W0 * m from its kept copy on every swi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from piggyback_lab.masking.compress import binary_entropy, coded_sizes
-from piggyback_lab.masking.model_surgery import is_masked, masked_layers, overall_density
-from piggyback_lab.masking.taskfile import TaskFile, pack_bits, prefixed, unpacked_bits
-from piggyback_lab.methods.registry import HostedTask, TaskMethod, norm_tensors
-from piggyback_lab.models.surgery import prunable_weights
+from piggyback_lab.methods.piggyback.compress import binary_entropy, coded_sizes
+from piggyback_lab.methods.piggyback.masks import masked_layers
+from piggyback_lab.methods.registry import HostedTask, TaskMethod, norm_tensors, overall_density
+from piggyback_lab.models.surgery import is_parametrized, prunable_weights
+from piggyback_lab.taskfile import TaskFile, pack_bits, prefixed, unpacked_bits
 from piggyback_lab.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from piggyback_lab.methods.multitask import MultiTaskModel
 
 BIT_PREFIXES = ("mask.", "sign.")
 
@@ -107,7 +111,7 @@ class PiggybackTask(TaskMethod):
     @torch.no_grad()
     def fold(self, model: nn.Module, tf: TaskFile, classifier: str) -> nn.Module:
         """W <- W * m for every masked weight, then the classifier and norms."""
-        if is_masked(model):
+        if is_parametrized(model):
             raise ValueError("fold expects a plain backbone, not a masked model")
         super().fold(model, tf, classifier)
         weights = prunable_weights(model, classifier)
@@ -128,7 +132,9 @@ class PiggybackTask(TaskMethod):
         """The positions ``masked`` changes: those whose mask is not 1."""
         return mask != 1
 
-    def hosted(self, tf: TaskFile, host, name: str | None = None) -> list[HostedTask]:
+    def hosted(
+        self, tf: TaskFile, host: MultiTaskModel, name: str | None = None
+    ) -> list[HostedTask]:
         (task,) = super().hosted(tf, host, name)
         shapes = self.layers(tf)
         for key, shape in shapes.items():
@@ -159,7 +165,7 @@ class PiggybackTask(TaskMethod):
             "bits_per_weight": 8 * stored / report["n"],
             "compressed_bits_per_weight": report["rice_bpw"],
             "entropy_bits_per_weight": report["entropy_bpw"],
-            "mask_density_overall": self.mask_stats(tf)["mask_density_overall"],
+            "mask_density_overall": self.state_facts(tf)["mask_density_overall"],
         }
 
     def compression(self, tf: TaskFile) -> dict:
@@ -194,7 +200,7 @@ class PiggybackTask(TaskMethod):
             overall[f"{codec}_bpw"] = 8 * totals[codec] / n if n else None
         return {"layers": layers, "overall": overall}
 
-    def mask_stats(self, tf: TaskFile) -> dict:
+    def state_facts(self, tf: TaskFile) -> dict:
         """Masked weights and densities from the per-layer ``{shape, density}`` metadata."""
         layers = tf.meta["layers"]
         sizes = {name: math.prod(e["shape"]) for name, e in layers.items()}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import prefixed
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.registry import norm_tensors
 from piggyback_lab.methods.residual_adapters.layer import (
@@ -16,12 +15,7 @@ from piggyback_lab.methods.residual_adapters.layer import (
     series_layers,
 )
 from piggyback_lab.methods.residual_adapters.task import ParallelAdaptersTask, SeriesAdaptersTask
-from piggyback_lab.models.surgery import (
-    freeze_norms,
-    norm_layers,
-    prunable_weight_count,
-    prunable_weights,
-)
+from piggyback_lab.models.surgery import freeze_norms, prunable_weights
 from piggyback_lab.utils.errors import UserError
 
 
@@ -31,19 +25,14 @@ class _ResidualAdapters(TaskModule):
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
         super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
-        model.requires_grad_(False)
         if not self.attach(model, classifier):
             raise UserError(
                 f"method={self.task_method.name}: this backbone has no convolution the adapter "
                 "fits (docs/methods.md says which); pick another method"
             )
-        if self.hparams.train_bn:
-            for norm in norm_layers(model).values():
-                norm.requires_grad_(True)
-        else:
-            freeze_norms(model)  # the adapters' own norms included
-        for p in self.head.parameters():
-            p.requires_grad_(True)
+        self.train_only(self.adapter_parameters())
+        if not self.hparams.train_bn:
+            freeze_norms(model)  # the adapters' own norms too: in eval mode
 
     def attach(self, model: nn.Module, classifier: str) -> list[str] | dict[str, str]:
         raise NotImplementedError
@@ -64,7 +53,7 @@ class _ResidualAdapters(TaskModule):
     def task_meta(self) -> dict:
         return {
             "train_bn": bool(self.hparams.train_bn),
-            "trunk_weights": prunable_weight_count(self.model, self.classifier),
+            **self.trunk_meta(),
             "layers": self.adapted_shapes(),
         }
 
@@ -85,10 +74,10 @@ class ParallelAdapters(_ResidualAdapters):
 
     @torch.no_grad()
     def task_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = prefixed(self.head.state_dict(), "classifier.")
+        tensors = self.head_tensors()
         for key, adapter in parallel_layers(self.model).items():
             tensors[f"parallel.{key}"] = adapter.adapter.detach().clone()
-        return {**tensors, **(norm_tensors(self.model) if self.hparams.train_bn else {})}
+        return {**tensors, **self.trained_norm_tensors()}
 
 
 class SeriesAdapters(_ResidualAdapters):
@@ -110,7 +99,7 @@ class SeriesAdapters(_ResidualAdapters):
     def task_tensors(self) -> dict[str, torch.Tensor]:
         """M per conv, and every backbone norm's state with the adapter's shift taken off
         the running mean of the norm that conv feeds (the adapters' own norms are folded)."""
-        tensors = prefixed(self.head.state_dict(), "classifier.")
+        tensors = self.head_tensors()
         norms = {k: v.clone() for k, v in norm_tensors(self.model).items()}
         for key, adapter in series_layers(self.model).items():
             matrix, shift = adapter.as_linear()

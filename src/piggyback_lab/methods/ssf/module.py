@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piggyback_lab.masking.taskfile import prefixed
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.ssf.layer import add_ssf, ssf_layers, state_key
 from piggyback_lab.methods.ssf.task import SSFTask
-from piggyback_lab.models.surgery import prunable_weight_count
 from piggyback_lab.utils.errors import UserError
 
 
@@ -26,24 +24,22 @@ class SSF(TaskModule):
                 "shift after each norm are what SSF trains there"
             )
         super().__init__(model, classifier, **kwargs)  # fingerprint the plain backbone first
-        model.requires_grad_(False)
         if not add_ssf(model, classifier):
             raise UserError("this backbone has no layer with a bias or a norm for SSF to adapt")
-        for p in self.head.parameters():
-            p.requires_grad_(True)
+        self.train_only(self.adapter_parameters())
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every adapted layer's scale and shift: what SSF trains in the trunk."""
+        return [p for *_, ssf in ssf_layers(self.model).values() for p in (ssf.scale, ssf.shift)]
 
     def param_groups(self) -> list[dict]:
-        classifier_lr = self.hparams.classifier_lr or self.hparams.lr
-        layers = ssf_layers(self.model).values()
-        adapters = [p for *_, ssf in layers for p in (ssf.scale, ssf.shift)]
-        head = list(self.head.parameters())
-        return [{"params": adapters}, {"params": head, "lr": classifier_lr}]
+        return [{"params": self.adapter_parameters()}, self.head_group()]
 
     @torch.no_grad()
     def task_tensors(self) -> dict[str, torch.Tensor]:
         """A prunable weight's scale (folded as scale * W); biases and norm parameters as
         their folded values, computed as training computes them."""
-        tensors = prefixed(self.head.state_dict(), "classifier.")
+        tensors = self.head_tensors()
         for key, (module, weight, bias, prunable, ssf) in ssf_layers(self.model).items():
             tensors[f"ssf_state.{state_key(key, weight, bias)}"] = getattr(module, bias).clone()
             if prunable:
@@ -54,4 +50,4 @@ class SSF(TaskModule):
         return tensors
 
     def task_meta(self) -> dict:
-        return {"trunk_weights": prunable_weight_count(self.model, self.classifier)}
+        return self.trunk_meta()

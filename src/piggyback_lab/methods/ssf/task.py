@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from piggyback_lab.masking.taskfile import TaskFile, unprefixed
 from piggyback_lab.methods.registry import (
     WeightRewriteTask,
     check_trunk_weights,
     stored_bits_per_weight,
 )
 from piggyback_lab.methods.ssf.layer import folded_weight
+from piggyback_lab.taskfile import TaskFile, unprefixed
 from piggyback_lab.utils.errors import UserError
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from piggyback_lab.masking.model_surgery import plain_state_dict
+from piggyback_lab.models.surgery import plain_state_dict
 from piggyback_lab.utils.atomic import atomic_write_bytes
 from piggyback_lab.utils.errors import UserError
 
@@ -133,6 +133,12 @@ def read_task_file(path: str | os.PathLike) -> TaskFile:
     expected = flat.pop("sha256", None)
     if expected != _digest(tensors, flat):
         raise UserError(f"task file {path} was modified after it was written (digest mismatch)")
+    for key, tensor in tensors.items():  # a task learned nothing that is not a number
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"task file {path}: tensor {key} holds NaN or infinite values; it cannot "
+                "serve a prediction (was its training diverging?); re-train or re-export it"
+            )
     return TaskFile(path=path, meta=json.loads(flat["meta"]), tensors=tensors)
 
 

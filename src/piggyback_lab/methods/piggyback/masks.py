@@ -6,16 +6,12 @@ weight itself stays where it is, shared and frozen.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from piggyback_lab.masking.layers import MaskConfig, WeightMask
+from piggyback_lab.methods.piggyback.layers import MaskConfig, WeightMask
 from piggyback_lab.models.surgery import prunable_slots, stored_weight
-
-PARAMETRIZED = re.compile(r"\.parametrizations\.(\w+)\.original$")  # a masked weight's key
 
 
 def add_masks(
@@ -34,19 +30,6 @@ def add_masks(
         parametrize.register_parametrization(module, param, mask_type(weight, config))
         keys.append(key)
     return keys
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state without its masks, each masked weight under its plain key."""
-    return {
-        PARAMETRIZED.sub(r".\1", key): value
-        for key, value in model.state_dict().items()
-        if not key.endswith("mask_real")
-    }
-
-
-def is_masked(model: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(m) for m in model.modules())
 
 
 def masked_layers(model: nn.Module) -> dict[str, WeightMask]:
@@ -75,9 +58,3 @@ def keep_all_weights(model: nn.Module) -> None:
 def mask_densities(model: nn.Module) -> dict[str, float]:
     """Share of weights each layer's mask keeps (non-zero entries), per masked layer."""
     return {n: float(m.mask().ne(0).float().mean()) for n, m in masked_layers(model).items()}
-
-
-def overall_density(density: dict[str, float], sizes: dict[str, int]) -> float | None:
-    """Share of all ``sizes``' weights kept, from per-layer ``density`` (None: no layers)."""
-    total = sum(sizes.values())
-    return sum(density[n] * sizes[n] for n in sizes) / total if total else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from piggyback_lab.masking.threshold import THRESHOLD_FNS
+from piggyback_lab.methods.piggyback.threshold import THRESHOLD_FNS
 from piggyback_lab.utils.errors import UserError, check_choice
 
 MASK_INITS = ("1s", "uniform", "weight_based_1s")
