@@ -5,8 +5,10 @@
 
 The released file is a pickled module (checkpoint['net']): unpickling it needs the authors'
 classes (models.py, config_task.py of srebuffi/residual_adapters importable) and runs code
-from the file, so do it once, on that file only. The output is safetensors, which the
-project loads without running code (backbone=resnet26 backbone.weights=<out>).
+from the file. So the file is first read as tensors only (weights_only), and a file that
+needs unpickling is refused unless --trust-pickle says it is the authors' release. The
+output is safetensors, which the project loads without running code
+(backbone=resnet26 backbone.weights=<out>).
 """
 
 from __future__ import annotations
@@ -61,20 +63,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--src", required=True, help="the released pickled checkpoint")
     parser.add_argument("--out", default="data/pretrained/resnet26_imagenet12.safetensors")
     parser.add_argument("--task", type=int, default=0, help="which task's BNs and linear to keep")
+    parser.add_argument(
+        "--trust-pickle", action="store_true",
+        help="unpickle a file that holds more than tensors (runs code from it): only for the "
+        "authors' released imnet.t7",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    try:
-        checkpoint = torch.load(args.src, map_location="cpu", weights_only=False)
-    except (ModuleNotFoundError, AttributeError) as err:
-        raise UserError(
-            f"unpickling {args.src} needs the authors' classes ({err}); put a checkout of "
-            "srebuffi/residual_adapters on PYTHONPATH"
-        ) from None
-    except OSError as err:
-        raise UserError(f"cannot read {args.src}: {err}") from None
+    checkpoint = _load(args.src, args.trust_pickle)
     state, dropped = convert(original_state_dict(checkpoint), args.task)
     with atomic_path(args.out) as tmp:
         save_file(state, str(tmp))
     print(f"wrote {args.out}: {len(state)} tensors; dropped {len(dropped)} keys {dropped[:5]}")
+
+
+def _load(src: str, trust_pickle: bool) -> object:
+    """The checkpoint, read as tensors only unless ``trust_pickle``."""
+    try:
+        return torch.load(src, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise UserError(f"cannot read {src}: {err}") from None
+    except Exception as err:  # pickle.UnpicklingError: it needs more than tensors
+        if not trust_pickle:
+            raise UserError(
+                f"{src} holds more than tensors (a pickled module: {str(err).splitlines()[0]}); "
+                "unpickling it runs code from the file. If it is the authors' released "
+                "imnet.t7, pass --trust-pickle"
+            ) from None
+    try:
+        return torch.load(src, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise UserError(
+            f"unpickling {src} needs the authors' classes ({err}); put a checkout of "
+            "srebuffi/residual_adapters on PYTHONPATH"
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read {src}: {err}") from None
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 Reads every record under --runs and the published numbers (--paper), writes Markdown, LaTeX
 and CSV tables under <out>/tables/ and PNG figures under <out>/figures/, and prints which
 cells have not been run. With no records it still writes the published columns.
+
+Each row states its budget (method.epochs) and lr; a method run at several budgets gets a row
+per budget (--mix-budgets: one row, said under the table). Runs cut short (limit_*_batches
+below 1.0, debug=smoke) are left out (--include-cut-short: shown, marked †). --backbone,
+--method, --dataset select (repeatable or comma-separated); --only-run drops what never ran.
 """
 
 from __future__ import annotations
@@ -14,7 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from piggyback_lab.reporting.figures import write_figures
-from piggyback_lab.reporting.tables import build_tables, load_published, write_tables
+from piggyback_lab.reporting.tables import (
+    CUT_MARK,
+    BackboneTable,
+    Selection,
+    build_tables,
+    load_published,
+    select_records,
+    write_tables,
+)
 from piggyback_lab.runs.records import read_records
 from piggyback_lab.utils.atomic import atomic_write_bytes
 from piggyback_lab.utils.errors import UserError, exit_on_user_error
@@ -34,7 +47,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{README_START!r} and {README_END!r}) is replaced by the tables measured on a "
         "laptop CPU (minicnn, minivit, efficientnet_lite0)",
     )
+    for name, what in (("backbone", "backbones"), ("method", "methods"), ("dataset", "datasets")):
+        parser.add_argument(
+            f"--{name}",
+            action="append",
+            default=[],
+            help=f"only these {what} (repeatable or comma-separated)",
+        )
+    flags = (
+        ("--mix-budgets", "let a method's row hold cells of different epoch budgets (said "
+         "under the table) instead of a row per budget"),
+        ("--include-cut-short", f"show runs cut short (limit_*_batches below 1.0, "
+         f"debug=smoke), marked {CUT_MARK}; left out by default"),
+        ("--only-run", "leave out never-run rows, columns and tables, and the list of "
+         "cells not run yet"),
+    )  # fmt: skip
+    for flag, text in flags:
+        parser.add_argument(flag, action="store_true", help=text)
     return parser.parse_args(argv)
+
+
+def selection(args: argparse.Namespace) -> Selection:
+    """The filters and flags as a Selection (``a,b`` and repeated flags both list names)."""
+
+    def names(values: list[str]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+
+    return Selection(
+        backbones=names(args.backbone),
+        methods=names(args.method),
+        datasets=names(args.dataset),
+        include_cut_short=args.include_cut_short,
+        mix_budgets=args.mix_budgets,
+        only_run=args.only_run,
+    )
 
 
 README_START, README_END = "<!-- mini-table:start -->", "<!-- mini-table:end -->"
@@ -65,31 +111,42 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--runs {runs} is a file; pass the folder that holds the run records")
     records = read_records(runs) if runs.is_dir() else []
     published = load_published(args.paper)
-    tables = build_tables(records, published)
+    sel = selection(args)
+    tables = build_tables(records, published, sel)
     out = Path(args.out)
     written = write_tables(tables, out / "tables")
-    figures = write_figures(records, out / "figures")
+    figures = write_figures(records, out / "figures", sel)
     if records:
         print(f"{len(records)} run records under {runs}")
     else:
         print(f"no run records under {runs} yet: the tables show the published columns only")
-    for path in written:
-        print(f"wrote {path}")
-    for path in figures:
+    _, cut = select_records(records, sel)
+    if cut:
+        print(
+            f"left out {len(cut)} run{'s' * (len(cut) != 1)} cut short (limit_*_batches below "
+            f"1.0 or debug=smoke); --include-cut-short shows them, marked {CUT_MARK}"
+        )
+    for path in [*written, *figures]:
         print(f"wrote {path}")
     mini_tables = [out / "tables" / f"{name}.md" for name in README_BACKBONES]
     if args.readme and update_readme(Path(args.readme), mini_tables):
         print(f"updated the mini-benchmark table in {args.readme}")
-    not_run = [(t.backbone, m, d) for t in tables for m, d in t.not_run]
-    if not_run:
-        print(f"cells not run yet ({len(not_run)}):")
-        for table in tables:
-            by_method: dict[str, list[str]] = {}
-            for method, dataset in table.not_run:
-                by_method.setdefault(method, []).append(dataset)
-            for method, datasets in by_method.items():
-                print(f"  {table.backbone} {method}: {', '.join(datasets)}")
+    print_not_run(tables)
     return 0
+
+
+def print_not_run(tables: list[BackboneTable]) -> None:
+    """The cells not run yet, per backbone and method (none listed with --only-run)."""
+    not_run = [(t.backbone, m, d) for t in tables for m, d in t.not_run]
+    if not not_run:
+        return
+    print(f"cells not run yet ({len(not_run)}; --only-run leaves them out):")
+    for table in tables:
+        by_method: dict[str, list[str]] = {}
+        for method, dataset in table.not_run:
+            by_method.setdefault(method, []).append(dataset)
+        for method, datasets in by_method.items():
+            print(f"  {table.backbone} {method}: {', '.join(datasets)}")
 
 
 if __name__ == "__main__":

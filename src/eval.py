@@ -6,12 +6,18 @@ config (e.g. ``backbone.weights=...``) applies to every task.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from piggyback_lab.runs.config import check_command_line
-from piggyback_lab.runs.evaluate import evaluate_tasks, training_overrides
+from piggyback_lab.runs.evaluate import (
+    evaluate_tasks,
+    task_list_as_written,
+    training_overrides,
+)
 from piggyback_lab.utils.errors import exit_on_user_error
 
 
@@ -22,5 +28,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = task_list_as_written(sys.argv)
     check_command_line("eval")
     main()

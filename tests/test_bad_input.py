@@ -114,7 +114,7 @@ def _edited_task(change):
     contents, as an old exporter or another tool might write it."""
 
     def make(c: Ctx) -> Path:
-        from piggyback_lab.masking import read_task_file, write_task_file
+        from piggyback_lab.taskfile import read_task_file, write_task_file
 
         tf = read_task_file(c.task)
         meta, tensors = dict(tf.meta), dict(tf.tensors)
@@ -192,6 +192,14 @@ CASES = [
         "cannot write it under",
     ),
     ("group-typo-added", "src.train", _train("+datset=cub"), "did you mean dataset=cub"),
+    # each of these ran, or recorded what did not run, at a6ce102
+    ("max-epochs-added", "src.train", _train("+trainer.max_epochs=3"), "set method.epochs"),
+    ("max-time-added", "src.train", _train("+trainer.max_time=00:00:01"), "trainer.max_time"),
+    ("force-no", "src.train", _train("force=no"), "force must be true or false"),
+    ("keep-maybe", "src.train", _train("keep_checkpoints=maybe"), "keep_checkpoints must be"),
+    ("channels-sometimes", "src.train", _train("channels_last=sometimes"), "channels_last"),
+    ("devices-two-not-ddp", "src.train", _train("trainer.devices=2"), "needs trainer=ddp"),
+    ("val-batches-zero", "src.train", _train("trainer.limit_val_batches=0"), "protocol=final"),
     ("launcher-unknown", "src.train", _train("-m", "hydra/launcher=nope"), "unknown launcher"),
     (
         "launcher-jobs-text",
@@ -478,6 +486,7 @@ def test_the_matrix_covers_forty_bad_inputs() -> None:
 DEFAULT = {
     # config values, keys and groups
     "backbone-unknown", "epochs-text", "unknown-key", "override-syntax", "group-typo-added",
+    "max-epochs-added",
     "sweep-value", "sweep-cfg",
     # paths that cannot be written, and values only the trainer would notice late
     "data-dir-not-writable", "monitor-no-metric", "diverged-nan",

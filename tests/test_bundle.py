@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from piggyback_lab.masking.compress import (
+from piggyback_lab.methods.piggyback import PiggybackTask
+from piggyback_lab.methods.piggyback.compress import (
     binary_entropy,
     decode_bits,
     encode_bits,
     encode_mask,
 )
-from piggyback_lab.masking.taskfile import pack_bits, read_task_file
-from piggyback_lab.methods.piggyback import PiggybackTask
 from piggyback_lab.runs.bundles import export_bundle, verify_bundle
 from piggyback_lab.runs.records import write_record
+from piggyback_lab.taskfile import pack_bits, read_task_file
 from piggyback_lab.utils.errors import UserError
 from src.bundle import main
 from tests.test_multitask import make_task, other_weights
@@ -50,6 +50,24 @@ def test_export_then_verify(task_dir: Path, minicnn_weights: Path, tmp_path: Pat
     assert (out / sparse["file"]).read_bytes() == (task_dir / "sparse.safetensors").read_bytes()
     result = verify_bundle(out)
     assert result["tasks"] == 2 and result["backbone_checked"]
+
+
+def test_export_never_deletes_a_folder_it_did_not_write(
+    task_dir: Path, minicnn_weights: Path, tmp_path: Path
+) -> None:
+    """An existing --out that is not a bundle is refused, its files kept (a6ce102 replaced
+    it whole: --out results/tasks deleted every other trained task); a bundle is replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("a user's file")
+    with pytest.raises(UserError, match="is not a bundle"):
+        export_bundle(out, task_dir, str(minicnn_weights), None)
+    assert (out / "notes.txt").read_text() == "a user's file"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()  # an empty folder is a fine place for one
+    export_bundle(bundle, task_dir, str(minicnn_weights), None)
+    export_bundle(bundle, task_dir, str(minicnn_weights), None)  # a bundle is replaced
+    assert (bundle / "manifest.json").is_file()
 
 
 def test_verify_reports_tampering_and_wrong_weights(

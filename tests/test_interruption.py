@@ -57,3 +57,22 @@ def test_a_jobs_own_failure_still_lets_the_sweep_go_on(monkeypatch) -> None:
     monkeypatch.setattr(sweep, "in_multirun", lambda: True)
     outcome = sweep.run_job(OmegaConf.create({}))
     assert outcome == {"status": "failed", "reason": "RuntimeError: a job's own bug"}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM])
+def test_a_clusters_and_a_terminals_signals_end_a_run_with_one_line(signum, capsys) -> None:
+    """SLURM's --signal (SIGUSR1) and a closed terminal (SIGHUP) killed a run with no line
+    and a stale lock at a6ce102; now they stop it as SIGTERM does, handlers restored."""
+    import os
+
+    before = signal.getsignal(signum)
+
+    def runs_until_signalled() -> None:
+        os.kill(os.getpid(), signum)
+
+    with pytest.raises(SystemExit) as code:
+        exit_on_user_error(runs_until_signalled)()
+    assert code.value.code == 128 + signum
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith(f"error: stopped by {signum.name}")
+    assert signal.getsignal(signum) == before

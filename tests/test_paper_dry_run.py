@@ -81,7 +81,7 @@ def test_every_paper_table_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert all(r["config"]["trainer"]["precision"] == "32-true" for r in records)
 
     _run("scripts/make_tables.py", "--runs", str(tmp_path / "results" / "runs"),
-         "--out", str(tmp_path / "results"), cwd=ROOT)  # fmt: skip
+         "--out", str(tmp_path / "results"), "--include-cut-short", cwd=ROOT)  # fmt: skip
     for backbone in PAPER_BACKBONES:
         table = (tmp_path / "results" / "tables" / f"{backbone}.md").read_text()
         assert "piggyback" in table and "packnet" in table

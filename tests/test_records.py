@@ -4,6 +4,7 @@ and order of every record, the stamps it gets, and each way reading one can fail
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ def fake_git(folder: Path, rev_parse_exit: int = 0, status_exit: int = 0) -> str
     script = folder / "git"
     script.write_text(
         f'#!/bin/sh\nif [ "$1" = rev-parse ]; then echo abc123; exit {rev_parse_exit}; fi\n'
+        'if [ "$1" = ls-files ]; then exit 0; fi\n'
         f"echo ' M src/x.py'; exit {status_exit}\n"
     )
     script.chmod(0o755)
@@ -127,3 +129,25 @@ def test_an_unreadable_record_is_named_and_read_records_skips_it_aloud(
     assert "warning: skipping record" in capsys.readouterr().err
     assert [r["run_id"] for r in R.read_records(tmp_path, warn=False)] == ["r"]
     assert capsys.readouterr().err == ""
+
+
+def test_untracked_code_makes_the_tree_dirty_and_is_listed(tmp_path: Path) -> None:
+    """A method or config just added (untracked, as the docs add one) is not in the commit
+    the record names: the record says dirty and lists it (a6ce102 said dirty: false)."""
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "README.md").write_text("x")
+    git("add", "README.md")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    (tmp_path / "notes.txt").write_text("not code")
+    assert R.code_version(tmp_path)["dirty"] is False
+    (tmp_path / "src" / "methods" / "mine").mkdir(parents=True)
+    (tmp_path / "src" / "methods" / "mine" / "module.py").write_text("")
+    (tmp_path / "conf" / "method").mkdir(parents=True)
+    (tmp_path / "conf" / "method" / "mine.yaml").write_text("")
+    version = R.code_version(tmp_path)
+    assert version["dirty"] is True
+    assert version["untracked"] == ["conf/method/mine.yaml", "src/methods/mine/module.py"]

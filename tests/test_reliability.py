@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from piggyback_lab.masking import read_task_file, state_digest
 from piggyback_lab.models import build_backbone
 from piggyback_lab.runs.config import compose
 from piggyback_lab.runs.identity import run_identity
+from piggyback_lab.taskfile import read_task_file, state_digest
 from piggyback_lab.utils.atomic import atomic_dir, atomic_path, atomic_write_json
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import ROOT, make_image_folder, run_module, tiny_overrides
@@ -254,19 +254,25 @@ def test_random_states_survive_a_json_round_trip() -> None:
     assert draws() == first
 
 
-def _start_then_terminate(args: list[str], checkpoints: Path) -> subprocess.CompletedProcess:
-    """Start ``python -m src.train args``, send SIGTERM (as SLURM does at a job's time
-    limit) once its first checkpoint is written, and wait for it to end."""
+def _start_then_terminate(
+    args: list[str], checkpoints: Path, signum: int = signal.SIGTERM, group: bool = False
+) -> subprocess.CompletedProcess:
+    """Start ``python -m src.train args``, send ``signum`` (SIGTERM: as SLURM does at a job's
+    time limit) once its first checkpoint is written, to the process alone or to its whole
+    process group (Ctrl-C on a terminal reaches the loader workers too), and wait for it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
     )  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and not list(checkpoints.rglob("last.ckpt")):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -283,6 +289,18 @@ def test_sigterm_ends_a_run_with_its_signal_code_and_one_line_on_how_to_resume(
     assert "same command again" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "results" / "runs").exists()  # nothing recorded for it
     assert _says_on_start(args, "resuming from")  # (that resuming is exact: the SIGKILL test)
+
+
+def test_ctrl_c_with_loader_workers_is_one_line_not_their_tracebacks(tmp_path, minicnn_weights):
+    """SIGINT to the process group, as a terminal sends it, with 2 loader workers: at
+    a6ce102 each worker printed its KeyboardInterrupt traceback before the run's line."""
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=24, size=16)
+    args = [*tiny_overrides(tmp_path, minicnn_weights, data), "method.epochs=8", "num_workers=2"]
+    checkpoints = tmp_path / "outputs" / "checkpoints"
+    proc = _start_then_terminate(args, checkpoints, signal.SIGINT, group=True)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: stopped by SIGINT"), errors
 
 
 def _says_on_start(args: list[str], needle: str) -> bool:

@@ -259,17 +259,17 @@ def test_wandb_summary(tmp_path: Path, monkeypatch, runs: Path) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     record = next(r for r in read_records(runs) if r["mask_density"])
     csv = CSVLogger(save_dir=str(tmp_path), name="csv")
-    assert not log_run_summary([csv], record, tmp_path / "none.png")
-    assert not log_run_summary(None, record, tmp_path / "none.png")
-    assert not (tmp_path / "none.png").exists()
+    assert not log_run_summary([csv], record, tmp_path)
+    assert not log_run_summary(None, record, tmp_path)
+    assert not (tmp_path / "mask_density.png").exists()
 
     logger = WandbLogger(mode="offline", save_dir=str(tmp_path), project="test")
     try:
-        assert log_run_summary([csv, logger], record, tmp_path / "mask.png")
+        assert log_run_summary([csv, logger], record, tmp_path)
         run = logger.experiment
         assert run.summary["final/top1"] == record["top1"]
         assert run.summary["final/mask_density/fc.0"] == record["mask_density"]["fc.0"]
-        assert (tmp_path / "mask.png").stat().st_size > 1000
+        assert (tmp_path / "mask_density.png").stat().st_size > 1000
         assert list(Path(run.dir).rglob("*.png"))  # the figure went into the run's media
     finally:
         logger.experiment.finish()

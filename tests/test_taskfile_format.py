@@ -1,4 +1,4 @@
-"""The task-file container (piggyback_lab/masking/taskfile.py) on its own: what it writes, what it
+"""The task-file container (piggyback_lab/taskfile.py) on its own: what it writes, what it
 refuses on reading, and when a task is refused for the backbone in hand."""
 
 from __future__ import annotations
@@ -10,8 +10,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from piggyback_lab.masking import check_compatible, read_task_file, write_task_file
-from piggyback_lab.masking.taskfile import FORMAT, _digest
+from piggyback_lab.taskfile import (
+    FORMAT,
+    _digest,
+    check_compatible,
+    read_task_file,
+    write_task_file,
+)
 from piggyback_lab.utils.errors import UserError
 
 TENSORS = {"mask.conv": torch.tensor([3, 255], dtype=torch.uint8), "classifier.bias": torch.ones(2)}
@@ -87,3 +92,15 @@ def test_a_task_for_other_weights_is_refused_and_both_fingerprints_named(
         check_compatible(tf, "minicnn", fingerprint)
     assert f"(fingerprint 0123456789ab, these are {fingerprint[:12]});" in str(err.value)
     check_compatible(tf, "minicnn", "".join(["0123456789", "abcdef"]))  # equal, not identical
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_tensor_that_is_not_a_number_is_refused_though_its_digest_is_valid(
+    tmp_path: Path, value: float
+) -> None:
+    """A task with a NaN or inf tensor written with a valid digest (a diverged run, an
+    edit that recomputed the digest) was served at a6ce102: every class printed nan."""
+    path = tmp_path / "t.safetensors"
+    write_task_file(path, {**TENSORS, "classifier.bias": torch.tensor([1.0, value])}, META)
+    with pytest.raises(UserError, match=r"classifier.bias holds NaN or infinite values"):
+        read_task_file(path)

@@ -7,6 +7,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ def eval_split(datamodule: Any) -> str:
     labels); "none" (protocol=final without test labels: nothing is tested). Data without
     the attribute (ImageFolder trees, plain loaders) tests on "test"."""
     return getattr(datamodule, "eval_split", "test")
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """A loader worker leaves Ctrl-C to the run: on a terminal SIGINT reaches the whole
+    process group, and each worker would print its own KeyboardInterrupt traceback before
+    the run's one line; the run stops the workers itself as it ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def worker_start_method() -> str | None:
@@ -173,6 +181,7 @@ class SplitDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             multiprocessing_context=worker_start_method() if self.num_workers > 0 else None,
+            worker_init_fn=ignore_interrupts if self.num_workers > 0 else None,
         )
 
     def check(self) -> None:

@@ -23,6 +23,7 @@ from piggyback_lab.methods.multitask import MultiTaskModel, task_paths
 from piggyback_lab.methods.tasks import read_task
 from piggyback_lab.runs.config import compose
 from piggyback_lab.runs.records import read_records
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.atomic import atomic_dir, atomic_write_json
 from piggyback_lab.utils.errors import UserError
 
@@ -75,8 +76,46 @@ def export_bundle(
     weights: str | None = None,
     records_dir: str | Path | None = "results",
 ) -> dict[str, Any]:
-    """Write ``out`` (atomically): the task files and a manifest; returns the manifest."""
+    """Write ``out`` (atomically): the task files and a manifest; returns the manifest. An
+    existing ``out`` is replaced only when it is a bundle: a folder of anything else is
+    refused, never deleted."""
+    out = Path(out)
+    empty = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not empty and not (out / MANIFEST).is_file():
+        raise UserError(
+            f"{out} exists and is not a bundle (no {MANIFEST}); a bundle replaces its folder "
+            "whole, so choose a new --out"
+        )
     files = [read_task(p) for p in task_paths(tasks)]
+    backbone, fingerprint = _one_backbone(files)
+    weights = weights or default_weights(backbone)
+    host = MultiTaskModel(backbone, weights)  # proves the reference yields these weights
+    for tf in files:
+        host.add_task(tf)
+    weights_file = Path(weights) if weights and Path(weights).is_file() else None
+    records = read_records(records_dir) if records_dir and Path(records_dir).is_dir() else []
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": {
+            "name": backbone,
+            "weights": weights,
+            "weights_sha256": sha256_file(weights_file) if weights_file else None,
+            "fingerprint": fingerprint,
+        },
+        "tasks": [_entry(tf, records) for tf in files],
+    }
+    manifest["sha256"] = manifest_digest(manifest)
+    with atomic_dir(out) as tmp:
+        (tmp / "tasks").mkdir()
+        for tf in files:
+            shutil.copyfile(tf.path, tmp / "tasks" / tf.path.name)
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _one_backbone(files: list[TaskFile]) -> tuple[str, str]:
+    """(backbone, fingerprint) that every task shares; distinct names, one task each."""
     names = [tf.path.stem for tf in files]
     if len(set(names)) != len(names):
         raise UserError(f"two task files share a name: {sorted(names)}; rename one")
@@ -92,47 +131,25 @@ def export_bundle(
         raise UserError(
             f"the tasks were trained on different backbones ({listed}); bundle each apart"
         )
-    ((backbone, fingerprint),) = backbones
-    weights = weights or default_weights(backbone)
-    host = MultiTaskModel(backbone, weights)  # proves the reference yields these weights
-    for tf in files:
-        host.add_task(tf)
-    weights_file = Path(weights) if weights and Path(weights).is_file() else None
-    records = read_records(records_dir) if records_dir and Path(records_dir).is_dir() else []
-    entries = []
-    for tf in files:
-        entries.append({
-            "name": tf.path.stem,
-            "file": f"tasks/{tf.path.name}",
-            "sha256": sha256_file(tf.path),
-            "bytes": tf.path.stat().st_size,
-            "kind": tf.kind,
-            "dataset": tf.meta.get("dataset"),
-            "num_classes": len(tf.class_names),
-            "classes": tf.class_names,
-            "run_id": tf.meta.get("run_id"),
-            "accuracy": _accuracy(records, tf.meta.get("run_id")),
-            "fingerprint": tf.meta["fingerprint"],
-            **method_of(tf).storage(tf),
-        })  # fmt: skip
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backbone": {
-            "name": backbone,
-            "weights": weights,
-            "weights_sha256": sha256_file(weights_file) if weights_file else None,
-            "fingerprint": fingerprint,
-        },
-        "tasks": entries,
+    return next(iter(backbones))
+
+
+def _entry(tf: TaskFile, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A task's line in the manifest."""
+    return {
+        "name": tf.path.stem,
+        "file": f"tasks/{tf.path.name}",
+        "sha256": sha256_file(tf.path),
+        "bytes": tf.path.stat().st_size,
+        "kind": tf.kind,
+        "dataset": tf.meta.get("dataset"),
+        "num_classes": len(tf.class_names),
+        "classes": tf.class_names,
+        "run_id": tf.meta.get("run_id"),
+        "accuracy": _accuracy(records, tf.meta.get("run_id")),
+        "fingerprint": tf.meta["fingerprint"],
+        **method_of(tf).storage(tf),
     }
-    manifest["sha256"] = manifest_digest(manifest)
-    with atomic_dir(out) as tmp:
-        (tmp / "tasks").mkdir()
-        for tf in files:
-            shutil.copyfile(tf.path, tmp / "tasks" / tf.path.name)
-        atomic_write_json(tmp / MANIFEST, manifest)
-    return manifest
 
 
 def verify_bundle(folder: str | Path, weights: str | None = None) -> dict[str, Any]:
@@ -162,52 +179,60 @@ def verify_bundle(folder: str | Path, weights: str | None = None) -> dict[str, A
 
 
 def _verify(folder: Path, manifest: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """Every problem of the bundle at once: the manifest's digest, each task, the weights."""
     bb = manifest["backbone"]
     problems = []
     if manifest.get("sha256") != manifest_digest(manifest):
         problems.append(f"{MANIFEST} was edited after export (its digest does not match)")
     for entry in manifest["tasks"]:
-        file = folder / entry["file"]
-        if not file.is_file():
-            problems.append(f"{entry['file']} is missing")
-            continue
-        if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
-            problems.append(f"{entry['file']} differs from the manifest (size or SHA-256)")
-            continue
-        try:
-            tf = read_task(file)
-        except UserError as err:
-            problems.append(str(err))
-            continue
-        expected = {**entry, "backbone": bb["name"]}
-        for key in CHECKED_META:
-            if tf.meta.get(key) != expected[key]:
-                problems.append(f"{entry['file']}: {key} is {tf.meta.get(key)!r}, manifest says "
-                                f"{expected[key]!r}")  # fmt: skip
-        if tf.class_names != entry["classes"]:
-            problems.append(f"{entry['file']}: class names differ from the manifest")
-        storage = method_of(tf).storage(tf)
-        for key in STORAGE_KEYS:
-            if key in storage and storage[key] != entry.get(key):
-                problems.append(f"{entry['file']}: {key} is {storage[key]!r}, manifest says "
-                                f"{entry.get(key)!r}")  # fmt: skip
-        if entry["fingerprint"] != bb["fingerprint"]:
-            problems.append(
-                f"{entry['file']} was made for other backbone weights than the bundle's"
-            )
+        problems += _task_problems(folder, entry, bb)
     reference = weights or bb["weights"]
     checked = bool(weights) or bool(reference and Path(reference).is_file())
     if checked:
-        stored_sha = None if weights else bb.get("weights_sha256")
-        if stored_sha and sha256_file(Path(reference)) != stored_sha:
-            problems.append(f"backbone weights {reference} differ from the bundle's (SHA-256)")
-        else:
-            actual = MultiTaskModel(bb["name"], reference).fingerprint
-            if actual != bb["fingerprint"]:
-                problems.append(
-                    f"backbone weights {reference} have fingerprint {actual[:12]}, the bundle "
-                    f"needs {bb['fingerprint'][:12]}"
-                )
+        problems += _weights_problems(reference, None if weights else bb.get("weights_sha256"), bb)
     if problems:
         raise UserError(f"bundle {folder} failed verification:\n  " + "\n  ".join(problems))
     return {"tasks": len(manifest["tasks"]), "backbone_checked": checked, "manifest": manifest}
+
+
+def _task_problems(folder: Path, entry: dict[str, Any], bb: dict[str, Any]) -> list[str]:
+    """What is wrong with one task of the bundle against its manifest entry."""
+    file = folder / entry["file"]
+    if not file.is_file():
+        return [f"{entry['file']} is missing"]
+    if file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]:
+        return [f"{entry['file']} differs from the manifest (size or SHA-256)"]
+    try:
+        tf = read_task(file)
+    except UserError as err:
+        return [str(err)]
+    problems = []
+    expected = {**entry, "backbone": bb["name"]}
+    for key in CHECKED_META:
+        if tf.meta.get(key) != expected[key]:
+            problems.append(f"{entry['file']}: {key} is {tf.meta.get(key)!r}, manifest says "
+                            f"{expected[key]!r}")  # fmt: skip
+    if tf.class_names != entry["classes"]:
+        problems.append(f"{entry['file']}: class names differ from the manifest")
+    storage = method_of(tf).storage(tf)
+    for key in STORAGE_KEYS:
+        if key in storage and storage[key] != entry.get(key):
+            problems.append(f"{entry['file']}: {key} is {storage[key]!r}, manifest says "
+                            f"{entry.get(key)!r}")  # fmt: skip
+    if entry["fingerprint"] != bb["fingerprint"]:
+        problems.append(f"{entry['file']} was made for other backbone weights than the bundle's")
+    return problems
+
+
+def _weights_problems(reference: str, stored_sha: str | None, bb: dict[str, Any]) -> list[str]:
+    """Whether the backbone weights are the bundle's: the file's SHA-256 when recorded,
+    else the fingerprint of the network they build."""
+    if stored_sha and sha256_file(Path(reference)) != stored_sha:
+        return [f"backbone weights {reference} differ from the bundle's (SHA-256)"]
+    actual = MultiTaskModel(bb["name"], reference).fingerprint
+    if actual != bb["fingerprint"]:
+        return [
+            f"backbone weights {reference} have fingerprint {actual[:12]}, the bundle needs "
+            f"{bb['fingerprint'][:12]}"
+        ]
+    return []

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics.classification import MulticlassAccuracy
 
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.multitask import MultiTaskModel, task_paths
 from piggyback_lab.methods.tasks import read_task
@@ -28,6 +27,7 @@ from piggyback_lab.runs.builders import build_datamodule
 from piggyback_lab.runs.config import CONF_DIR, compose, dataset_config_for
 from piggyback_lab.runs.identity import weights_fingerprint
 from piggyback_lab.runs.records import read_record, read_records, run_record, write_record
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError, check_integer
 
 
@@ -150,16 +150,7 @@ class Evaluator:
             )
         if host is None:
             host, name = self.host_for(tf, cfg)
-        top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-        n = 0
-        for x, y in datamodule.test_dataloader():
-            logits = host.predict(x, name, batch_size)
-            top1.update(logits, y)
-            top5.update(logits, y)
-            n += len(y)
-        if n == 0:
-            raise UserError(f"the test set at {datamodule.root}/test holds no images")
+        top1, top5, n = _score(host, name, datamodule, num_classes, batch_size)
         train = _training_record(Path(cfg.paths.runs_dir), tf, dataset)
         task_run = train.get("run_id") or tf.meta.get("run_id", tf.path.stem)
         shared = method_of(tf).shared_network
@@ -172,8 +163,8 @@ class Evaluator:
             method=task_method(tf),
             seed=train.get("seed", tf.meta.get("seed")),
             protocol=train.get("protocol"),
-            top1=100.0 * float(top1.compute()),
-            top5=100.0 * float(top5.compute()),
+            top1=top1,
+            top5=top5,
             weights_fingerprint=(
                 self.weights_fingerprint(tf.meta["backbone"], str(weights)) if weights else None
             ),
@@ -184,11 +175,29 @@ class Evaluator:
             task_run_id=task_run,
             train_top1=train.get("top1"),
             n_test=n,
-            **method_of(tf).mask_stats(tf),
+            **method_of(tf).state_facts(tf),
             dataset_root=str(cfg.dataset.root),
             test_transforms=OmegaConf.to_container(cfg.dataset.transforms, resolve=True),
             backbone_weights=None if weights is None else str(weights),
         )
+
+
+@torch.no_grad()
+def _score(
+    host: MultiTaskModel, name: str, datamodule: Any, num_classes: int, batch_size: int
+) -> tuple[float, float, int]:
+    """(top-1 %, top-5 %, images) of the hosted task ``name`` on the test split."""
+    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+    n = 0
+    for x, y in datamodule.test_dataloader():
+        logits = host.predict(x, name, batch_size)
+        top1.update(logits, y)
+        top5.update(logits, y)
+        n += len(y)
+    if n == 0:
+        raise UserError(f"the test set at {datamodule.root}/test holds no images")
+    return 100.0 * float(top1.compute()), 100.0 * float(top5.compute()), n
 
 
 def _training_record(runs_dir: Path, tf: TaskFile, dataset: str) -> dict[str, Any]:
@@ -216,7 +225,8 @@ def evaluate_tasks(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str, 
     batch_size = check_integer("batch_size", cfg.batch_size)
     evaluator = Evaluator(overrides, pick_device(str(cfg.device)), str(cfg.strategy))
     out = Path(cfg.out or Path(cfg.paths.results_dir) / "evals")
-    files = [read_task(p) for p in task_paths(str(cfg.tasks))]  # every file, before any work
+    named = OmegaConf.to_container(cfg.tasks) if isinstance(cfg.tasks, ListConfig) else cfg.tasks
+    files = [read_task(p) for p in task_paths(named)]  # every file, before any work
     records = []
     for tf in files:
         path = tf.path
@@ -237,6 +247,17 @@ def own_keys(config_name: str) -> set[str]:
     return set(OmegaConf.load(CONF_DIR / f"{config_name}.yaml")) - {"defaults"}
 
 
+def task_list_as_written(argv: Sequence[str]) -> list[str]:
+    """``tasks=a,b`` as the README writes it: one value, not Hydra's ambiguous sweep (which
+    it refuses outside -m); a quoted value or a [list] is left as it is."""
+    return [
+        f"tasks='{arg[len('tasks=') :]}'"
+        if arg.startswith("tasks=") and "," in arg and arg[len("tasks=") :][:1] not in "'\"["
+        else arg
+        for arg in argv
+    ]
+
+
 def training_overrides(overrides: Sequence[str], config_name: str) -> list[str]:
     """The command line's overrides of the training config, without the app's own keys."""
     own = own_keys(config_name)
@@ -245,5 +266,6 @@ def training_overrides(overrides: Sequence[str], config_name: str) -> list[str]:
 
 def evaluate(overrides: Sequence[str]) -> list[dict[str, Any]]:
     """``python -m src.eval`` in-process: conf/eval.yaml composed with ``overrides``."""
+    overrides = task_list_as_written(overrides)
     cfg = compose(overrides, "eval")
     return evaluate_tasks(cfg, training_overrides(overrides, "eval"))

@@ -24,8 +24,50 @@ LOGGED_METRICS = (
 )  # what src/piggyback_lab/methods/base.py logs
 
 
+# Root switches a run reads as booleans: a string ("no", "maybe") is not one of them.
+SWITCHES = ("force", "keep_checkpoints", "verify_images", "skip_bad_images", "pretrained_as_is")
+# Lightning's run-length keys: a run's length is its method's (method.epochs and schedule).
+RUN_LENGTH_KEYS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time")
+
+
+def check_switches(cfg: DictConfig) -> None:
+    """Booleans are booleans; channels_last is auto, true or false."""
+    for key in SWITCHES:
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise UserError(f"{key} must be true or false (got {cfg[key]!r})")
+    value = cfg.get("channels_last", "auto")
+    if value != "auto" and not isinstance(value, bool):
+        raise UserError(f"channels_last must be auto, true or false (got {value!r})")
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Trainer keys that a run would not honour are refused, with what does the job."""
+    trainer = cfg.trainer
+    for key in RUN_LENGTH_KEYS:
+        if key in trainer:
+            raise UserError(
+                f"trainer.{key} is not read: a run trains method.epochs epochs (now "
+                f"{cfg.method.get('epochs')}) on its method's schedule; set method.epochs=<n>"
+            )
+    devices = trainer.get("devices", 1)
+    several = devices == -1 or (isinstance(devices, int) and devices > 1)
+    several = several or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    if several and trainer.get("use_distributed_sampler", True):
+        raise UserError(
+            f"trainer.devices={devices} needs trainer=ddp, whose validation and test count "
+            f"each image once: python -m src.train trainer=ddp trainer.devices={devices}"
+        )
+    if trainer.get("limit_val_batches") == 0 and cfg.protocol != "final":
+        raise UserError(
+            f"trainer.limit_val_batches=0 leaves protocol={cfg.protocol} no validation to "
+            "pick the best epoch with; use protocol=final (train on all, keep the last epoch)"
+        )
+
+
 def check_values(cfg: DictConfig) -> None:
     """Types and ranges of the keys every run reads."""
+    check_switches(cfg)
+    check_trainer_keys(cfg)
     check_integer("seed", cfg.seed, 0)
     if cfg.seed > MAX_SEED:
         raise UserError(f"seed must be <= {MAX_SEED} (numpy's range; got {cfg.seed})")

@@ -23,23 +23,29 @@ class UserError(Exception):
 
 
 class Interrupted(BaseException):
-    """SIGTERM or SIGINT arrived (a cluster's time limit, Ctrl-C). A BaseException, so that
-    no ``except Exception`` (a sweep's job, Hydra's) takes it for a job's own failure."""
+    """A stop signal arrived (a cluster's time limit, Ctrl-C, a closed terminal). A
+    BaseException, so that no ``except Exception`` (a sweep's job, Hydra's) takes it for a
+    job's own failure."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+# What ends a run from outside: a cluster's time limit (SIGTERM; SLURM's --signal sends
+# SIGUSR1 first), Ctrl-C (SIGINT), a closed terminal or SSH session (SIGHUP).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGINT raise ``Interrupted`` while the body runs (Lightning calls these
-    handlers from its own)."""
+    """The ``STOP_SIGNALS`` raise ``Interrupted`` while the body runs (Lightning calls these
+    handlers from its own), so each ends the run with one line and its lock released."""
 
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -85,7 +91,7 @@ def log_error(message: str) -> None:
 
 def exit_on_user_error(fn: F) -> F:
     """Turn a UserError raised by ``fn`` into ``error: <message>`` on stderr and exit code 2;
-    SIGTERM or SIGINT into one line saying how to go on and exit code 128 + the signal."""
+    a stop signal into one line saying how to go on and exit code 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -13,13 +13,13 @@ import math
 
 import torch
 
-from piggyback_lab.masking.taskfile import TaskFile
 from piggyback_lab.methods.lora.layer import folded
 from piggyback_lab.methods.registry import (
     WeightRewriteTask,
     check_trunk_weights,
     stored_bits_per_weight,
 )
+from piggyback_lab.taskfile import TaskFile
 from piggyback_lab.utils.errors import UserError
 
 PREFIXES = ("lora_A.", "lora_B.")
@@ -36,8 +36,9 @@ class LoRATask(WeightRewriteTask):
         layers, r = tf.meta.get("layers"), tf.meta.get("r")
         if not isinstance(layers, dict) or not layers or not isinstance(r, int) or r < 1:
             raise UserError(f"task file {tf.path} lists no adapted layers or no rank; corrupt")
-        if not isinstance(tf.meta.get("lora_alpha"), (int, float)):
-            raise UserError(f"task file {tf.path} has no lora_alpha; it is corrupt")
+        alpha = tf.meta.get("lora_alpha")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise UserError(f"task file {tf.path} has no positive lora_alpha; it is corrupt")
         for key, shape in layers.items():
             a, b = tf.tensors.get(f"lora_A.{key}"), tf.tensors.get(f"lora_B.{key}")
             if (
