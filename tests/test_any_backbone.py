@@ -18,6 +18,7 @@ from piggyback_lab.models import build_backbone, classifier_name
 from piggyback_lab.models.surgery import prunable_weights
 from piggyback_lab.runs.config import compose
 from piggyback_lab.taskfile import read_task_file
+from piggyback_lab.utils.errors import UserError
 from tests.conftest import (
     CONF,
     TINY_BUDGET,
@@ -209,3 +210,17 @@ def test_norms_train_per_task_only_when_asked_and_embeddings_stay_frozen(
         assert (
             torch.equal(folded.eval()(images), expected) is train_bn
         )  # norms travel only if trained
+
+
+def test_a_stated_classifier_is_an_overlay_not_a_rewrite_of_the_registry() -> None:
+    """backbone.classifier names another Linear layer for one build; the registry keeps its
+    own (a6ce102's use_backbone rewrote it for the rest of the process)."""
+    name = "mobilenet_v3_small"  # classifier.0 and classifier.3 are Linear layers
+    assert classifier_name(name) == "classifier.3"
+    model = build_backbone(name, None, 5, classifier="classifier.0")
+    assert model.get_submodule("classifier.0").out_features == 5
+    assert model.get_submodule("classifier.3").out_features == 1000
+    assert classifier_name(name, "classifier.0") == "classifier.0"
+    assert classifier_name(name) == "classifier.3"  # unchanged for everyone else
+    with pytest.raises(UserError, match="is not a Linear layer"):
+        classifier_name(name, "features.0")

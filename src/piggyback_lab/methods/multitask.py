@@ -82,10 +82,14 @@ class MultiTaskModel:
                 f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}"
             )
         self.backbone = backbone
-        self.classifier = classifier or classifier_name(backbone)
+        if model is not None and classifier:
+            self.classifier = classifier  # one's own model: its classifier as stated
+        else:
+            self.classifier = classifier_name(backbone, classifier)
         self.strategy = strategy
         self.device = torch.device(device)
-        model = model if model is not None else build_backbone(backbone, weights, num_classes=1)
+        if model is None:
+            model = build_backbone(backbone, weights, num_classes=1, classifier=self.classifier)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

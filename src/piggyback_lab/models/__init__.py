@@ -12,12 +12,12 @@ from piggyback_lab.models.registry import (
     WEIGHT_FILE_SUFFIXES,
     backbone_facts,
     backbone_names,
+    backbone_spec,
     build_backbone,
     classifier_name,
     load_state_dict_file,
     normalisation,
     pretrained_state,
-    use_backbone,
     weights_source,
 )
 from piggyback_lab.models.resnet26 import ResNet26
@@ -30,11 +30,11 @@ __all__ = [
     "ResNet26",
     "backbone_facts",
     "backbone_names",
+    "backbone_spec",
     "build_backbone",
     "classifier_name",
     "load_state_dict_file",
     "normalisation",
     "pretrained_state",
-    "use_backbone",
     "weights_source",
 ]

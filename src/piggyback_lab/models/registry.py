@@ -165,22 +165,31 @@ def _spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def use_backbone(name: str, classifier: str | None = None) -> None:
-    """Resolve ``name`` now, with the classifier path a backbone config states (if any)."""
+def backbone_spec(name: str, classifier: str | None = None) -> BackboneSpec:
+    """The registered spec of ``name`` with the classifier path a backbone config states
+    overlaid (a library model's Linear layer, checked), as timm overlays a pretrained_cfg:
+    the registry itself is never rewritten."""
     spec = _spec(name)
     if classifier is None or classifier == spec.classifier:
-        return
+        return spec
+    return _overlaid(name, classifier)
+
+
+@functools.cache
+def _overlaid(name: str, classifier: str) -> BackboneSpec:
+    spec = _spec(name)
     if spec.library not in ("torchvision", "timm"):
         raise UserError(
             f"backbone.classifier={classifier!r}: {name}'s classifier is {spec.classifier!r} "
             "(set where the architecture is registered)"
         )
     build = _torchvision_spec if spec.library == "torchvision" else _timm_spec
-    BACKBONES[name] = build(name, classifier)
+    return build(name, classifier)
 
 
-def classifier_name(name: str) -> str:
-    return _spec(name).classifier
+def classifier_name(name: str, classifier: str | None = None) -> str:
+    """The classifier's path: the stated one (checked), else the registry's."""
+    return backbone_spec(name, classifier).classifier
 
 
 def normalisation(name: str, weights: str | None = None) -> dict[str, list[float]]:
@@ -340,6 +349,7 @@ def build_backbone(
     weights: str | None,
     num_classes: int | None = None,
     keep_classifier: bool = False,
+    classifier: str | None = None,
 ) -> nn.Module:
     """The named network with its pretrained weights and a fresh ``num_classes`` classifier
     (None: the pretrained classifier as it is, whatever its size).
@@ -348,8 +358,9 @@ def build_backbone(
     (.safetensors or a weights-only torch file), a packaged weights name, a timm tag, or
     None for random initialisation. ``keep_classifier``: keep the pretrained classifier, which
     must have ``num_classes`` outputs (scoring the network on the data it was trained on).
+    ``classifier``: the classifier's path a backbone config states (default: the registry's).
     """
-    spec = _spec(name)
+    spec = backbone_spec(name, classifier)
     model = spec.build()
     own_head: dict[str, torch.Tensor] = {}  # the pretrained classifier's tensors
     if weights:

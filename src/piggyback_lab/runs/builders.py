@@ -88,8 +88,9 @@ def scores_pretrained(cfg: DictConfig) -> bool:
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     """The configured backbone with its pretrained weights and a fresh classifier (its own,
     when the run scores the pretrained network as it is)."""
+    bb = cfg.backbone
     return build_backbone(
-        cfg.backbone.name, cfg.backbone.weights, num_classes, scores_pretrained(cfg)
+        bb.name, bb.weights, num_classes, scores_pretrained(cfg), bb.get("classifier")
     )
 
 
@@ -114,7 +115,7 @@ def build_method(
         method_settings(cfg, exclude),
         f"method {cfg.method.name!r}",
         model=model,
-        classifier=classifier_name(cfg.backbone.name),
+        classifier=classifier_name(cfg.backbone.name, cfg.backbone.get("classifier")),
         backbone=cfg.backbone.name,
         num_classes=num_classes,
         _convert_="all",

@@ -89,7 +89,8 @@ def export_bundle(
     files = [read_task(p) for p in task_paths(tasks)]
     backbone, fingerprint = _one_backbone(files)
     weights = weights or default_weights(backbone)
-    host = MultiTaskModel(backbone, weights)  # proves the reference yields these weights
+    head = files[0].meta.get("classifier")
+    host = MultiTaskModel(backbone, weights, classifier=head)  # proves the weights fit
     for tf in files:
         host.add_task(tf)
     weights_file = Path(weights) if weights and Path(weights).is_file() else None

@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.multitask import MultiTaskModel, task_paths
 from piggyback_lab.methods.tasks import read_task
-from piggyback_lab.models import use_backbone
+from piggyback_lab.models import classifier_name
 from piggyback_lab.runs.builders import build_datamodule
 from piggyback_lab.runs.config import CONF_DIR, compose, dataset_config_for
 from piggyback_lab.runs.identity import weights_fingerprint
@@ -60,7 +60,7 @@ def compose_config(
     cfg = compose([*(f"{g}={n}" for g, n in chosen), *overrides])
     if transforms and not any(o.lstrip("+~").startswith("dataset.transforms") for o in overrides):
         OmegaConf.update(cfg, "dataset.transforms", dict(transforms), merge=True)
-    use_backbone(cfg.backbone.name, cfg.backbone.get("classifier"))  # as it was trained
+    classifier_name(cfg.backbone.name, cfg.backbone.get("classifier"))  # resolves, checked
     return cfg
 
 
@@ -104,7 +104,7 @@ class Evaluator:
             weights = cfg.backbone.weights
             self.models[backbone] = MultiTaskModel(
                 backbone, str(weights) if weights else None, strategy=self.strategy,
-                device=self.device,
+                device=self.device, classifier=tf.meta.get("classifier"),
             )  # fmt: skip
         host = self.models[backbone]
         name = str(tf.path.resolve())

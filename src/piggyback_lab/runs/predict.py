@@ -106,13 +106,15 @@ def predict_images(cfg: DictConfig, overrides: Sequence[str]) -> list[dict]:
     weights = task_cfg.backbone.weights
     if tf is not None:
         host = MultiTaskModel(
-            tf.meta["backbone"], str(weights) if weights else None, [tf], device=device
-        )
+            tf.meta["backbone"], str(weights) if weights else None, [tf], device=device,
+            classifier=tf.meta.get("classifier"),
+        )  # fmt: skip
         top = host.topk(images, tf.path.stem, k=k, batch_size=batch_size)
     else:
         bb = task_cfg.backbone
-        network = build_backbone(bb.name, str(weights), None, keep_classifier=True)
-        outputs = network.get_submodule(classifier_name(bb.name)).out_features
+        head = classifier_name(bb.name, bb.get("classifier"))
+        network = build_backbone(bb.name, str(weights), classifier=head)
+        outputs = network.get_submodule(head).out_features
         names = pretrained_class_names(bb.name, str(weights), outputs)
         network = network.to(device).eval()
         with torch.no_grad():

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from piggyback_lab.data.datamodule import PROTOCOLS
 from piggyback_lab.methods.base import check_schedule
-from piggyback_lab.models import BACKBONES, build_backbone, use_backbone, weights_source
+from piggyback_lab.models import BACKBONES, build_backbone, weights_source
 from piggyback_lab.models.registry import check_weights_name
 from piggyback_lab.runs.config import check_paths, check_writable_folder
 from piggyback_lab.utils.errors import UserError, check_choice, check_integer, check_positive
@@ -135,9 +135,8 @@ def check_backbone(cfg: DictConfig, task_cfgs: Iterable[DictConfig]) -> None:
     takes the input size of every dataset it will see: one forward pass on the meta device
     (no memory, no weights) finds what the model itself would refuse."""
     bb = cfg.backbone
-    use_backbone(bb.name, bb.get("classifier"))
-    with torch.device("meta"):
-        model = build_backbone(bb.name, None, num_classes=1).eval()  # a batch of 1: no BN
+    with torch.device("meta"):  # a batch of 1: no BN
+        model = build_backbone(bb.name, None, 1, classifier=bb.get("classifier")).eval()
     for config in task_cfgs:
         size = OmegaConf.select(config, "dataset.transforms.size")
         if size is None:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from piggyback_lab.methods import method_named
 from piggyback_lab.methods.sequence import SequenceAlgorithm
-from piggyback_lab.models import normalisation
+from piggyback_lab.models import classifier_name, normalisation
 from piggyback_lab.runs.builders import (
     build_datamodule,
     build_loggers,
@@ -98,6 +98,12 @@ def validate(cfg: DictConfig) -> list[str]:
         raise UserError(
             "a task sequence runs in one process on one device (its steps between tasks and "
             "the shared state are not distributed); use the default trainer (trainer.devices=1)"
+        )
+    stated, own = cfg.backbone.get("classifier"), classifier_name(cfg.backbone.name)
+    if stated and stated != own:
+        raise UserError(
+            f"a task sequence uses {cfg.backbone.name}'s own classifier path ({own}); drop "
+            f"backbone.classifier={stated}"
         )
     algorithm(cfg).check_settings(cfg.method, tasks, [*BASE_DATASETS, *known])
     return tasks

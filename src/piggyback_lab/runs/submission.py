@@ -28,7 +28,7 @@ from piggyback_lab.data.decathlon import (
 from piggyback_lab.methods import method_of
 from piggyback_lab.methods.multitask import MultiTaskModel
 from piggyback_lab.methods.tasks import read_task
-from piggyback_lab.models import normalisation, use_backbone
+from piggyback_lab.models import normalisation
 from piggyback_lab.utils.atomic import atomic_write_bytes
 from piggyback_lab.utils.errors import UserError
 
@@ -84,12 +84,12 @@ def load_model(record: Mapping[str, Any]) -> torch.nn.Module:
     """
     config = record["config"]
     name = config["backbone"]["name"]
-    use_backbone(name, config["backbone"].get("classifier"))
     tf = read_task(record["task_file"])
     if method_of(tf).shared_network:
         host, task = MultiTaskModel.from_file(tf), record["dataset"]
     else:  # a task for a backbone: host it on the record's weights
-        host, task = MultiTaskModel(name, config["backbone"]["weights"], [tf]), tf.path.stem
+        weights, head = config["backbone"]["weights"], tf.meta.get("classifier")
+        host, task = MultiTaskModel(name, weights, [tf], classifier=head), tf.path.stem
     if task not in host.tasks:
         raise UserError(f"{tf.path} holds no task {task!r}")
     host.select(task)
