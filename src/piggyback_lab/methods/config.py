@@ -60,6 +60,42 @@ class SGDConfig:
     weight_decay: float = field(default=MISSING, metadata=WEIGHT_DECAY)
 
 
+@dataclass
+class AdamScheduleConfig:
+    """What BitFit, LoRA and SSF share: no recipe is published for them on these backbones,
+    so Piggyback's schedule (Adam, 30 epochs, x0.1 at 15, batch 32, no weight decay) with lr
+    1e-3 for the method's tensors and the classifier: our choice, the default to sweep from
+    (docs/methods.md). A subclass names its module and itself (``_target_``, ``name``)."""
+
+    _target_: str = field(
+        default=MISSING, metadata={"help": "the LightningModule that trains a task"}
+    )
+    name: str = field(
+        default=MISSING, metadata={"help": "the method's name in records, task files, tables"}
+    )
+    epochs: int = field(default=30, metadata={"help": "training epochs (Piggyback's schedule)"})
+    batch_size: int = field(
+        default=32, metadata={"help": "images per training batch (Piggyback's)"}
+    )
+    optimizer: AdamConfig = field(
+        default_factory=lambda: AdamConfig(weight_decay=0.0),
+        metadata={"help": "Adam for the method's tensors and the classifier, no weight decay"},
+    )
+    lr: float = field(default=1e-3, metadata={"help": "the method's own tensors' learning rate"})
+    classifier_lr: float | None = field(
+        default=1e-3, metadata={"help": "the classifier's learning rate (null: lr)"}
+    )
+    lr_decay_every: int = field(
+        default=15, metadata={"help": "epochs between learning-rate steps (Piggyback's)"}
+    )
+    lr_decay_factor: float = field(
+        default=0.1, metadata={"help": "the learning rate's factor at each step"}
+    )
+    train_bn: bool = field(
+        default=False, metadata={"help": "train the norms' parameters and statistics per task"}
+    )
+
+
 def register_config(config_name: str, config: type) -> type:
     """Register ``config`` (a dataclass) as the settings of ``method=<config_name>``: the
     schema conf/method/<config_name>.yaml names in its defaults list

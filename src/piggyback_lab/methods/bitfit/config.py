@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from piggyback_lab.methods.config import AdamConfig
+from piggyback_lab.methods.config import AdamScheduleConfig
 
 
 @dataclass
-class BitFitConfig:
+class BitFitConfig(AdamScheduleConfig):
     """Every bias of the frozen backbone, norm biases included, and a new classifier (Ben
     Zaken, Ravfogel, Goldberg, ACL 2022)."""
 
@@ -21,24 +21,6 @@ class BitFitConfig:
     )
     name: str = field(
         default="bitfit", metadata={"help": "the method's name in records, task files, tables"}
-    )
-    epochs: int = field(default=30, metadata={"help": "training epochs (Piggyback's schedule)"})
-    batch_size: int = field(
-        default=32, metadata={"help": "images per training batch (Piggyback's)"}
-    )
-    optimizer: AdamConfig = field(
-        default_factory=lambda: AdamConfig(weight_decay=0.0),
-        metadata={"help": "Adam for biases and classifier, no weight decay"},
-    )
-    lr: float = field(default=1e-3, metadata={"help": "the biases' learning rate"})
-    classifier_lr: float | None = field(
-        default=1e-3, metadata={"help": "the classifier's learning rate (null: lr)"}
-    )
-    lr_decay_every: int = field(
-        default=15, metadata={"help": "epochs between learning-rate steps (Piggyback's)"}
-    )
-    lr_decay_factor: float = field(
-        default=0.1, metadata={"help": "the learning rate's factor at each step"}
     )
     train_bn: bool = field(
         default=False,

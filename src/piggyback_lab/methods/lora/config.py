@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from piggyback_lab.methods.config import AdamConfig
+from piggyback_lab.methods.config import AdamScheduleConfig
 
 PEFT = "peft LoraConfig's default"
 
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(AdamScheduleConfig):
     """W + (lora_alpha / r) * B A on the frozen backbone's weights, and a new classifier (Hu
     et al., ICLR 2022)."""
 
@@ -25,27 +25,7 @@ class LoRAConfig:
     name: str = field(
         default="lora", metadata={"help": "the method's name in records, task files, tables"}
     )
-    epochs: int = field(default=30, metadata={"help": "training epochs (Piggyback's schedule)"})
-    batch_size: int = field(
-        default=32, metadata={"help": "images per training batch (Piggyback's)"}
-    )
-    optimizer: AdamConfig = field(
-        default_factory=lambda: AdamConfig(weight_decay=0.0),
-        metadata={"help": "Adam for A, B and classifier, no weight decay"},
-    )
-    lr: float = field(default=1e-3, metadata={"help": "A's and B's learning rate"})
-    classifier_lr: float | None = field(
-        default=1e-3, metadata={"help": "the classifier's learning rate (null: lr)"}
-    )
-    lr_decay_every: int = field(
-        default=15, metadata={"help": "epochs between learning-rate steps (Piggyback's)"}
-    )
-    lr_decay_factor: float = field(
-        default=0.1, metadata={"help": "the learning rate's factor at each step"}
-    )
-    train_bn: bool = field(
-        default=False, metadata={"help": "train the norms' parameters and statistics per task"}
-    )
+
     r: int = field(default=8, metadata={"help": "the update's rank", "source": PEFT})
     lora_alpha: int = field(
         default=8, metadata={"help": "the update's scale is lora_alpha / r", "source": PEFT}

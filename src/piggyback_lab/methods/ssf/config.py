@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from piggyback_lab.methods.config import AdamConfig
+from piggyback_lab.methods.config import AdamScheduleConfig
 
 
 @dataclass
-class SSFConfig:
+class SSFConfig(AdamScheduleConfig):
     """A per-channel scale and shift after the frozen backbone's layers and norms, and a new
     classifier (Lian et al., NeurIPS 2022; dongzelian/SSF)."""
 
@@ -21,24 +21,6 @@ class SSFConfig:
     )
     name: str = field(
         default="ssf", metadata={"help": "the method's name in records, task files, tables"}
-    )
-    epochs: int = field(default=30, metadata={"help": "training epochs (Piggyback's schedule)"})
-    batch_size: int = field(
-        default=32, metadata={"help": "images per training batch (Piggyback's)"}
-    )
-    optimizer: AdamConfig = field(
-        default_factory=lambda: AdamConfig(weight_decay=0.0),
-        metadata={"help": "Adam for scales, shifts and classifier, no weight decay"},
-    )
-    lr: float = field(default=1e-3, metadata={"help": "the scales' and shifts' learning rate"})
-    classifier_lr: float | None = field(
-        default=1e-3, metadata={"help": "the classifier's learning rate (null: lr)"}
-    )
-    lr_decay_every: int = field(
-        default=15, metadata={"help": "epochs between learning-rate steps (Piggyback's)"}
-    )
-    lr_decay_factor: float = field(
-        default=0.1, metadata={"help": "the learning rate's factor at each step"}
     )
     train_bn: bool = field(
         default=False,
