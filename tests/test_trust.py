@@ -171,9 +171,10 @@ def test_a_finished_run_is_quiet_in_a_log_file_and_leaves_no_checkpoints(
     out = proc.stdout + proc.stderr
     assert "\r" not in out and "Tip" not in out and "GPU available" not in out
     assert "limit_train_batches" not in out and "UserWarning" not in out, out
-    lines = proc.stdout.splitlines()
-    assert [line.split("  ")[0] for line in lines[:2]] == ["epoch 1/2", "epoch 2/2"]
-    assert "test top-1" in lines[-1] and len(lines) == 3
+    lines = proc.stdout.splitlines()  # the banner (3 lines), each epoch, the result
+    assert [line.split(" ")[0] for line in lines[:3]] == ["run", "trains", "record"]
+    assert [line.split("  ")[0] for line in lines[3:5]] == ["epoch 1/2", "epoch 2/2"]
+    assert "test top-1" in lines[-1] and len(lines) == 6
     [record] = _records(tmp_path)
     assert json.loads(record.read_text())["wall_time_s"] > 0
     assert not list((tmp_path / "outputs" / "checkpoints").iterdir())  # removed when done
@@ -216,24 +217,31 @@ def test_the_lock_guards_a_record_whatever_the_log_folder(
     assert not list((tmp_path / "results" / "runs").glob("*.lock"))  # released with it
 
 
-def test_a_loss_stuck_at_ln_classes_is_named_as_chance() -> None:
+def test_a_run_at_chance_is_named_so() -> None:
     """lr=1e9 drove the mini run to a constant output: loss ln(10), top-1 0%, recorded as a
-    result with no word (the audit). The record now says at_chance and a warning names it."""
+    result with no word (the audit); lr=1e6 ended at loss 2.62 and top-1 0%, which the loss
+    rule missed. The record now says at_chance, and a warning names why, when the loss ends
+    at ln(classes) or the selected top-1 is no better than guessing."""
     import math
     from types import SimpleNamespace
 
     import torch
 
-    from piggyback_lab.runs.single import stuck_at_chance
+    from piggyback_lab.runs.single import chance_reason
 
-    def trainer(loss: float) -> SimpleNamespace:
-        return SimpleNamespace(callback_metrics={"train/loss": torch.tensor(loss)})
+    def trainer(loss: float | None) -> SimpleNamespace:
+        metrics = {} if loss is None else {"train/loss": torch.tensor(loss)}
+        return SimpleNamespace(callback_metrics=metrics)
 
-    assert stuck_at_chance(trainer(math.log(10)), 10)
-    assert stuck_at_chance(trainer(math.log(10) * 1.0005), 10)
-    assert not stuck_at_chance(trainer(math.log(10) * 1.01), 10)  # a slow start, not chance
-    assert not stuck_at_chance(trainer(0.3), 10)
-    assert not stuck_at_chance(SimpleNamespace(callback_metrics={}), 10)
+    assert "ln(10)" in chance_reason(trainer(math.log(10)), 10, 50.0)
+    assert chance_reason(trainer(math.log(10) * 1.0005), 10, 50.0)
+    assert chance_reason(trainer(math.log(10) * 1.01), 10, 50.0) is None  # a slow start
+    assert chance_reason(trainer(0.3), 10, 50.0) is None
+    assert chance_reason(trainer(None), 10, 50.0) is None
+    assert "0.00% is no better than chance" in chance_reason(trainer(2.62), 10, 0.0)
+    assert chance_reason(trainer(2.0), 10, 10.0)  # exactly a guess
+    assert chance_reason(trainer(2.0), 10, 10.5) is None
+    assert chance_reason(trainer(None), 10, math.nan) is None  # nothing scored
 
 
 def test_the_record_says_the_precision_that_ran(

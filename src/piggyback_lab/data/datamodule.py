@@ -8,15 +8,18 @@ import math
 import multiprocessing
 import os
 import signal
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
 
 from piggyback_lab.data.transforms import build_transforms
@@ -67,7 +70,12 @@ class EpochSeededSampler(DistributedSampler):
     """
 
     def __init__(
-        self, data_source, seed: int, epoch: int = 0, num_replicas: int = 1, rank: int = 0
+        self,
+        data_source: Dataset,
+        seed: int,
+        epoch: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         super().__init__(data_source, num_replicas=num_replicas, rank=rank, seed=seed)
         self.set_epoch(epoch)
@@ -87,7 +95,7 @@ class SeededSamples(Dataset):
     """``dataset`` read by (index, seed) keys: each item's random transforms are drawn from
     its own seed, the reader's random state is left as it was."""
 
-    def __init__(self, dataset) -> None:
+    def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -120,6 +128,77 @@ def undecodable_message(name: str, bad: list[str]) -> str:
         f"dataset {name!r}: {len(bad)} image(s) cannot be decoded: {listed}. "
         "Re-prepare the dataset, or pass skip_bad_images=true to train without them"
     )
+
+
+def not_regular_message(name: str, path: str) -> str:
+    """A FIFO, socket or device among the images: opening it would wait forever."""
+    return (
+        f"dataset {name!r}: {path} is not a regular file (a FIFO, socket or device), and "
+        "reading it would hang; remove it from the dataset folder"
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. 16-bit greyscale (mode I;16, and I holding 16-bit values)
+    is scaled to 8 bits first: ``convert("RGB")`` clips it, turning most pixels white."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        values = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257.0
+        image = Image.fromarray(np.rint(values).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str, dataset_name: str) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB (``to_rgb``): the one loader of the image
+    datamodules. A file that is not a regular one, or fails to decode, is a UserError
+    naming it, as verification would."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(not_regular_message(dataset_name, path))
+        with open(path, "rb") as fh:
+            return to_rgb(Image.open(fh))
+    except UserError:
+        raise
+    except Exception:
+        raise UserError(undecodable_message(dataset_name, [path])) from None
+
+
+def not_regular(entry: os.DirEntry) -> bool:
+    """An image-named entry that exists but is neither a file nor a folder (a dangling
+    link is left to decoding, which names it)."""
+    named = has_file_allowed_extension(entry.name, IMG_EXTENSIONS)
+    return named and not entry.is_file() and not entry.is_dir() and os.path.exists(entry.path)
+
+
+def check_image_tree(folder: Path, name: str) -> None:
+    """What ImageFolder would walk into under ``folder`` (class folders may be links) holds
+    no link back into the dataset or above it (a link to ``train/`` inside ``train/cat``
+    would label every class's images cat too) and no image-named FIFO, socket or device."""
+    top = Path(os.path.realpath(folder))
+    with os.scandir(folder) as entries:
+        stack = [entry.path for entry in entries if entry.is_dir()]
+    followed: set[Path] = set()  # a second link to one folder would count its images twice
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_symlink() and entry.is_dir():
+                    target = Path(os.path.realpath(entry.path))
+                    if (
+                        target.is_relative_to(top)
+                        or top.is_relative_to(target)
+                        or target in followed
+                    ):
+                        raise UserError(
+                            f"dataset {name!r}: {entry.path} links to {target}, which is "
+                            "inside the dataset, above it or linked already: its images would "
+                            "count twice or as this class too; remove the link (copy in the "
+                            "images it should add)"
+                        )
+                    followed.add(target)
+                    stack.append(entry.path)
+                elif not_regular(entry):
+                    raise UserError(not_regular_message(name, entry.path))
 
 
 def find_undecodable(paths: list[str], stamp: Path) -> list[str]:
@@ -161,7 +240,7 @@ class SplitDataModule(pl.LightningDataModule):
         self.val_set = None  # None: nothing to select on (protocol=final), the last epoch is kept
         self.test_set = None  # None: no labelled test split (the predictions go to a server)
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         """Shuffled (train) data is read with a seed per sample, from the epoch the fit
         starts at (EpochSeededSampler)."""
         sampler, trainer = None, self.trainer
@@ -261,20 +340,17 @@ class ImageFolderDataModule(SplitDataModule):
             )
 
     def _load(self, path: str) -> Image.Image:
-        """ImageFolder's loader, naming an image that fails to decode as verification does."""
-        try:
-            with open(path, "rb") as fh:
-                return Image.open(fh).convert("RGB")
-        except Exception:
-            raise UserError(undecodable_message(self.name, [path])) from None
+        """ImageFolder's loader (``load_rgb``), naming the dataset in its errors."""
+        return load_rgb(path, self.name)
 
-    def _folder(self, split: str, transform) -> ImageFolder:
+    def _folder(self, split: str, transform: Callable) -> ImageFolder:
         try:
+            check_image_tree(self.root / split, self.name)
             return ImageFolder(str(self.root / split), transform=transform, loader=self._load)
         except (FileNotFoundError, OSError) as err:
             raise UserError(f"dataset {self.name!r}: {err}") from None
 
-    def _checked_folder(self, split: str, transform) -> ImageFolder:
+    def _checked_folder(self, split: str, transform: Callable) -> ImageFolder:
         """An ImageFolder whose images all decode (or, with skip_bad_images, without the bad)."""
         folder = self._folder(split, transform)
         if not self.verify_images:

@@ -214,7 +214,9 @@ def read_stats(path: str | Path, domain: str, root: str | Path = "<decathlon-1.0
     return {"mean": mean, "std": std}
 
 
-def decathlon_transforms(cfg: Mapping, mean: Sequence[float], std: Sequence[float]):
+def decathlon_transforms(
+    cfg: Mapping, mean: Sequence[float], std: Sequence[float]
+) -> tuple[T.Compose, T.Compose]:
     """(train, test) as published: Resize(resize), then a crop of ``size``.
 
     Train crops at random (``random_crop``) and flips (``flip``); test centre-crops.
@@ -236,7 +238,7 @@ def domain_transforms(
     root: str | Path,
     domain_stats: bool = True,
     normalisation: Mapping | None = None,
-):
+) -> tuple[T.Compose, T.Compose]:
     """A domain's transforms. mean/std: the config's; else the domain's own from the stats
     file (``domain_stats``, as published); else ``normalisation``, the backbone's (imagenet12,
     the data the network was pretrained on)."""

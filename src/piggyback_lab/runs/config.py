@@ -15,6 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from piggyback_lab.methods import check_schema_keys  # importing it registers the schemas
+from piggyback_lab.methods.ranges import check_schema_values
 from piggyback_lab.utils.checkout import CONF_DIR
 from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
@@ -38,6 +39,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
         cause = f" ({one_line(err.__cause__)})" if err.__cause__ else ""
         raise UserError(f"bad config override: {one_line(err)}{cause}") from None
     check_schema_keys(cfg)  # +method.treshold=1e-3: Hydra adds a key even to a typed node
+    check_schema_values(cfg)  # method.affine_lr=-1 would train by gradient ascent
     return cfg
 
 
@@ -66,7 +68,7 @@ def check_command_line(config_name: str, argv: Sequence[str] | None = None) -> N
         )
     if any(a in ("-h", "--help", "--hydra-help", "--info", "-i") for a in args):
         return
-    check_hydra_keys([a for a in args if a.startswith(("hydra/launcher=", "hydra.launcher."))])
+    check_hydra_keys([a for a in args if a.startswith(HYDRA_CHECKED)])
     plain = [a for a in args if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
@@ -89,10 +91,13 @@ def check_log_dir(cfg: DictConfig) -> None:
 
 
 HYDRA_LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")  # installed ones
+# The hydra.* arguments checked here; Hydra takes the rest as they are.
+HYDRA_CHECKED = ("hydra/launcher=", "hydra.launcher.", "hydra.run.dir=", "hydra.sweep.dir=")
 
 
 def check_hydra_keys(args: Sequence[str]) -> None:
-    """The launcher and its job count, which Hydra would refuse in several lines."""
+    """The launcher, its job count and the job folders, which Hydra would refuse in a
+    traceback."""
     ours = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
     for arg in args:
         key, _, value = arg.partition("=")
@@ -103,6 +108,30 @@ def check_hydra_keys(args: Sequence[str]) -> None:
             )
         if key == "hydra.launcher.n_jobs" and not value.lstrip("-").isdigit():
             raise UserError(f"hydra.launcher.n_jobs must be an integer (got {value!r})")
+        if key == "hydra.launcher.n_jobs" and int(value) == 0:
+            raise UserError(
+                "hydra.launcher.n_jobs=0 runs no job; pass the number of jobs at once "
+                "(>= 1), or -1 for one per CPU"
+            )
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            check_job_folder(key, value)
+
+
+def check_job_folder(key: str, value: str) -> None:
+    """Hydra makes its job folder before the app runs: one that cannot be written is one
+    error line here. An interpolated part (``${now:...}``) is left out: the folder above
+    it is checked."""
+    fixed = value.strip().strip("'\"").split("${")[0]
+    if not fixed.strip():
+        return  # all of it interpolated: paths.log_dir's check covers the default
+    folder = Path(fixed) if fixed.endswith("/") or "${" not in value else Path(fixed).parent
+    try:
+        try_writing(folder)
+    except OSError as err:
+        raise UserError(
+            f"{key}: cannot write to {folder} ({err.strerror or err}); pass "
+            f"{key}=<a writable folder>"
+        ) from None
 
 
 def check_key_names(overrides: Sequence[Any], config_name: str) -> None:

@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torchmetrics.classification import MulticlassAccuracy
 
 from piggyback_lab.methods import method_of
+from piggyback_lab.methods.base import accuracy_metrics, top_k_score
 from piggyback_lab.methods.multitask import MultiTaskModel, task_paths
 from piggyback_lab.methods.tasks import read_task
 from piggyback_lab.models import classifier_name
 from piggyback_lab.runs.builders import build_datamodule
 from piggyback_lab.runs.config import CONF_DIR, compose, dataset_config_for
+from piggyback_lab.runs.console import scores_text
 from piggyback_lab.runs.identity import weights_fingerprint
 from piggyback_lab.runs.records import read_record, read_records, run_record, write_record
 from piggyback_lab.taskfile import TaskFile
@@ -186,18 +187,17 @@ class Evaluator:
 def _score(
     host: MultiTaskModel, name: str, datamodule: Any, num_classes: int, batch_size: int
 ) -> tuple[float, float, int]:
-    """(top-1 %, top-5 %, images) of the hosted task ``name`` on the test split."""
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-    top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+    """(top-1 %, top-5 % (None for 5 classes or fewer), images) of the hosted task
+    ``name`` on the test split."""
+    metrics = accuracy_metrics(num_classes)
     n = 0
     for x, y in datamodule.test_dataloader():
-        logits = host.predict(x, name, batch_size)
-        top1.update(logits, y)
-        top5.update(logits, y)
+        metrics.update(host.predict(x, name, batch_size), y)
         n += len(y)
     if n == 0:
         raise UserError(f"the test set at {datamodule.root}/test holds no images")
-    return 100.0 * float(top1.compute()), 100.0 * float(top5.compute()), n
+    scores = metrics.compute()
+    return 100.0 * float(scores["top1"]), top_k_score(scores, 5, num_classes, ""), n
 
 
 def _training_record(runs_dir: Path, tf: TaskFile, dataset: str) -> dict[str, Any]:
@@ -235,8 +235,8 @@ def evaluate_tasks(cfg: DictConfig, overrides: Sequence[str]) -> list[dict[str, 
             train = record["train_top1"]
             delta = f" (training record: {train:.2f}%)" if train is not None else ""
             print(
-                f"{record['method']} on {record['dataset']} ({record['backbone']}): test top-1 "
-                f"{record['top1']:.2f}%  top-5 {record['top5']:.2f}%{delta}  [{path}]"
+                f"{record['method']} on {record['dataset']} ({record['backbone']}): "
+                f"{scores_text(record)}{delta}  [{path}]"
             )
             records.append(record)
     return records

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from piggyback_lab.data.datamodule import PROTOCOLS
 from piggyback_lab.methods.base import check_schedule
+from piggyback_lab.methods.ranges import check_schema_values
 from piggyback_lab.models import BACKBONES, build_backbone, weights_source
 from piggyback_lab.models.registry import check_weights_name
 from piggyback_lab.runs.config import check_paths, check_writable_folder
@@ -94,6 +95,7 @@ def check_values(cfg: DictConfig) -> None:
     if not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
         raise UserError(f"val_fraction must be between 0 and 1, exclusive (got {fraction!r})")
     method = cfg.method
+    check_schema_values(method, "method.")  # every lr, epochs, batch, decay by its range
     check_integer("method.epochs", method.epochs, 1)
     check_integer("method.batch_size", method.batch_size, 1)
     for key in ("lr", "retrain_lr"):

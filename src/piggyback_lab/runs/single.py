@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from piggyback_lab.data import eval_split
+from piggyback_lab.methods.base import top_k_score
 from piggyback_lab.runs.builders import (
     build_callbacks,
     build_checkpoint,
@@ -27,6 +28,7 @@ from piggyback_lab.runs.builders import (
     ensure_backbone_weights,
     scores_pretrained,
 )
+from piggyback_lab.runs.console import say_run_start, scores_text
 from piggyback_lab.runs.identity import existing_record, run_identity
 from piggyback_lab.runs.records import run_record, write_record
 from piggyback_lab.runs.resume import resumable_checkpoint, run_lock
@@ -73,20 +75,22 @@ class Run:
 
 
 def run_single(cfg: DictConfig) -> dict[str, Any] | None:
-    """Train one task; returns its record (None when skipped, or on ranks other than 0).
+    """Train one task; returns its record (the one on disk, marked ``skipped``, when the run
+    was recorded already; None on ranks other than 0).
 
     The phases, top to bottom: identify the run (skip it when recorded), build, fit (or
     score the pretrained network as it is), test, write the task file and the record.
     """
     pretrain_s = ensure_backbone_weights(cfg)  # before seeding: pretraining draws numbers
     run = _identify(cfg)
-    if not cfg.force and existing_record(run.record_path) is not None:
-        return None
+    existing = None if cfg.force else existing_record(run.record_path)
+    if existing is not None:
+        return {**existing, "skipped": True}
     with run_lock(run.record_path.with_suffix("")):  # beside the record: one per results folder
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         _build(cfg, run)
         best_val, best_name = _score_as_is(cfg, run) if run.as_is else _fit(cfg, run)
-        test, at_chance = _test(cfg, run)
+        test, at_chance = _test(cfg, run, best_val)
         record = _record(cfg, run, test, at_chance, best_val, best_name, pretrain_s)
     if record is not None and not cfg.get("keep_checkpoints", False):
         shutil.rmtree(run.ckpt_dir, ignore_errors=True)
@@ -128,6 +132,7 @@ def _build(cfg: DictConfig, run: Run) -> None:
     )
     for logger in run.trainer.loggers:
         logger.log_hyperparams(run.config)  # the whole run config, not only the module's
+    say_run_start(cfg, run)
 
 
 def _score_as_is(cfg: DictConfig, run: Run) -> tuple[float | None, None]:
@@ -144,7 +149,7 @@ def _score_as_is(cfg: DictConfig, run: Run) -> tuple[float | None, None]:
     return _val_top1(run.trainer, run.method, run.datamodule), None
 
 
-def _test(cfg: DictConfig, run: Run) -> tuple[dict[str, float], bool]:
+def _test(cfg: DictConfig, run: Run, best_val: float | None) -> tuple[dict[str, float], bool]:
     """The test pass (none without a labelled test split), and whether training ended at
     chance (said as a warning; the record carries it)."""
     tested = eval_split(run.datamodule) != "none"  # protocol=final without a test split
@@ -152,15 +157,16 @@ def _test(cfg: DictConfig, run: Run) -> tuple[dict[str, float], bool]:
         run.trainer.test(run.method, datamodule=run.datamodule, verbose=False)[0] if tested else {}
     )
     num_classes = run.datamodule.num_classes
-    at_chance = stuck_at_chance(run.trainer, num_classes) and not run.as_is
-    if at_chance:
+    score = best_val if best_val is not None else 100.0 * test.get("test/top1", math.nan)
+    why = None if run.as_is else chance_reason(run.trainer, num_classes, score)
+    if why:
         say(
-            f"warning: the training loss ended at ln({num_classes}), chance: the network "
-            "learned nothing (diverged?); the record says at_chance=true. Lower "
-            f"method.lr (now {cfg.method.lr})",
+            f"warning: {why}: the network learned nothing useful (diverged, or too short "
+            f"a run?); the record says at_chance=true. Check method.lr (now {cfg.method.lr}) "
+            "and the budget",
             logging.WARNING,
         )
-    return test, at_chance
+    return test, why is not None
 
 
 def _record(
@@ -191,7 +197,7 @@ def _record(
             seed=cfg.seed,
             protocol=cfg.protocol,
             top1=100.0 * float(test["test/top1"]) if test else None,
-            top5=100.0 * float(test["test/top5"]) if test else None,
+            top5=top_k_score(test, 5, datamodule.num_classes),
             weights_fingerprint=run.config["weights_fingerprint"],
             backbone_fingerprint=method.fingerprint,
             task_file=str(run.task_path),
@@ -231,11 +237,7 @@ def _task_meta(cfg: DictConfig, run: Run) -> dict[str, Any]:
 
 
 def _say_result(cfg: DictConfig, record: dict[str, Any], task_bytes: int, path: Path) -> None:
-    score_text = (
-        f"test top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%"
-        if record["top1"] is not None
-        else "not tested (no labelled test split)"
-    )
+    score_text = scores_text(record)
     say(
         f"{cfg.method.name} on {cfg.dataset.name} ({cfg.backbone.name}, seed {cfg.seed}): "
         f"{score_text}  task file {task_bytes / 1e6:.3f} MB  record {path}"
@@ -283,9 +285,15 @@ def _fit(cfg: DictConfig, run: Run) -> tuple[float | None, str]:
     return best_val, Path(run.checkpoint.best_model_path).name
 
 
-def stuck_at_chance(trainer: pl.Trainer, num_classes: int) -> bool:
-    """Whether the last epoch's training loss is ln(classes) to 0.1%: a network that outputs
-    the same scores for every image (what a diverged run ends as)."""
+def chance_reason(trainer: pl.Trainer, num_classes: int, top1: float) -> str | None:
+    """Why a run ended at chance, or None: its last training loss is ln(classes) to 0.1%
+    (a network that scores every image alike, what a diverged run ends as), or its selected
+    top-1 (validation; test without it) is no better than guessing, 100/classes %."""
     loss = trainer.callback_metrics.get("train/loss")
     chance = math.log(num_classes) if num_classes > 1 else 0.0
-    return loss is not None and chance > 0 and abs(float(loss) - chance) < 1e-3 * chance
+    if loss is not None and chance > 0 and abs(float(loss) - chance) < 1e-3 * chance:
+        return f"the training loss ended at ln({num_classes}), chance"
+    if num_classes > 1 and top1 <= 100.0 / num_classes:
+        guess = 100.0 / num_classes
+        return f"top-1 {top1:.2f}% is no better than chance (100/{num_classes} = {guess:.2f}%)"
+    return None

@@ -8,6 +8,7 @@ from torch import nn
 from piggyback_lab.methods.base import TaskModule
 from piggyback_lab.methods.bitfit.task import BitFitTask, trunk_biases
 from piggyback_lab.taskfile import prefixed
+from piggyback_lab.utils.errors import UserError
 
 
 class BitFit(TaskModule):
@@ -17,8 +18,14 @@ class BitFit(TaskModule):
     task_method = BitFitTask
 
     def __init__(self, model: nn.Module, classifier: str, **kwargs) -> None:
+        biases = trunk_biases(model, classifier)
+        if not biases:  # its task file would hold no biases, which its reader calls corrupt
+            raise UserError(
+                f"bitfit needs biases: this {type(model).__name__} has none outside its "
+                f"classifier {classifier!r}; choose another method (lora, ssf, piggyback)"
+            )
         super().__init__(model, classifier, **kwargs)
-        self.train_only(trunk_biases(model, classifier).values(), norms=False)
+        self.train_only(biases.values(), norms=False)
 
     def param_groups(self) -> list[dict]:
         biases = list(trunk_biases(self.model, self.classifier).values())
