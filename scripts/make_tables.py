@@ -2,7 +2,9 @@
 
 Reads every record under --runs and the published numbers (--paper), writes Markdown, LaTeX
 and CSV tables under <out>/tables/ and PNG figures under <out>/figures/, and prints which
-cells have not been run. With no records it still writes the published columns.
+cells have not been run. With no records it still writes the published columns. Final runs
+on VTAB-1k or FGVC also get yardstick tables per backbone, <out>/tables/vtab_<backbone>.md
+and fgvc_<backbone>.md (.csv beside them; reporting/yardstick.py).
 
 Each row states its budget (method.epochs) and lr; a method run at several budgets gets a row
 per budget (--mix-budgets: one row, said under the table). Runs cut short (limit_*_batches
@@ -28,6 +30,7 @@ from piggyback_lab.reporting.tables import (
     select_records,
     write_tables,
 )
+from piggyback_lab.reporting.yardstick import build_yardstick_tables, write_yardstick_tables
 from piggyback_lab.runs.records import read_records
 from piggyback_lab.utils.atomic import atomic_write_bytes
 from piggyback_lab.utils.errors import UserError, exit_on_user_error
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     tables = build_tables(records, published, sel)
     out = Path(args.out)
     written = write_tables(tables, out / "tables")
+    yardstick = build_yardstick_tables(
+        records, load_published(args.paper, include_yardstick=True), sel
+    )
+    written += write_yardstick_tables(yardstick, out / "tables")
     figures = write_figures(records, out / "figures", sel)
     if records:
         print(f"{len(records)} run records under {runs}")

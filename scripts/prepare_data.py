@@ -1,7 +1,10 @@
-"""Prepare one of the paper's datasets as an ImageFolder tree (see docs/datasets.md).
+"""Prepare one of the paper's datasets as an ImageFolder tree, or check and install one of
+the yardstick's split-file benchmarks (see docs/datasets.md).
 
 python scripts/prepare_data.py DATASET --source PATH [--out data/] [--download]
     [--allow-count-mismatch] [--resize N] [--no-verify] [--workers N]
+python scripts/prepare_data.py vtab --source PATH/vtab-1k [--out data/] [--tasks a,b]
+python scripts/prepare_data.py fgvc_cub --source PATH/CUB_200_2011 [--out data/]
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from piggyback_lab.data.prepare import EXPECTED, fetch, prepare_dataset
+from piggyback_lab.runs.split_files import SPLIT_FILE_DATASETS, prepare_split_files
 from piggyback_lab.utils.errors import UserError, exit_on_user_error
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("dataset", choices=sorted(EXPECTED))
+    ap.add_argument("dataset", choices=sorted(EXPECTED) + sorted(SPLIT_FILE_DATASETS))
     ap.add_argument("--source", type=Path, help="archive, folder of archives, or extracted folder")
     ap.add_argument("--out", type=Path, default=Path("data"), help="writes OUT/DATASET (data/)")
     ap.add_argument(
@@ -37,7 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--no-verify", action="store_true", help="skip the archive checksum checks")
     ap.add_argument("--workers", type=int, help="decode/write processes (default: cores, max 8)")
+    ap.add_argument("--tasks", help="vtab: only these tasks (comma-separated; default all 19)")
     args = ap.parse_args(argv)
+    if args.dataset in SPLIT_FILE_DATASETS:
+        if args.source is None:
+            raise UserError(f"--source PATH is required: the folder {args.dataset} came in")
+        prepare_split_files(args.dataset, args.source, args.out, args.tasks)
+        return
     source = args.source
     if args.download:
         source = fetch(args.dataset, source or args.out / "downloads" / args.dataset)

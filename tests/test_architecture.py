@@ -329,4 +329,7 @@ def test_no_package_named_src_is_installed() -> None:
     import tomllib
 
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert find["find"]["where"] == ["src"] and find["find"]["include"] == [f"{LIBRARY_PACKAGE}*"]
+    assert find["find"]["where"] == ["src"] and find["find"]["include"] == [
+        f"{LIBRARY_PACKAGE}*",
+        "hydra_plugins*",
+    ]

@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from piggyback_lab.methods import config_named, config_names, register_config
-from piggyback_lab.methods.api import RUN_KEYS, method_defaults
+from piggyback_lab.methods.api import NOT_SETTINGS, method_defaults
 from piggyback_lab.runs.config import compose
 from piggyback_lab.runs.identity import run_identity
 from piggyback_lab.utils.errors import UserError
@@ -113,7 +113,7 @@ def test_wraps_defaults_are_the_composed_ones(name: str) -> None:
         k: v for k, v in composed.optimizer.items() if not k.startswith("_")
     }
     flat = OmegaConf.to_container(composed).items()
-    assert settings == {k: v for k, v in flat if k not in RUN_KEYS and not isinstance(v, dict)}
+    assert settings == {k: v for k, v in flat if k not in NOT_SETTINGS and not isinstance(v, dict)}
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def test_every_row_cites_a_source_and_every_preset_is_covered() -> None:
     presets = {row[0].split()[0] for row in ROWS}
     assert presets == {
         "experiment=paper_table", "experiment=paper_packnet", "experiment=paper_packnet_up",
-        "experiment=decathlon",
+        "experiment=decathlon", "experiment=vtab", "experiment=fgvc",
     }  # fmt: skip
     methods = {m for row in ROWS for m in re.findall(r"method=(\w+)", row[0])}
     assert methods >= {"piggyback", "finetune", "classifier_only"}

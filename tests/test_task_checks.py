@@ -74,7 +74,9 @@ def test_a_task_without_class_names_takes_any_head() -> None:
 
 def test_a_task_stores_no_masks_by_default() -> None:
     stats = TaskMethod().state_facts(head_file(torch.zeros(3, 7), None, names(3)))
-    assert stats == {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
+    assert stats == {
+        "masked_weights": 0, "mask_density": {}, "mask_density_overall": None, "mask_sizes": {},
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("count", [None, 0, -1, True, 2.0, "5"])

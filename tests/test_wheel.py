@@ -62,9 +62,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_the_library_and_no_package_named_src(wheel: Path) -> None:
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "piggyback_lab" in tops and "src" not in tops
-    assert tops - {"piggyback_lab"} == {wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    dist_info = wheel.name.split("-")[0] + "-0.1.0.dist-info"
+    assert tops - {"piggyback_lab"} == {"hydra_plugins", dist_info}
     names = zipfile.ZipFile(wheel).namelist()
     assert "piggyback_lab/methods/piggyback/__init__.py" in names
+    # the tuning sweeper, in Hydra's plugin namespace (no __init__.py at its top)
+    assert "hydra_plugins/piggyback_lab_tuning/tuning_sweeper.py" in names
+    assert "hydra_plugins/__init__.py" not in names
 
 
 @pytest.fixture(scope="module")

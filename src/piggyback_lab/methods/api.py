@@ -29,16 +29,17 @@ from typing import Any
 from torch import nn
 
 from piggyback_lab.methods.base import OptimizerFactory, TaskModule
-from piggyback_lab.methods.config import config_named
+from piggyback_lab.methods.config import RUN_KEYS, config_named
 from piggyback_lab.methods.multitask import MultiTaskModel
+from piggyback_lab.methods.ranges import check_settings
 from piggyback_lab.methods.tasks import apply_task, read_task
 from piggyback_lab.models.surgery import replace_module
 from piggyback_lab.taskfile import backbone_fingerprint, check_compatible
 from piggyback_lab.utils.errors import UserError, check_integer
 
-# The keys a run uses itself, never passed to the module: which module, the name records use,
-# the training loop's length and batch, and the optimizer (``recipe()`` builds it).
-RUN_KEYS = ("_target_", "name", "epochs", "batch_size", "optimizer")
+# Besides the run's own keys (RUN_KEYS), which module and the optimizer (``recipe()`` builds
+# it) are never passed to the module's settings.
+NOT_SETTINGS = (*RUN_KEYS, "_target_", "optimizer")
 
 __all__ = ["MultiTaskModel", "export_task", "fold_task", "method_defaults", "wrap"]
 
@@ -65,8 +66,26 @@ def method_defaults(method: str) -> tuple[type[TaskModule], OptimizerFactory, di
         _target(optimizer.pop("_target_")),
         **{k: v for k, v in optimizer.items() if not k.startswith("_")},
     )
-    settings = {k: v for k, v in conf.items() if k not in RUN_KEYS and not isinstance(v, dict)}
+    settings = {k: v for k, v in conf.items() if k not in NOT_SETTINGS and not isinstance(v, dict)}
     return _target(conf["_target_"]), factory, settings
+
+
+def linear_classifier(model: nn.Module, classifier: str) -> nn.Linear:
+    """The Linear layer at ``classifier`` in ``model``; a path that names none is a
+    UserError listing the model's Linear layers (the last is usually the classifier)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        layer = model.get_submodule(classifier) if isinstance(classifier, str) else None
+    except AttributeError:
+        layer = None
+    if isinstance(layer, nn.Linear):
+        return layer
+    found = "no layer" if layer is None else f"a {type(layer).__name__}, not a Linear layer,"
+    listed = ", ".join(linears[-5:]) if linears else "none"
+    raise UserError(
+        f"classifier={classifier!r} names {found} of this {type(model).__name__}; pass the "
+        f"path of its Linear classifier (its last Linear layers: {listed})"
+    )
 
 
 def wrap(
@@ -86,10 +105,10 @@ def wrap(
     (``trainable_parameters()`` or ``recipe()``), then ``export_task``.
     """
     cls, optimizer, defaults = method_defaults(method)
+    check_settings(settings)  # lr=-1 would train by gradient ascent
+    old = linear_classifier(model, classifier)
     if num_classes is not None:
-        old = model.get_submodule(classifier)
-        if not isinstance(old, nn.Linear):
-            raise UserError(f"{classifier} is a {type(old).__name__}, not a Linear classifier")
+        check_integer("num_classes", num_classes, 2)
         replace_module(model, classifier, nn.Linear(old.in_features, num_classes))
     head = model.get_submodule(classifier)
     return cls(

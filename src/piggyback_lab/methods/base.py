@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from piggyback_lab.methods.config import SCHEDULES
 from piggyback_lab.methods.registry import NO_MASKS, TaskMethod, norm_tensors
 from piggyback_lab.models.surgery import (
     freeze_norms,
@@ -21,7 +23,7 @@ from piggyback_lab.models.surgery import (
     set_norms_eval,
 )
 from piggyback_lab.taskfile import backbone_fingerprint, prefixed, write_task_file
-from piggyback_lab.utils.errors import UserError, check_integer, check_positive
+from piggyback_lab.utils.errors import UserError, check_choice, check_integer, check_positive
 
 # Builds the optimizer from parameter groups and the base learning rate: a partial of a
 # torch.optim class, whose other settings (momentum, weight decay, fused) the config holds.
@@ -41,6 +43,44 @@ def check_schedule(lr_decay_every: int | None, lr_milestones: list[int] | None) 
     steps = [check_integer("method.lr_milestones[]", m) for m in lr_milestones]
     if steps != sorted(set(steps)):
         raise UserError(f"method.lr_milestones must increase (got {list(lr_milestones)})")
+
+
+def cosine_schedule(
+    opt: torch.optim.Optimizer, epochs: int, warmup_epochs: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per epoch t: t / warmup_epochs while warming up, then 0.5 (1 + cos(pi t / epochs)),
+    timm's CosineLRScheduler (t_initial = epochs, warmup_prefix off, lr_min 0) as V-PETL
+    Bench steps it once per epoch."""
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return epoch / warmup_epochs
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+TOP_K = (1, 5)  # the accuracies a run reports: top-1 and, where it says something, top-5
+
+
+def accuracy_metrics(num_classes: int) -> MetricCollection:
+    """Top-k accuracies for k < ``num_classes`` (top-5 of 5 classes is 100% whatever the
+    network does, so it is left out)."""
+    ks = [k for k in TOP_K if k == 1 or k < num_classes]
+    return MetricCollection(
+        {f"top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro") for k in ks}
+    )
+
+
+def top_k_score(
+    results: Mapping[str, Any], k: int, num_classes: int, split: str = "test"
+) -> float | None:
+    """``<split>/top<k>`` of a Lightning results dict (``top<k>`` with no split) in percent;
+    None when it says nothing (k >= ``num_classes``: always 100%) or was not logged."""
+    value = results.get(f"{split}/top{k}" if split else f"top{k}") if results else None
+    if value is None or k >= num_classes:
+        return None
+    return 100.0 * float(value)
 
 
 class TaskModule(pl.LightningModule):
@@ -69,13 +109,18 @@ class TaskModule(pl.LightningModule):
         train_bn: bool,
         classifier_lr: float | None = None,
         lr_milestones: list[int] | None = None,
+        lr_schedule: str = "step",
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "optimizer"])
         check_positive("method.lr", lr)
         if classifier_lr is not None:
             check_positive("method.classifier_lr", classifier_lr)
-        check_schedule(lr_decay_every, lr_milestones)
+        check_choice("method.lr_schedule", lr_schedule, SCHEDULES)
+        check_integer("method.warmup_epochs", warmup_epochs, 0)
+        if lr_schedule == "step":
+            check_schedule(lr_decay_every, lr_milestones)
         self.optimizer_factory = optimizer
         self.model = model
         self.classifier = classifier
@@ -83,14 +128,10 @@ class TaskModule(pl.LightningModule):
         self.fingerprint = backbone_fingerprint(model, classifier)
         if not train_bn:
             freeze_norms(model)
-        metrics = MetricCollection(
-            {
-                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
-            }
-        )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_metrics = accuracy_metrics(num_classes).clone(prefix="val/")
+        # test/top5 is logged for every task count, as runs/single.py reads it; what is
+        # recorded and printed goes through top_k_score, None where k >= num_classes
+        self.test_metrics = accuracy_metrics(num_classes).clone(prefix="test/")
 
     @property
     def head(self) -> nn.Module:
@@ -227,10 +268,15 @@ class TaskModule(pl.LightningModule):
         return {"trunk_weights": prunable_weight_count(self.model, self.classifier)}
 
     # ---------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self, epochs: int | None = None) -> dict[str, Any]:
         hp = self.hparams
         opt = self.optimizer_factory(self.trainable_parameters(), lr=hp.lr)
-        if hp.get("lr_milestones") is not None:
+        if hp.get("lr_schedule", "step") == "cosine":
+            epochs = epochs or (self.trainer.max_epochs if self._trainer is not None else None)
+            if not epochs:
+                raise UserError("method.lr_schedule=cosine needs the run's length: recipe(epochs)")
+            sched = cosine_schedule(opt, epochs, hp.warmup_epochs)
+        elif hp.get("lr_milestones") is not None:
             sched = torch.optim.lr_scheduler.MultiStepLR(
                 opt, list(hp.lr_milestones), gamma=hp.lr_decay_factor
             )
@@ -252,10 +298,12 @@ class TaskModule(pl.LightningModule):
         }
         return write_task_file(path, self.task_tensors(), full_meta)
 
-    def recipe(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        """The method's optimizer over what it trains, and its step schedule (``step()`` once
-        per epoch): the published recipe, for a loop of one's own."""
-        built = self.configure_optimizers()
+    def recipe(
+        self, epochs: int | None = None
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The method's optimizer over what it trains, and its schedule (``step()`` once per
+        epoch): the published recipe, for a loop of one's own (a cosine needs ``epochs``)."""
+        built = self.configure_optimizers(epochs)
         return built["optimizer"], built["lr_scheduler"]["scheduler"]
 
     def trainable_parameters(self) -> list[dict]:

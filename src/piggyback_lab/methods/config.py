@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -37,6 +39,45 @@ SCHEMA_GROUP = "method/schema"
 # with its parameter groups and base learning rate. A method's config gives every value.
 PARTIAL = {"help": "build a partial: the module passes its parameter groups and lr"}
 WEIGHT_DECAY = {"help": "L2 penalty on every trained parameter"}
+
+
+# Settings the run reads itself, never passed to the method's module: the name records use,
+# the training loop's length and batch, and the tuning protocol's search space.
+RUN_KEYS = ("name", "epochs", "batch_size", "search")
+SCHEDULES = ("step", "cosine")
+
+
+SEARCH = {
+    "help": "the tuning protocol's grid: method keys and the values it tries, chosen on "
+    "the validation split (hydra/sweeper=tuning, docs/tuning.md)"
+}
+
+
+def lr_grid(*values: float) -> Callable[[], dict[str, list[float]]]:
+    """A ``search`` default over the learning rate alone."""
+    return lambda: {"lr": list(values)}
+
+
+@dataclass
+class ScheduleShape:
+    """The schedule's shape and the tuning grid, which every single-task method shares.
+    ``step`` is each method's published schedule; ``cosine`` with a warm-up is the
+    yardstick's (V-PETL Bench: timm's CosineLRScheduler stepped per epoch). Keys added after
+    run ids were first pinned: at these defaults they leave ids unchanged
+    (runs/records.py)."""
+
+    lr_schedule: str = field(
+        default="step",
+        metadata={
+            "help": "step: x lr_decay_factor every lr_decay_every epochs (or at "
+            "lr_milestones); cosine: linear warm-up over warmup_epochs, then half a cosine "
+            "from lr to 0 over the run"
+        },
+    )
+    warmup_epochs: int = field(
+        default=0, metadata={"help": "epochs of linear warm-up before the cosine (cosine only)"}
+    )
+    search: dict[str, Any] = field(default_factory=lr_grid(1e-4, 1e-3, 1e-2), metadata=SEARCH)
 
 
 @dataclass
@@ -61,7 +102,7 @@ class SGDConfig:
 
 
 @dataclass
-class AdamScheduleConfig:
+class AdamScheduleConfig(ScheduleShape):
     """What BitFit, LoRA and SSF share: no recipe is published for them on these backbones,
     so Piggyback's schedule (Adam, 30 epochs, x0.1 at 15, batch 32, no weight decay) with lr
     1e-3 for the method's tensors and the classifier: our choice, the default to sweep from

@@ -31,7 +31,9 @@ from piggyback_lab.utils.errors import UserError
 if TYPE_CHECKING:
     from piggyback_lab.methods.sequence import SequenceAlgorithm
 
-NO_MASKS = {"masked_weights": 0, "mask_density": {}, "mask_density_overall": None}
+NO_MASKS = {
+    "masked_weights": 0, "mask_density": {}, "mask_density_overall": None, "mask_sizes": {},
+}  # fmt: skip
 
 
 def overall_density(density: dict[str, float], sizes: dict[str, int]) -> float | None:

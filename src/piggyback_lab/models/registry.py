@@ -31,10 +31,10 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from piggyback_lab.models.surgery import prunable_weights, replace_module
-from piggyback_lab.utils.errors import UserError
+from piggyback_lab.utils.errors import UserError, check_integer
 
 # What backbone.weights names as a file; any other value is a torchvision weights name.
-WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 # The normalisation torchvision's ImageNet weights were trained with (and ResNet-26's).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -306,9 +306,28 @@ def _timm_weights(name: str, tag: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
+def _npz_weights(name: str, path: str) -> dict[str, torch.Tensor]:
+    """A JAX checkpoint (.npz: Google's ViT-B_16.npz, which VPT, NOAH and V-PETL load),
+    converted by timm's own loader (``VisionTransformer.load_pretrained``, numpy without
+    pickles) into the model's keys; the zeroed 21k head and pre-logits are not loaded."""
+    timm = import_timm(f"backbone {name}")
+    if not Path(path).is_file():
+        raise UserError(f"weights file {path} does not exist; {_spec(name).weights_help}")
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    if not hasattr(model, "load_pretrained"):
+        raise UserError(f"{name} cannot read .npz checkpoints (timm's ViTs can); pass a state_dict")
+    try:
+        model.load_pretrained(path)
+    except Exception as err:
+        raise UserError(f"cannot read {path} as {name}'s JAX checkpoint ({err})") from None
+    return model.state_dict()
+
+
 def pretrained_state(name: str, weights: str) -> dict[str, torch.Tensor]:
     """The state ``weights`` names (see the module docstring), in the model's own keys."""
     source = weights_source(name, weights)
+    if source == "file" and Path(weights).suffix == ".npz":
+        return _npz_weights(name, weights)
     if source == "file":
         return load_state_dict_file(weights, _spec(name).weights_help)
     if source == "packaged":
@@ -360,6 +379,8 @@ def build_backbone(
     must have ``num_classes`` outputs (scoring the network on the data it was trained on).
     ``classifier``: the classifier's path a backbone config states (default: the registry's).
     """
+    if num_classes is not None:
+        check_integer("num_classes", num_classes)  # 0 or -3: a classifier of no outputs
     spec = backbone_spec(name, classifier)
     model = spec.build()
     own_head: dict[str, torch.Tensor] = {}  # the pretrained classifier's tensors

@@ -16,7 +16,7 @@ import io
 import json
 import math
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,9 @@ LIMIT_KEYS = (
     "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
     "method.limit_train_batches",
 )  # fmt: skip
+# Benchmarks whose records have tables of their own (reporting/yardstick.py: per task, group
+# and both averaging conventions), kept out of the per-backbone tables.
+OWN_TABLES = ("vtab_", "fgvc_")
 SMOKE_RESULTS = ("smoke", "results")  # conf/debug/smoke.yaml: paths.results_dir's last parts
 
 
@@ -110,13 +113,24 @@ def budget(record: dict[str, Any]) -> float:
     return _num(method.get("epochs", record.get("epochs")))
 
 
+def tuning_search_run(record: dict[str, Any]) -> bool:
+    """A run the tuning protocol scored on validation to choose among candidates: not a
+    result (its final runs are), so no table cell holds it."""
+    tuning = (record.get("config") or {}).get("tuning") or {}
+    return isinstance(tuning, dict) and tuning.get("role") == "search"
+
+
 def select_records(
     records: list[dict[str, Any]], selection: Selection
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The records of the selected backbones and methods, and the cut-short ones left out
-    (none with ``include_cut_short``). Datasets are selected on the frame (a Decathlon
-    score needs every domain's records)."""
-    chosen = [r for r in records if selection.wants(r.get("backbone"), r.get("method"))]
+    (none with ``include_cut_short``); a tuning search's runs are never cells. Datasets
+    are selected on the frame (a Decathlon score needs every domain's records)."""
+    chosen = [
+        r
+        for r in records
+        if selection.wants(r.get("backbone"), r.get("method")) and not tuning_search_run(r)
+    ]
     if selection.include_cut_short:
         return chosen, []
     return [r for r in chosen if not cut_short(r)], [r for r in chosen if cut_short(r)]
@@ -152,8 +166,14 @@ def check_selection(
 
 
 # --- inputs --------------------------------------------------------------------------------
-def load_published(path: str | Path) -> pd.DataFrame:
-    """The published numbers, with a comparable ``published`` value and a letter per source."""
+# Published per-task rows of the yardstick benchmarks (datasets ``vtab/<task>``, ``fgvc/<name>``):
+# reporting/yardstick.py shows them; the paper tables leave them out.
+YARDSTICK_PREFIXES = ("vtab/", "fgvc/")
+
+
+def load_published(path: str | Path, include_yardstick: bool = False) -> pd.DataFrame:
+    """The published numbers, with a comparable ``published`` value and a letter per source
+    (the yardstick's per-task rows only with ``include_yardstick``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
@@ -168,6 +188,8 @@ def load_published(path: str | Path) -> pd.DataFrame:
     bad = df.index[df["value"].isna()].tolist()
     if bad:
         raise UserError(f"{path}: rows {[i + 2 for i in bad]} have a non-numeric value; fix them")
+    if not include_yardstick:
+        df = df[~df.dataset.str.startswith(YARDSTICK_PREFIXES)].reset_index(drop=True)
     df["published"] = [
         ACCURACY_METRICS.get(m, lambda v: v)(v) for m, v in zip(df.metric, df.value, strict=True)
     ]
@@ -258,7 +280,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         rows.append(_record_row(r))
     columns = [*CELL_KEYS, "seed", "protocol", "split", "top1", "val_top1", "task_state_bytes"]
     columns += ["masked_weights", "owner_index_bytes", "classifier_bytes", "variant", "config"]
-    columns += ["mask_density", "base", "epochs", "lr", "cut_short", "cut_reason"]
+    columns += ["mask_density", "base", "epochs", "lr", "cut_short", "cut_reason", "run_id"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -286,6 +308,7 @@ def _record_row(r: dict[str, Any]) -> dict[str, Any]:
         "lr": _num((config.get("method") or {}).get("lr")),
         "cut_short": bool(why),
         "cut_reason": ", ".join(why),
+        "run_id": r.get("run_id"),
     }
 
 
@@ -471,6 +494,7 @@ class BackboneTable:
     published_storage: pd.DataFrame | None = None  # storage_mb rows: method, value, source_id
     rows: list[tuple[str, str]] = field(default_factory=list)  # (label, method), in order
     mix_budgets: bool = False  # a row's cells may have run at different budgets
+    tuned: list[str] = field(default_factory=list)  # what the tuning protocol chose
 
     @property
     def has_published(self) -> bool:
@@ -589,6 +613,7 @@ def build_tables(
     sel = selection or Selection()
     check_selection(sel, records, published)
     kept, _ = select_records(records, sel)
+    kept = [r for r in kept if not str(r.get("dataset")).startswith(OWN_TABLES)]
     frame, config_notes = choose_variants(
         select_datasets(records_frame(kept), sel), mix_budgets=sel.mix_budgets
     )
@@ -654,6 +679,7 @@ def backbone_table(
         bases=rows_by_base(frame),
         rows=rows,
         mix_budgets=sel.mix_budgets,
+        tuned=tuning_lines(frame),
     )
 
 
@@ -786,7 +812,7 @@ def footnotes(table: BackboneTable) -> list[str]:
     protocols = sorted({p for p in table.cells.protocol.dropna() for p in str(p).split(",")})
     if protocols:
         lines.append(f"Model selection protocol of our runs: {', '.join(protocols)}.")
-    lines += [f"Sweep: {n}" for n in table.config_notes]
+    lines += [f"Sweep: {n}" for n in table.config_notes] + table.tuned
     if table.bases:
         lines.append(
             "Bases: these rows ran over different pretrained bases (weights_fingerprint): "
@@ -813,6 +839,46 @@ def _source_lines(table: BackboneTable) -> list[str]:
                 f"{v:.2f} [{s}]" for v, s in zip(g.published, g.source_id, strict=True)
             )
             lines.append(f"Sources disagree on {method} {ds}: {values}; both are kept.")
+    return lines
+
+
+def tuning_texts(tuning: Mapping[str, Any] | None) -> dict[str, str]:
+    """The tuning record of a final run as text: the space searched, its search seeds, the
+    values chosen ("" for an untuned run)."""
+    if not tuning:
+        return {"space": "", "search_seeds": "", "chosen": ""}
+
+    def num(v: Any) -> str:
+        return format(v, "g") if isinstance(v, (int, float)) else str(v)
+
+    space = tuning.get("space") or {}
+    on = tuning.get("selected_on", "val")
+    return {
+        "space": "; ".join(f"{k} ∈ {{{', '.join(num(v) for v in vs)}}}" for k, vs in space.items())
+        + f" on {on}",
+        "search_seeds": ", ".join(num(s) for s in tuning.get("search_seeds") or []),
+        "chosen": ", ".join(f"{k}={num(v)}" for k, v in (tuning.get("chosen") or {}).items()),
+    }
+
+
+def tuning_lines(frame: pd.DataFrame) -> list[str]:
+    """Per method whose runs the tuning protocol chose: the space it searched and the
+    values chosen per dataset (docs/tuning.md)."""
+    lines = []
+    for method, runs in frame.groupby("method", sort=True):
+        notes = [c.get("tuning") for c in runs.config]
+        chosen = {
+            d: tuning_texts(n)["chosen"]
+            for d, n in zip(runs.dataset, notes, strict=True)
+            if isinstance(n, dict) and n.get("role") == "final"
+        }
+        if chosen:
+            note = next(n for n in notes if isinstance(n, dict) and n.get("role") == "final")
+            picks = ", ".join(f"{d}: {c}" for d, c in sorted(chosen.items()))
+            lines.append(
+                f"Tuned {method} (docs/tuning.md): {tuning_texts(note)['space']}, the final "
+                f"runs trained on train + val and tested once; chosen: {picks}."
+            )
     return lines
 
 

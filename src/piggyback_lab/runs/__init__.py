@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 def run(cfg: DictConfig) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Run the configured job: a method that names ``tasks`` runs them as one sequence
-    (PackNet); any other trains ``dataset``. Returns the record(s); None when skipped.
+    (PackNet); any other trains ``dataset``. Returns the record(s), a recorded run's marked
+    ``skipped``; None when a sequence was recorded already.
     Every check that needs no data runs first (src/piggyback_lab/runs/preflight.py)."""
     if cfg.method.get("tasks") is not None:
         from piggyback_lab.runs.sequence import run_sequence

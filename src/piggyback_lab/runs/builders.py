@@ -13,18 +13,20 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 from torch import nn
 
 from piggyback_lab.data.transforms import build_transforms
+from piggyback_lab.methods.config import RUN_KEYS
 from piggyback_lab.models import build_backbone, classifier_name, normalisation
 from piggyback_lab.runs.config import dataset_config_for, one_line
-from piggyback_lab.runs.console import EpochLine, progress_bars, quiet_lightning
+from piggyback_lab.runs.console import EpochBar, EpochLine, progress_bars, quiet_lightning
+from piggyback_lab.runs.identity import run_identity
 from piggyback_lab.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Keys of a method config that the run uses (naming, epochs, data loading), not the module.
-RUN_KEYS = ("name", "epochs", "batch_size")
 
 
 def instantiate_checked(node: Any, what: str, **kwargs: Any) -> Any:
@@ -149,8 +151,9 @@ def build_trainer(cfg: DictConfig, max_epochs: int, **kwargs: Any) -> pl.Trainer
     quiet_lightning()
     bars = progress_bars(kwargs.pop("enable_progress_bar", cfg.trainer.enable_progress_bar))
     callbacks = list(kwargs.pop("callbacks", []))
-    if not bars:
-        callbacks.append(EpochLine())
+    callbacks.append(EpochBar() if bars else EpochLine())  # either way, one line per epoch
+    if kwargs.get("logger"):  # the learning rate of every epoch, in the CSV (and wandb)
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     return instantiate_checked(
         cfg.trainer,
         "trainer",
@@ -182,10 +185,15 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def build_loggers(cfg: DictConfig, name: str | None = None) -> list:
-    """Every logger of the ``logger`` group; ``name`` names this run's folder among them."""
-    extra = {"name": name} if name else {}
-    return [
-        instantiate_checked(node, f"logger {key!r}", **extra)
-        for key, node in cfg.get("logger", {}).items()
-        if node is not None
-    ]
+    """Every logger of the ``logger`` group; ``name`` names this run's folder among them.
+    A wandb run is named by the run id (unless ``name`` or ``logger.wandb.name`` says
+    otherwise), so a record and its wandb run are found by one name."""
+    loggers = []
+    for key, node in cfg.get("logger", {}).items():
+        if node is None:
+            continue
+        extra = {"name": name} if name else {}
+        if "wandb" in str(node.get("_target_", "")).lower() and not name and not node.get("name"):
+            extra["name"] = run_identity(cfg)[0]
+        loggers.append(instantiate_checked(node, f"logger {key!r}", **extra))
+    return loggers

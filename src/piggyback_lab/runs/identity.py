@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from piggyback_lab.models import load_state_dict_file, pretrained_state, weights_source
+from piggyback_lab.models import pretrained_state, weights_source
 from piggyback_lab.runs.records import read_record, run_id
 from piggyback_lab.taskfile import state_digest
 from piggyback_lab.utils.errors import UserError
@@ -26,11 +26,9 @@ def weights_fingerprint(backbone: str, weights: str | None) -> str | None:
     if not weights:
         return None
     source = weights_source(backbone, str(weights))
-    if source == "file":
-        if not Path(weights).is_file():
-            return None  # the builder names the missing file with how to get it
-        return state_digest(load_state_dict_file(weights))[:16]
-    if source == "packaged":
+    if source == "file" and not Path(weights).is_file():
+        return None  # the builder names the missing file with how to get it
+    if source in ("file", "packaged"):  # a JAX .npz counts by its tensors as timm reads them
         return state_digest(pretrained_state(backbone, str(weights)))[:16]
     return f"{source}:{weights}"
 

@@ -26,7 +26,12 @@ from piggyback_lab.utils.errors import UserError
 RECORD_FORMAT = "piggyback-lab-record/1"
 # Config keys that do not change what a run computes (where files go, how it is logged and
 # shown). num_workers is not among them: each worker draws its own random augmentations.
-NON_SEMANTIC_KEYS = ("paths", "logger", "force", "hydra", "keep_checkpoints")
+NON_SEMANTIC_KEYS = ("paths", "logger", "force", "hydra", "keep_checkpoints", "tuning")
+# Method keys that do not change what a run computes: the tuning grid it may be chosen from.
+NON_SEMANTIC_METHOD_KEYS = ("search",)
+# Method keys added after run ids were first pinned, with the value every earlier run had:
+# at that value a key is left out of the hash, so earlier ids stay valid.
+ADDED_METHOD_KEYS = {"lr_schedule": "step", "warmup_epochs": 0}
 NON_SEMANTIC_TRAINER_KEYS = ("enable_progress_bar", "enable_model_summary")
 # Backbone keys that only dataset configs read (the mini tasks' size is
 # ``${oc.select:backbone.small_image_size,32}``): they count through the dataset's values.
@@ -47,6 +52,13 @@ def run_id(config: dict[str, Any]) -> str:
     for key in NON_SEMANTIC_TRAINER_KEYS:
         trainer.pop(key, None)
     semantic["trainer"] = trainer
+    if "method" in semantic:
+        semantic["method"] = {
+            k: v
+            for k, v in semantic["method"].items()
+            if k not in NON_SEMANTIC_METHOD_KEYS
+            and not (k in ADDED_METHOD_KEYS and v == ADDED_METHOD_KEYS[k])
+        }
     if "backbone" in semantic:
         backbone = semantic["backbone"]
         semantic["backbone"] = {

@@ -34,6 +34,8 @@ from piggyback_lab.utils.errors import (
 
 log = logging.getLogger(__name__)
 OUTCOME = "outcome.json"
+# What a job's outcome says of each run it ran or found recorded (the tuning sweeper reads it).
+RESULT_KEYS = ("run_id", "val_top1", "top1", "epochs")
 
 
 def in_multirun() -> bool:
@@ -69,7 +71,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         log_error(f"{reason} (traceback in the job's log file)")
         return {"status": "failed", "reason": reason}
     records = result if isinstance(result, list) else [] if result is None else [result]
-    return {"status": "ran" if records else "skipped", "run_ids": [r["run_id"] for r in records]}
+    ran = [r for r in records if not r.get("skipped")]
+    return {
+        "status": "ran" if ran else "skipped",
+        "run_ids": [r["run_id"] for r in ran],
+        "results": [{k: r.get(k) for k in RESULT_KEYS} for r in records],
+    }
 
 
 def sweep_keys(overrides: list[list[str]]) -> set[str]:

@@ -4,14 +4,15 @@ docs/reproduction.md; the Piggyback repository's own, commented out, runs 30 epo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from piggyback_lab.methods.config import SGDConfig
+from piggyback_lab.methods.config import SEARCH, ScheduleShape, SGDConfig, lr_grid
 
 SCRIPT = "packnet src/scripts/run_all_baseline_finetuning.sh:14 (classifier 1e-3 20 20)"
 
 
 @dataclass
-class ClassifierOnlyConfig:
+class ClassifierOnlyConfig(ScheduleShape):
     """Frozen features and a new linear classifier, at a constant learning rate."""
 
     _target_: str = field(
@@ -56,3 +57,4 @@ class ClassifierOnlyConfig:
             "--train_bn, so src/main.py:138-141 keeps the norms in eval mode",
         },
     )
+    search: dict[str, Any] = field(default_factory=lr_grid(1e-3, 1e-2, 1e-1), metadata=SEARCH)

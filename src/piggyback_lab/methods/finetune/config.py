@@ -5,12 +5,13 @@ domain (srebuffi/residual_adapters, docs/decathlon.md), whose errors define the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from piggyback_lab.methods.config import SGDConfig
+from piggyback_lab.methods.config import SEARCH, ScheduleShape, SGDConfig, lr_grid
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ScheduleShape):
     """The whole network per task, BatchNorm trained (the paper's "individual networks")."""
 
     _target_: str = field(
@@ -122,3 +123,4 @@ class DecathlonFinetuneConfig(FinetuneConfig):
             "source": "residual_adapters utils_pytorch.py:37-40 (x0.1 at step1, x0.01 at step2)",
         },
     )
+    search: dict[str, Any] = field(default_factory=lr_grid(1e-3, 1e-2, 1e-1), metadata=SEARCH)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
+from piggyback_lab.methods.base import top_k_score
 from piggyback_lab.methods.packnet.module import PackNet
 from piggyback_lab.methods.packnet.state import (
     BASE,
@@ -174,11 +175,13 @@ def check_settings(settings: DictConfig, tasks: list[str], base_datasets: list[s
 
 
 def _test(trainer: pl.Trainer, module: PackNet, data: PhaseData) -> Score:
-    """Test top-1/top-5 in percent, or (None, None) when the data has no test split."""
+    """Test top-1/top-5 in percent, or (None, None) when the data has no test split; top-5
+    is None for 5 classes or fewer."""
     if data.split == "none":
         return None, None
     results = trainer.test(module, verbose=False, **data.test)[0]
-    return 100.0 * float(results["test/top1"]), 100.0 * float(results["test/top5"])
+    top5 = top_k_score(results, 5, module.head.out_features)  # None: 5 classes or fewer
+    return 100.0 * float(results["test/top1"]), top5
 
 
 def _val(trainer: pl.Trainer) -> float | None:
@@ -430,6 +433,7 @@ def task_facts(
         "masked_weights": n_weights,
         "mask_density": visible,
         "mask_density_overall": overall_density(visible, sizes),
+        "mask_sizes": dict(sizes),
         "task_state_bytes": state_bytes,
         "owner_bits": state.bits,
         "owner_index_bytes": sum(packed_size(n, state.bits) for n in sizes.values()),

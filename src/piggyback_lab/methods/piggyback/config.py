@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from piggyback_lab.methods.config import AdamConfig
+from piggyback_lab.methods.config import AdamConfig, ScheduleShape
 
 
 @dataclass
@@ -23,7 +23,7 @@ class PiggybackAdamConfig(AdamConfig):
 
 
 @dataclass
-class PiggybackConfig:
+class PiggybackConfig(ScheduleShape):
     """Binary masks over the frozen backbone's weights plus a new classifier."""
 
     _target_: str = field(

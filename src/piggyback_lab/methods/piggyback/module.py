@@ -68,6 +68,7 @@ class Piggyback(TaskModule):
             "masked_weights": sum(sizes.values()),
             "mask_density": density,
             "mask_density_overall": overall_density(density, sizes),
+            "mask_sizes": sizes,
         }
 
     def as_pretrained(self) -> None:

@@ -206,4 +206,5 @@ class PiggybackTask(TaskMethod):
         sizes = {name: math.prod(e["shape"]) for name, e in layers.items()}
         density = {name: e["density"] for name, e in layers.items()}
         return {"masked_weights": sum(sizes.values()), "mask_density": density,
-                "mask_density_overall": overall_density(density, sizes)}  # fmt: skip
+                "mask_density_overall": overall_density(density, sizes),
+                "mask_sizes": sizes}  # fmt: skip

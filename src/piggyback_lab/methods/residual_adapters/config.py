@@ -5,14 +5,15 @@ and every backbone (no other is published for them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from piggyback_lab.methods.config import SGDConfig
+from piggyback_lab.methods.config import SEARCH, ScheduleShape, SGDConfig, lr_grid
 
 TRAIN = "residual_adapters train_new_task_adapters.py"
 
 
 @dataclass
-class ParallelAdaptersConfig:
+class ParallelAdaptersConfig(ScheduleShape):
     """A 1x1 conv beside every conv of the frozen backbone (Rebuffi, Bilen, Vedaldi, CVPR
     2018), every BN and a new classifier trained per task."""
 
@@ -73,6 +74,7 @@ class ParallelAdaptersConfig:
         default=True,
         metadata={"help": "train every BatchNorm, one set per task, as the authors keep"},
     )
+    search: dict[str, Any] = field(default_factory=lr_grid(1e-3, 1e-2, 1e-1), metadata=SEARCH)
 
 
 @dataclass
