@@ -310,10 +310,11 @@ def _npz_weights(name: str, path: str) -> dict[str, torch.Tensor]:
     """A JAX checkpoint (.npz: Google's ViT-B_16.npz, which VPT, NOAH and V-PETL load),
     converted by timm's own loader (``VisionTransformer.load_pretrained``, numpy without
     pickles) into the model's keys; the zeroed 21k head and pre-logits are not loaded."""
-    timm = import_timm(f"backbone {name}")
     if not Path(path).is_file():
         raise UserError(f"weights file {path} does not exist; {_spec(name).weights_help}")
-    model = timm.create_model(name, pretrained=False, num_classes=0)
+    if _spec(name).library != "timm":
+        raise UserError(f"{name} cannot read .npz checkpoints (timm's ViTs can); pass a state_dict")
+    model = import_timm(f"backbone {name}").create_model(name, pretrained=False, num_classes=0)
     if not hasattr(model, "load_pretrained"):
         raise UserError(f"{name} cannot read .npz checkpoints (timm's ViTs can); pass a state_dict")
     try:
