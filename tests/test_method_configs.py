@@ -31,7 +31,7 @@ YAMLS = {
 
 def test_every_method_yaml_has_its_registered_config_and_names_it() -> None:
     assert sorted(YAMLS) == config_names()
-    assert len(YAMLS) == 11  # ten methods and decathlon/finetune
+    assert len(YAMLS) == 13  # twelve methods and decathlon/finetune
     for name, path in YAMLS.items():
         assert f"/method/schema/{name}@_here_" in OmegaConf.load(path).defaults, name
 
@@ -161,7 +161,7 @@ def test_a_config_name_is_registered_once() -> None:
     with pytest.raises(ValueError, match="'piggyback' is registered already"):
         register_config("piggyback", Other)
     assert register_config("piggyback", config_named("piggyback")) is config_named("piggyback")
-    with pytest.raises(UserError, match="unknown method 'nope'; choose one of: affine_masks"):
+    with pytest.raises(UserError, match="unknown method 'nope'; choose one of: adaptformer, "):
         config_named("nope")
 
 
@@ -183,10 +183,16 @@ def net():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+def vit():
+    from torchvision.models import VisionTransformer
+    torch.manual_seed(0)
+    return VisionTransformer(32, 8, 1, 2, 8, 16, num_classes=3)
+ON_VIT = ("adaptformer", "vpt")  # methods of transformer blocks, which refuse a CNN
 for name in config_names():
     if name == "packnet":  # its module takes the sequence's owners: src.train builds it
         continue
-    task = wrap(net(), name, classifier="5", num_classes=2)
+    model, head = (vit(), "heads.head") if name in ON_VIT else (net(), "5")
+    task = wrap(model, name, classifier=head, num_classes=2)
     optimizer, _ = task.recipe()
     print(name, type(task).__name__, optimizer.param_groups[0]["lr"])
 read = [p for p in opened if p.endswith((".yaml", ".yml"))]

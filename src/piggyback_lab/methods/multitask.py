@@ -194,6 +194,8 @@ class MultiTaskModel:
         """Undo ``task``; with the copy strategy, layers ``following`` refolds are left as is."""
         if task is None:
             return
+        if task.detach is not None:
+            task.detach(self.model)
         for layer_name, (changed, values) in self._aside.items():
             self._weights[layer_name].masked_scatter_(changed, values)
         self._aside = {}
@@ -219,6 +221,8 @@ class MultiTaskModel:
                 changed = task.changed(layer_name)
                 self._aside[layer_name] = (changed, weight.masked_select(changed))
                 task.fold(layer_name, weight, weight)
+        if task.attach is not None:
+            task.attach(self.model)
 
     # --- inference --------------------------------------------------------------------
     @torch.no_grad()

@@ -62,6 +62,9 @@ BY_NAME = {
     "r": COUNT,
     "lora_alpha": POSITIVE,
     "mask_scale": POSITIVE,
+    "num_tokens": COUNT_OR_ZERO,  # vpt: 0 tokens is the backbone itself
+    "bottleneck": COUNT,  # adaptformer
+    "scale": POSITIVE,
 }
 BY_ENDING = (
     ("lr_decay_factor", FACTOR),

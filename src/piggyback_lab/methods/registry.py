@@ -50,6 +50,9 @@ class HostedTask:
     ``layers``: the prunable weights it changes; ``fold(key, weight, source)`` writes the
     task's weight into ``weight`` from the backbone's ``source`` values (the same tensor
     when folding in place) and ``changed(key)`` says which positions that changes.
+    ``attach(model)``, ``detach(model)``: for a task that adds modules of its own (an
+    adapter with no weight form), put them into the host's network on entering and take
+    them out on leaving.
     """
 
     name: str
@@ -61,6 +64,8 @@ class HostedTask:
     layers: tuple[str, ...] = ()
     fold: Any = None  # Callable[[str, Tensor, Tensor], None]
     changed: Any = None  # Callable[[str], Tensor]
+    attach: Any = None  # Callable[[nn.Module], None]
+    detach: Any = None  # Callable[[nn.Module], None]
 
 
 class TaskMethod:
