@@ -14,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing.pool
 import os
 import random
 import shutil
+import signal
 import tarfile
 import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -34,9 +35,10 @@ from piggyback_lab.utils.atomic import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
+    remove_leftovers,
 )
 from piggyback_lab.utils.checkout import CHECKOUT_ROOT
-from piggyback_lab.utils.errors import UserError
+from piggyback_lab.utils.errors import STOP_SIGNALS, UserError, interruptible
 
 SKETCH_SPLIT_FILE = CHECKOUT_ROOT / "data" / "splits" / "sketch_64_16.json"
 MANIFEST = "prepared.json"
@@ -251,6 +253,44 @@ def _fmt(counts: dict[str, dict[str, int]]) -> str:
     )
 
 
+def _pool_worker_start() -> None:
+    """A pool worker leaves stop signals to the preparation, which terminates the pool: no
+    worker traceback (Ctrl-C reaches the whole group), and a SIGTERM ends it at once."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN if signum == signal.SIGINT else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by _start_pool
+
+
+def _start_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool whose workers start with the stop signals blocked until their handlers are
+    set; the signals stay blocked in this process while it forks them, since a handler run
+    in a fork hook has its exception ignored (a signal then lost, the work finished)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return multiprocessing.Pool(workers, initializer=_pool_worker_start)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _decode_all(args: list[tuple], workers: int, bar: dict) -> list[str | None]:
+    """``_process`` of every job, in order, in ``workers`` processes; the pool is
+    terminated (not waited for) when the preparation stops early."""
+    from tqdm import tqdm
+
+    if workers <= 1:
+        return list(tqdm(map(_process, args), **bar))
+    pool = _start_pool(workers)
+    try:
+        errors = list(tqdm(pool.imap(_process, args, chunksize=32), **bar))
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.close()
+        pool.join()
+    return errors
+
+
 def write_dataset(
     final: Path,
     jobs: list[Job],
@@ -261,18 +301,12 @@ def write_dataset(
     progress: bool,
 ) -> None:
     """Decode and write every job into a temporary tree; publish it only when all decoded."""
-    from tqdm import tqdm
-
     with atomic_dir(final) as tmp:
         for split, cls in sorted({(j.split, j.cls) for j in jobs}):
             (tmp / split / cls).mkdir(parents=True)
         args = [(j, str(tmp), resize, mode) for j in jobs]
         bar = dict(total=len(args), desc=f"prepare {final.name}", disable=not progress)
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                errors = list(tqdm(pool.map(_process, args, chunksize=32), **bar))
-        else:
-            errors = list(tqdm(map(_process, args), **bar))
+        errors = _decode_all(args, workers, bar)
         bad = [e for e in errors if e]
         if bad:
             listing = "\n  ".join(bad[:20]) + (
@@ -813,7 +847,12 @@ def prepare_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    with tempfile.TemporaryDirectory(prefix=f".{name}.source.", dir=out_dir) as work:
+    # what a killed preparation of this dataset left (a signal's leaves nothing)
+    remove_leftovers(out_dir / name, [f".{name}.source.*"])
+    with (
+        interruptible(),
+        tempfile.TemporaryDirectory(prefix=f".{name}.source.", dir=out_dir) as work,
+    ):
         roots = _source_roots(source, Path(work), checksums if verify else {})
         jobs, form = _jobs(name, source, roots, archives, Path(work), sketch_split, progress)
         counts = check_counts(name, jobs, expected, allow_count_mismatch)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from piggyback_lab.data.datamodule import find_undecodable, undecodable_message
 from piggyback_lab.data.splitlists import SPLIT_FILES, SplitListDataModule
-from piggyback_lab.utils.atomic import atomic_dir, atomic_write_json
+from piggyback_lab.utils.atomic import atomic_dir, atomic_write_json, remove_leftovers
 from piggyback_lab.utils.errors import UserError
 
 MANIFEST = "prepared.json"
@@ -62,13 +62,6 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         os.link(source, dest)
     except OSError:  # another file system, or links refused
         shutil.copy2(source, dest)
-
-
-def remove_leftovers(dest: Path) -> None:
-    """Temporary folders an earlier, killed preparation of ``dest`` left beside it (one
-    preparation of a folder at a time)."""
-    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
 
 
 def install(module: SplitListDataModule, dest: Path, counts: dict[str, int]) -> Path:

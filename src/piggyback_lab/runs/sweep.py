@@ -11,24 +11,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from piggyback_lab.runs import run
 from piggyback_lab.utils.atomic import atomic_write_json
 from piggyback_lab.utils.errors import (
     EXIT_USER_ERROR,
+    STOP_SIGNALS,
+    SWEEP_PARENT,
     Interrupted,
     UserError,
+    interrupted_message,
     interruption_behind,
     log_error,
+    reports_stops,
+    stop_child_programs,
     user_message,
 )
 
@@ -62,7 +69,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             if in_multirun():
                 hydra = HydraConfig.get()
                 write_outcome(hydra, {"status": "interrupted", "reason": f"stopped by {stop}"})
-                summarize(Path(hydra.sweep.dir))
+                if reports_stops():  # else the sweep's parent sums up (a joblib worker)
+                    summarize(Path(hydra.sweep.dir))
             raise stop from None
         if not in_multirun():
             raise
@@ -120,8 +128,39 @@ def summarize(sweep_dir: Path) -> dict[str, int]:
     return counts
 
 
+def mark_unfinished(sweep_dir: Path, reason: str, output_subdir: str = ".hydra") -> None:
+    """Write an interrupted outcome for every job that started (its folder holds Hydra's
+    config) but left no outcome: a worker stopped before it could write its own."""
+    for saved in sorted(sweep_dir.glob(f"*/{output_subdir}/hydra.yaml")):
+        job_dir = saved.parent.parent
+        if not (job_dir / OUTCOME).exists():
+            hydra = OmegaConf.load(saved).hydra
+            hydra.runtime.output_dir = str(job_dir)
+            write_outcome(hydra, {"status": "interrupted", "reason": reason})
+
+
+def stop_sweep(config: DictConfig, signum: int) -> NoReturn:
+    """A sweep's parent, on a stop signal: stop the jobs' workers (each writes its job's
+    outcome), name the jobs left unfinished, write the summary, one line, exit 128 + signal."""
+    for other in STOP_SIGNALS:  # one line, however many signals follow
+        signal.signal(other, signal.SIG_IGN)
+    stop = Interrupted(signum)
+    stop_child_programs()
+    sweep_dir = Path(config.hydra.sweep.dir)
+    mark_unfinished(sweep_dir, f"stopped by {stop}", config.hydra.output_subdir or ".hydra")
+    summarize(sweep_dir)
+    log_error(interrupted_message(stop))
+    sys.exit(128 + signum)
+
+
 class SweepSummary(Callback):
-    """Counts a sweep's outcomes and says which jobs failed, and why."""
+    """Counts a sweep's outcomes and says which jobs failed, and why; a stop signal to the
+    sweep's process stops its workers too (``stop_sweep``)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ[SWEEP_PARENT] = str(os.getpid())  # jobs in other processes stay quiet
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda number, frame: stop_sweep(config, number))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:

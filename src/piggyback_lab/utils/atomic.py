@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_leftovers(path: str | os.PathLike, patterns: Iterable[str] = ()) -> None:
+    """Remove what a killed writer of ``path`` left beside it: the temporary trees of
+    ``atomic_dir``/``atomic_path`` (``.<name>.*.tmp``, ``.<name>.*.old``) and those matching
+    ``patterns`` (globs in the same folder). One writer of ``path`` at a time."""
+    path = Path(path)
+    for pattern in (f".{path.name}.*.tmp", f".{path.name}.*.old", *patterns):
+        for stale in path.parent.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
