@@ -109,6 +109,7 @@ def test_tuning_a_real_network_chooses_on_validation_and_tests_three_seeds(
     search = [r for r in records if r["config"]["tuning"]["role"] == "search"]
     final = [r for r in records if r["config"]["tuning"]["role"] == "final"]
     assert len(search) == 2 and {r["protocol"] for r in search} == {"clean"}
+    assert all(r["top1"] is None and r["val_top1"] is not None for r in search)  # never tested
     assert len(final) == 3 and {r["protocol"] for r in final} == {"final"}
     best = max(search, key=lambda r: r["val_top1"])  # ties: the grid's first, 1e-4
     if search[0]["val_top1"] == search[1]["val_top1"]:

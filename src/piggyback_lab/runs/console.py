@@ -96,6 +96,9 @@ def scores_text(record: dict[str, Any]) -> str:
     """A record's test scores in words: top-5 only where it says something (more than 5
     classes; the record holds None otherwise)."""
     if record.get("top1") is None:
+        tuning = (record.get("config") or {}).get("tuning") or {}
+        if tuning.get("role") == "search":
+            return f"validation top-1 {record['val_top1']:.2f}% (a tuning search run: not tested)"
         return "not tested (no labelled test split)"
     top5 = record.get("top5")
     shown = f"  top-5 {top5:.2f}%" if top5 is not None else ""

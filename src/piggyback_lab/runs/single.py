@@ -32,6 +32,7 @@ from piggyback_lab.runs.console import say_run_start, scores_text
 from piggyback_lab.runs.identity import existing_record, run_identity
 from piggyback_lab.runs.records import run_record, write_record
 from piggyback_lab.runs.resume import resumable_checkpoint, run_lock
+from piggyback_lab.runs.tuning import validation_only
 from piggyback_lab.runs.wandb_summary import log_run_summary
 from piggyback_lab.taskfile import state_digest
 from piggyback_lab.utils.distributed import all_ranks_agree
@@ -150,9 +151,10 @@ def _score_as_is(cfg: DictConfig, run: Run) -> tuple[float | None, None]:
 
 
 def _test(cfg: DictConfig, run: Run, best_val: float | None) -> tuple[dict[str, float], bool]:
-    """The test pass (none without a labelled test split), and whether training ended at
-    chance (said as a warning; the record carries it)."""
-    tested = eval_split(run.datamodule) != "none"  # protocol=final without a test split
+    """The test pass (none without a labelled test split, and none for a tuning search's
+    run: the protocol tests its final runs once), and whether training ended at chance
+    (said as a warning; the record carries it)."""
+    tested = eval_split(run.datamodule) != "none" and not validation_only(cfg)
     test = (
         run.trainer.test(run.method, datamodule=run.datamodule, verbose=False)[0] if tested else {}
     )

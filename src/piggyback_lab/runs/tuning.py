@@ -5,7 +5,7 @@ For each cell of a sweep (a method on a task, with whatever else the command lin
 1. **search**: every combination of the method's ``search`` grid (its config's own,
    ``method.search``), trained with ``protocol=clean`` (train on the train split, score on
    the validation split: VTAB-1k's train800 / val200) at ``search_seeds``; each records
-   ``tuning: {role: search}``, and tables leave these runs out of their cells;
+   ``tuning: {role: search}``, is never tested, and no table shows it as a cell;
 2. **choose**: the combination with the best mean validation top-1 (ties: the first in the
    grid's order);
 3. **final**: the chosen values, trained with ``protocol=final`` (train + val, the last
@@ -30,6 +30,13 @@ from piggyback_lab.utils.errors import UserError
 
 # Root keys the protocol sets itself; a sweep that fixes them is refused.
 PROTOCOL_KEYS = ("protocol", "seed", "tuning")
+
+
+def validation_only(cfg: DictConfig) -> bool:
+    """Whether a run is a search run of the tuning protocol, which is scored on validation
+    and never tested (the test split is touched once, by the final runs)."""
+    tuning = cfg.get("tuning")
+    return isinstance(tuning, DictConfig) and tuning.get("role") == "search"
 
 
 def search_space(method: DictConfig) -> dict[str, list[Any]]:
