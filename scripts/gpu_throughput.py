@@ -43,7 +43,7 @@ def measure(backbone: str, size: int, method: str, args: argparse.Namespace) -> 
     cnn = not backbone.startswith("vit")
     fmt = torch.channels_last if cnn and device.type == "cuda" else torch.contiguous_format
     task = task.to(device, memory_format=fmt).train()
-    optimizer, _ = task.recipe()
+    optimizer, _ = task.recipe(epochs=1)  # a cosine schedule needs a length; not timed
     x = torch.randn(args.batch, 3, size, size, device=device).to(memory_format=fmt)
     y = torch.randint(0, 100, (args.batch,), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=not args.fp32)

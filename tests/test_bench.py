@@ -195,6 +195,9 @@ def test_the_gpu_check_runs_its_throughput_part_on_a_cpu(tmp_path) -> None:
 def test_every_single_task_method_gets_a_step_ratio_and_its_bits(quick: Settings) -> None:
     rows = benchmarks.fig_methods(quick)["methods"]
     assert set(rows) == set(benchmarks.single_task_methods()) >= {"piggyback", "bitfit"}
+    refused = {m: r["refused"] for m, r in rows.items() if "refused" in r}  # ViT-only on a CNN
+    assert set(refused) <= {"adaptformer", "vpt"}
+    assert all("has none" in why for why in refused.values())
     assert rows["finetune"]["step_ratio"] == 1.0 and rows["finetune"]["file_bits_per_weight"] > 32
     assert 1.0 < rows["piggyback"]["file_bits_per_weight"] < 2.0  # 1 bit + classifier, header
     assert rows["classifier_only"]["file_bits_per_weight"] < rows["bitfit"]["file_bits_per_weight"]
