@@ -93,6 +93,27 @@ def run_module(module: str, *args: str, cwd: Path = ROOT, timeout: int = 300):
     )
 
 
+def train_on_minivit(tmp_path: Path, *method_overrides: str) -> tuple[dict, Path, Path]:
+    """``src.train`` with ``method_overrides`` on random minivit weights and a tiny
+    ImageFolder tree, as a user runs it; returns (its record, the weights, the data)."""
+    from piggyback_lab.models import build_backbone
+    from piggyback_lab.runs.records import read_records
+
+    torch.manual_seed(0)
+    weights = tmp_path / "minivit.safetensors"
+    save_file(build_backbone("minivit", None, 10).state_dict(), str(weights))
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=32)
+    overrides = [o for o in tiny_overrides(tmp_path, weights, data) if o not in TINY_BUDGET]
+    budget = [o.replace("=minicnn", "=minivit") for o in TINY_BUDGET]
+    done = run_module(
+        "src.train", *method_overrides, *overrides, *budget,
+        f"hydra.run.dir={tmp_path / 'outputs' / 'job'}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [record] = read_records(tmp_path / "results" / "runs")
+    return record, weights, data
+
+
 def train_in_process(*overrides: str) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

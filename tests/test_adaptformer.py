@@ -13,7 +13,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from piggyback_lab.methods import method_of
@@ -24,10 +23,12 @@ from piggyback_lab.methods.tasks import read_task
 from piggyback_lab.models import build_backbone
 from piggyback_lab.runs.evaluate import evaluate
 from piggyback_lab.runs.predict import predict
-from piggyback_lab.runs.records import read_records
 from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
-from tests.conftest import TINY_BUDGET, make_image_folder, run_module, tiny_net, tiny_overrides
+from tests.conftest import (
+    tiny_net,
+    train_on_minivit,
+)
 
 BOTTLENECK = 64  # the config's default, the official --ffn_num
 
@@ -248,18 +249,7 @@ def test_a_task_for_a_block_this_backbone_lacks_is_refused_by_the_host(tmp_path:
 
 
 def test_src_train_on_minivit_then_src_eval_and_src_predict_serve_it(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    weights = tmp_path / "minivit.safetensors"
-    save_file(build_backbone("minivit", None, 10).state_dict(), str(weights))
-    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=32)
-    overrides = [o for o in tiny_overrides(tmp_path, weights, data) if o not in TINY_BUDGET]
-    budget = [o.replace("=minicnn", "=minivit") for o in TINY_BUDGET]
-    done = run_module(
-        "src.train", "method=adaptformer", "method.bottleneck=8", *overrides, *budget,
-        f"hydra.run.dir={tmp_path / 'outputs' / 'job'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    [record] = read_records(tmp_path / "results" / "runs")
+    record, weights, data = train_on_minivit(tmp_path, "method=adaptformer", "method.bottleneck=8")
     assert record["method"] == "adaptformer" and record["backbone"] == "minivit"
     tf = read_task(record["task_file"])
     assert tf.meta["bottleneck"] == 8 and len(tf.meta["blocks"]) == 2

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from piggyback_lab.methods import method_of
@@ -21,17 +20,13 @@ from piggyback_lab.methods.tasks import read_task
 from piggyback_lab.models import build_backbone
 from piggyback_lab.models.surgery import prunable_slots, prunable_weights
 from piggyback_lab.runs.evaluate import evaluate
-from piggyback_lab.runs.records import read_records
 from piggyback_lab.taskfile import read_task_file
 from piggyback_lab.utils.errors import UserError
 from tests.conftest import (
-    TINY_BUDGET,
     assert_folded_and_hosted_match,
     edited_task_file,
-    make_image_folder,
-    run_module,
     tiny_net,
-    tiny_overrides,
+    train_on_minivit,
 )
 
 K = 2
@@ -233,18 +228,9 @@ def test_an_unselected_task_is_not_stored_and_a_net_without_weights_is_refused(
 
 
 def test_src_train_on_minivit_then_src_eval_gives_its_top1(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    weights = tmp_path / "minivit.safetensors"
-    save_file(build_backbone("minivit", None, 10).state_dict(), str(weights))
-    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=32)
-    overrides = [o for o in tiny_overrides(tmp_path, weights, data) if o not in TINY_BUDGET]
-    budget = [o.replace("=minicnn", "=minivit") for o in TINY_BUDGET]
-    done = run_module(
-        "src.train", "method=gps", "method.k=4", "method.select_batches=2", *overrides, *budget,
-        f"hydra.run.dir={tmp_path / 'outputs' / 'job'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    [record] = read_records(tmp_path / "results" / "runs")
+    record, weights, data = train_on_minivit(
+        tmp_path, "method=gps", "method.k=4", "method.select_batches=2"
+    )
     assert record["method"] == "gps" and record["backbone"] == "minivit"
     tf = read_task(record["task_file"])
     rows = sum(shape[0] for shape in tf.meta["layers"].values())

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -21,9 +20,11 @@ from piggyback_lab.methods.peft_tuners.layer import adapter_parameters, tuner_la
 from piggyback_lab.methods.tasks import read_task
 from piggyback_lab.models import build_backbone
 from piggyback_lab.runs.evaluate import evaluate
-from piggyback_lab.runs.records import read_records
 from piggyback_lab.utils.errors import UserError
-from tests.conftest import TINY_BUDGET, make_image_folder, run_module, tiny_net, tiny_overrides
+from tests.conftest import (
+    tiny_net,
+    train_on_minivit,
+)
 
 
 def mini_vit() -> nn.Module:
@@ -189,18 +190,9 @@ def test_a_corrupt_adapter_is_refused(tmp_path: Path) -> None:
 
 
 def test_src_train_on_minivit_then_src_eval_scores_the_same(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    weights = tmp_path / "minivit.safetensors"
-    save_file(build_backbone("minivit", None, 10).state_dict(), str(weights))
-    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=32)
-    overrides = [o for o in tiny_overrides(tmp_path, weights, data) if o not in TINY_BUDGET]
-    budget = [o.replace("=minicnn", "=minivit") for o in TINY_BUDGET]
-    done = run_module(
-        "src.train", "method=peft", "method.peft.peft_type=LOHA", "method.peft.r=4",
-        *overrides, *budget, f"hydra.run.dir={tmp_path / 'outputs' / 'job'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    [record] = read_records(tmp_path / "results" / "runs")
+    record, weights, data = train_on_minivit(
+        tmp_path, "method=peft", "method.peft.peft_type=LOHA", "method.peft.r=4"
+    )
     assert record["method"] == "peft" and record["backbone"] == "minivit"
     tf = read_task(record["task_file"])
     assert tf.meta["peft"]["peft_type"] == "LOHA" and tf.meta["peft"]["r"] == 4

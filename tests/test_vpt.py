@@ -14,7 +14,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from piggyback_lab.methods import method_of
@@ -25,10 +24,12 @@ from piggyback_lab.methods.vpt.task import PROMPTS
 from piggyback_lab.models import build_backbone
 from piggyback_lab.runs.evaluate import evaluate
 from piggyback_lab.runs.predict import predict
-from piggyback_lab.runs.records import read_records
 from piggyback_lab.taskfile import TaskFile, read_task_file
 from piggyback_lab.utils.errors import UserError
-from tests.conftest import TINY_BUDGET, make_image_folder, run_module, tiny_net, tiny_overrides
+from tests.conftest import (
+    tiny_net,
+    train_on_minivit,
+)
 
 
 def tiny_timm_vit() -> nn.Module:
@@ -249,18 +250,9 @@ def test_prompts_for_another_backbone_are_refused_by_the_host(
 
 
 def test_src_train_on_minivit_then_src_eval_and_src_predict_serve_it(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    weights = tmp_path / "minivit.safetensors"
-    save_file(build_backbone("minivit", None, 10).state_dict(), str(weights))
-    data = make_image_folder(tmp_path / "data", classes=3, per_class=4, size=32)
-    overrides = [o for o in tiny_overrides(tmp_path, weights, data) if o not in TINY_BUDGET]
-    budget = [o.replace("=minicnn", "=minivit") for o in TINY_BUDGET]
-    done = run_module(
-        "src.train", "method=vpt", "method.deep=true", "method.num_tokens=3", *overrides,
-        *budget, f"hydra.run.dir={tmp_path / 'outputs' / 'job'}",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    [record] = read_records(tmp_path / "results" / "runs")
+    record, weights, data = train_on_minivit(
+        tmp_path, "method=vpt", "method.deep=true", "method.num_tokens=3"
+    )
     assert record["method"] == "vpt" and record["backbone"] == "minivit"
     assert record["trainable_params"] == 2 * 3 * 96 + 3 * 96 + 3  # prompts, classifier
     tf = read_task(record["task_file"])
