@@ -12,22 +12,39 @@ merges each tuner layer into its base layer (peft's ``merge``), then drops the s
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import peft
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from piggyback_lab.models.surgery import replace_module
 from piggyback_lab.utils.errors import UserError
 
+if TYPE_CHECKING:
+    import peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
 ADAPTER = "default"  # peft's adapter name: one adapter per network here
 MERGE_TOLERANCE = 1e-5  # a folded layer's output against its tuner layer's
+
+
+@functools.cache
+def peft_api() -> Any:
+    """peft, imported where a peft task is first built or read: it imports transformers,
+    about a second that a process which never meets a peft task should not pay."""
+    import peft
+    import peft.mapping
+    import peft.tuners.tuners_utils
+
+    return peft
+
+
+def tuner_layer_class() -> type:
+    return peft_api().tuners.tuners_utils.BaseTunerLayer
 
 
 def peft_kwargs(settings: dict | DictConfig) -> dict[str, Any]:
@@ -37,10 +54,10 @@ def peft_kwargs(settings: dict | DictConfig) -> dict[str, Any]:
         settings = OmegaConf.to_container(settings, resolve=True)
     kwargs = {k: v for k, v in dict(settings).items() if v is not None or k == "target_modules"}
     kind = str(kwargs.get("peft_type", "")).upper()
-    if kind not in peft.PeftType.__members__:
+    if kind not in peft_api().PeftType.__members__:
         raise UserError(
             f"method.peft.peft_type={kwargs.get('peft_type')!r} is no peft tuner; one of "
-            f"{', '.join(sorted(t.value for t in PEFT_TYPE_TO_TUNER_MAPPING))}"
+            f"{', '.join(sorted(t.value for t in peft_api().mapping.PEFT_TYPE_TO_TUNER_MAPPING))}"
         )
     kwargs["peft_type"] = kind
     kwargs.setdefault("target_modules", None)
@@ -52,7 +69,7 @@ def peft_kwargs(settings: dict | DictConfig) -> dict[str, Any]:
 def build_config(kwargs: dict[str, Any]) -> peft.PeftConfig:
     """peft's config object for ``kwargs``; what its class refuses is one UserError."""
     try:
-        return peft.get_peft_config(dict(kwargs))
+        return peft_api().get_peft_config(dict(kwargs))
     except (TypeError, ValueError, KeyError) as error:
         raise UserError(f"method.peft={kwargs}: peft refuses it: {one_line(error)}") from None
 
@@ -63,7 +80,7 @@ def one_line(error: BaseException) -> str:
 
 def tuner_prefix(kind: str) -> str:
     """The name peft gives a tuner's own tensors (``lora_``, ``hada_``, ``ia3_``)."""
-    return PEFT_TYPE_TO_TUNER_MAPPING[kind].prefix
+    return peft_api().mapping.PEFT_TYPE_TO_TUNER_MAPPING[kind].prefix
 
 
 def inject(model: nn.Module, kwargs: dict[str, Any]) -> None:
@@ -72,7 +89,7 @@ def inject(model: nn.Module, kwargs: dict[str, Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft's hints for transformers models
-            peft.inject_adapter_in_model(build_config(kwargs), model, adapter_name=ADAPTER)
+            peft_api().inject_adapter_in_model(build_config(kwargs), model, adapter_name=ADAPTER)
     except (TypeError, ValueError, NotImplementedError, RuntimeError) as error:
         raise UserError(
             f"peft's {kwargs['peft_type']} refuses this backbone: {one_line(error)}; set "
@@ -124,7 +141,7 @@ def tuner_layers(model: nn.Module) -> dict[str, BaseTunerLayer]:
     """Every peft tuner layer of ``model`` (not those nested in another), by name."""
     layers: dict[str, BaseTunerLayer] = {}
     for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer) and not in_subtree(name, layers):
+        if isinstance(module, tuner_layer_class()) and not in_subtree(name, layers):
             layers[name] = module
     return layers
 
@@ -143,12 +160,12 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter's tensors by peft's saved names (``<layer>.lora_A.weight``)."""
     return {
         k: v.detach()
-        for k, v in peft.get_peft_model_state_dict(model, adapter_name=ADAPTER).items()
+        for k, v in peft_api().get_peft_model_state_dict(model, adapter_name=ADAPTER).items()
     }
 
 
 def base_of(module: nn.Module) -> nn.Module:
-    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+    return module.get_base_layer() if isinstance(module, tuner_layer_class()) else module
 
 
 def shell_of(model: nn.Module, names: Iterable[str]) -> nn.Module:
@@ -170,7 +187,7 @@ def shell_of(model: nn.Module, names: Iterable[str]) -> nn.Module:
 def load_adapter(model: nn.Module, state: dict[str, torch.Tensor], kind: str, where: str) -> None:
     """Load a stored adapter into injected tuner layers: every key, exactly."""
     try:
-        result = peft.set_peft_model_state_dict(model, state, adapter_name=ADAPTER)
+        result = peft_api().set_peft_model_state_dict(model, state, adapter_name=ADAPTER)
     except RuntimeError as error:
         raise UserError(f"{where}: its adapter does not fit: {one_line(error)}") from None
     missing = [k for k in result.missing_keys if tuner_prefix(kind) in k]

@@ -15,7 +15,6 @@ import functools
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from piggyback_lab.methods.peft_tuners.layer import (
@@ -24,6 +23,7 @@ from piggyback_lab.methods.peft_tuners.layer import (
     build_config,
     detach,
     merge_checked,
+    peft_api,
     tuner_prefix,
 )
 from piggyback_lab.methods.registry import (
@@ -52,7 +52,10 @@ class PeftTask(TaskMethod):
         if not isinstance(kwargs, dict) or not isinstance(layers, list) or not layers:
             raise UserError(f"task file {tf.path} has no peft config or no layers; corrupt")
         config = build_config(kwargs)
-        if not all(check_target_module_exists(config, layer) for layer in layers):
+        if not all(
+            peft_api().tuners.tuners_utils.check_target_module_exists(config, layer)
+            for layer in layers
+        ):
             raise UserError(f"task file {tf.path}: its layers are not its config's targets")
         prefix, state = tuner_prefix(kwargs["peft_type"]), self.adapter_state(tf)
         owners = {layer: [k for k in state if k.startswith(layer + ".")] for layer in layers}
